@@ -1,0 +1,37 @@
+# The two commands of the README:
+#   make run    set up, start etcd + qvdc + one node daemon with a local pool, show live status
+#   make test   set up, lint, run the whole test suite
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: run test lint setup protos check-protos format bench clean
+
+setup:
+	@scripts/bootstrap.sh
+
+run: setup
+	@$(PY) scripts/demo.py
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+	scripts/gen_protos.sh --check
+
+# pytest exits 5 when it collected no test: a suite that runs nothing proves nothing.
+test: lint
+	@$(VENV)/bin/pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+protos: setup
+	scripts/gen_protos.sh
+
+clean:
+	rm -rf .run .pytest_cache .mypy_cache .ruff_cache

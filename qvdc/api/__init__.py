@@ -1,0 +1,1 @@
+"""grpclib services: validation, conversion between wire and domain types, error mapping."""

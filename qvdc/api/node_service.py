@@ -1,0 +1,324 @@
+"""NodeService: registration, node queries, operator phases and heartbeats.
+
+Two heartbeat channels:
+
+* ``UpdateHeartbeat`` (unary, upstream-compatible): full reports every time;
+  the response always carries the assigned pool ids and full definitions.
+* ``StreamHeartbeat`` (bidi, the node daemon's normal channel): the first
+  heartbeat on a stream is full, later ones are deltas. Every heartbeat is
+  answered (same ``sequence``). Full pool definitions are sent only when the
+  node's assignment *signature* (pool ids and their definitions' revisions)
+  changed since the last one sent on this stream; ``assigned_pool_ids`` is
+  always there and is authoritative. When an assignment or an assigned pool's
+  definition changes, an unsolicited response is pushed at once.
+
+A delta heartbeat arriving first on a new stream (the node thinks it is
+continuing a session this replica never saw) is processed and answered with
+``request_full_sync``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import ipaddress
+import logging
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import grpclib.const
+import grpclib.server
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+
+from qvdc.api import convert
+from qvdc.api.errors import guarded, unary
+from qvdc.api.pool_service import PoolMessages, decode_page_token, encode_page_token
+from qvdc.domain import errors, validation
+from qvdc.engines.catalog import Catalog
+from qvdc.engines.intake import Assignment, HeartbeatIntake
+from qvdc.engines.liveness import LivenessMonitor
+from qvdc.engines.push import PushHub
+from qvdc.engines.view import ClusterView
+from qvdc.kits.tasks import cancel_and_wait
+from qvdc.kits.timing import Clock
+from qvdc.store import codec
+from protos.limiquantix.compute import v1 as compute
+
+log = logging.getLogger(__name__)
+
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                       r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+
+
+def validate_hostname(hostname: str) -> None:
+    if not hostname:
+        raise errors.InvalidArgument("hostname is required", field="hostname")
+    if not _HOSTNAME.match(hostname):
+        raise errors.InvalidArgument(
+            f"'{hostname}' is not a valid host name (RFC 1123)", field="hostname"
+        )
+
+
+def normalize_management_ip(value: str) -> str:
+    """``"10.0.0.5"``, ``"10.0.0.5:9090"``, ``"fd00::5"`` or ``"[fd00::5]:9090"`` -> the address."""
+    if not value:
+        raise errors.InvalidArgument("management_ip is required", field="management_ip")
+    host = value
+    if value.startswith("["):
+        host = value[1 : value.find("]")] if "]" in value else value
+    elif value.count(":") == 1:
+        host, _, port = value.partition(":")
+        if not port.isdigit():
+            raise errors.InvalidArgument(f"bad port in '{value}'", field="management_ip")
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError as exc:
+        raise errors.InvalidArgument(
+            f"'{value}' is not an IP address (optionally with :port)", field="management_ip"
+        ) from exc
+
+
+class NodeService:
+    def __init__(
+        self,
+        *,
+        catalog: Catalog,
+        view: ClusterView,
+        intake: HeartbeatIntake,
+        monitor: LivenessMonitor,
+        hub: PushHub,
+        pools: PoolMessages,
+        clock: Clock,
+        interval: float,
+    ) -> None:
+        self._catalog = catalog
+        self._view = view
+        self._intake = intake
+        self._monitor = monitor
+        self._hub = hub
+        self._pools = pools
+        self._clock = clock
+        self._interval_secs = max(1, round(interval))
+
+    def __mapping__(self) -> dict[str, grpclib.const.Handler]:
+        prefix = "/limiquantix.compute.v1.NodeService/"
+        table: list[tuple[str, Callable[[Any], Any], type, type]] = [
+            ("RegisterNode", self.register_node, compute.RegisterNodeRequest, compute.Node),
+            ("GetNode", self.get_node, compute.GetNodeRequest, compute.Node),
+            ("ListNodes", self.list_nodes, compute.ListNodesRequest, compute.ListNodesResponse),
+            ("EnableNode", self.enable_node, compute.EnableNodeRequest, compute.Node),
+            ("DisableNode", self.disable_node, compute.DisableNodeRequest, compute.Node),
+            ("UpdateHeartbeat", self.update_heartbeat, compute.UpdateHeartbeatRequest,
+             compute.UpdateHeartbeatResponse),
+        ]
+        mapping = {
+            prefix + name: grpclib.const.Handler(
+                unary(name, fn), grpclib.const.Cardinality.UNARY_UNARY, req, resp
+            )
+            for name, fn, req, resp in table
+        }
+        mapping[prefix + "StreamHeartbeat"] = grpclib.const.Handler(
+            self.stream_heartbeat,
+            grpclib.const.Cardinality.STREAM_STREAM,
+            compute.UpdateHeartbeatRequest,
+            compute.UpdateHeartbeatResponse,
+        )
+        return mapping
+
+    # --- registration and queries -------------------------------------------------
+
+    async def register_node(self, request: compute.RegisterNodeRequest) -> compute.Node:
+        validate_hostname(request.hostname)
+        ip = normalize_management_ip(request.management_ip)
+        validation.validate_labels(request.labels, field="labels")
+        now = codec.format_time(self._clock.time())
+
+        def build(node_id: str, old: Mapping[str, Any] | None) -> dict[str, Any]:
+            spec = compute.NodeSpec(
+                cpu=request.cpu_info,
+                memory=request.memory_info,
+                storage=list(request.storage_devices),
+                network=list(request.network_devices),
+                role=request.role or compute.NodeRole(compute=True),
+                scheduling=compute.SchedulingConfig(schedulable=True),
+            )
+            doc = compute.Node(id=node_id, hostname=request.hostname, management_ip=ip,
+                               labels=dict(request.labels), spec=spec).to_dict()
+            doc["createdAt"] = (old or {}).get("createdAt") or now
+            doc["updatedAt"] = now
+            if old is not None and not request.labels:
+                doc["labels"] = dict(old.get("labels") or {})  # keep labels unless re-sent
+            return doc
+
+        node_id, created = await self._catalog.register_node(hostname=request.hostname, build=build)
+        log.info("%s node %s (%s, %s)", "registered" if created else "re-registered",
+                 node_id, request.hostname, ip)
+        return self._node_message(node_id)
+
+    def _node_message(self, node_id: str) -> compute.Node:
+        document, state = self._catalog.node(node_id)
+        node = compute.Node.from_dict(document, ignore_unknown_fields=True)
+        node.status = convert.node_status(
+            state,
+            last_heartbeat=self._monitor.last_heartbeat_wall(node_id),
+            assigned_pool_ids=sorted(self._view.assigned_pool_ids(node_id)),
+        )
+        return node
+
+    async def get_node(self, request: compute.GetNodeRequest) -> compute.Node:
+        return self._node_message(request.id)
+
+    async def list_nodes(self, request: compute.ListNodesRequest) -> compute.ListNodesResponse:
+        if request.page_size < 0:
+            raise errors.InvalidArgument("must not be negative", field="page_size")
+        size = min(request.page_size or 100, 1000)
+        after = decode_page_token(request.page_token) if request.page_token else None
+        phases = {int(p) for p in request.phases}
+        matches = []
+        for record in sorted(self._view.nodes(), key=lambda r: r.hostname):
+            if any(record.labels.get(k) != v for k, v in request.labels.items()):
+                continue
+            state = self._view.node_state(record.id)
+            if phases and (state is None or int(state.phase) not in phases):
+                continue
+            matches.append(record)
+        start = 0
+        if after is not None:
+            start = next((i for i, r in enumerate(matches) if r.hostname > after), len(matches))
+        page = matches[start : start + size]
+        more = start + size < len(matches)
+        return compute.ListNodesResponse(
+            nodes=[self._node_message(r.id) for r in page],
+            next_page_token=encode_page_token(page[-1].hostname) if more and page else "",
+            total_count=len(matches),
+        )
+
+    async def enable_node(self, request: compute.EnableNodeRequest) -> compute.Node:
+        await self._catalog.set_operator_phase(request.id, maintenance=False, reason="")
+        return self._node_message(request.id)
+
+    async def disable_node(self, request: compute.DisableNodeRequest) -> compute.Node:
+        await self._catalog.set_operator_phase(request.id, maintenance=True, reason=request.reason)
+        return self._node_message(request.id)
+
+    # --- heartbeats -------------------------------------------------------------------
+
+    def _response(
+        self,
+        assignment: Assignment,
+        *,
+        sequence: int,
+        with_pools: bool,
+        unsolicited: bool = False,
+        full_sync: bool = False,
+    ) -> compute.UpdateHeartbeatResponse:
+        pools = []
+        if with_pools:
+            for pool_id in assignment.pool_ids:
+                record = self._view.pool(pool_id)
+                if record is not None:
+                    pools.append(self._pools.definition(record))
+        return compute.UpdateHeartbeatResponse(
+            acknowledged=True,
+            server_time_unix=int(self._clock.time()),
+            heartbeat_interval_secs=self._interval_secs,
+            assigned_pool_ids=list(assignment.pool_ids),
+            request_full_sync=full_sync,
+            assigned_pools=pools,
+            sequence=sequence,
+            unsolicited=unsolicited,
+        )
+
+    def _accept(self, request: compute.UpdateHeartbeatRequest, *, full: bool) -> None:
+        self._intake.accept(
+            node_id=request.node_id,
+            reports=[convert.report_from_wire(r) for r in request.storage_pools],
+            full=full,
+            removed=request.removed_pool_ids,
+        )
+
+    async def update_heartbeat(
+        self, request: compute.UpdateHeartbeatRequest
+    ) -> compute.UpdateHeartbeatResponse:
+        self._accept(request, full=True)  # the unary path always carries full reports
+        assignment = self._intake.assignment(request.node_id)
+        return self._response(assignment, sequence=request.sequence, with_pools=True)
+
+    async def stream_heartbeat(
+        self,
+        stream: grpclib.server.Stream[
+            compute.UpdateHeartbeatRequest, compute.UpdateHeartbeatResponse
+        ],
+    ) -> None:
+        session = _StreamSession(self, stream)
+        await session.serve()
+
+
+class _StreamSession:
+    """One open StreamHeartbeat: answers heartbeats and pushes assignment changes."""
+
+    def __init__(self, service: NodeService, stream: grpclib.server.Stream[Any, Any]) -> None:
+        self._svc = service
+        self._stream = stream
+        self._send_lock = asyncio.Lock()
+        self._sent_signature: tuple[tuple[str, int], ...] | None = None
+        self.node_id = ""
+
+    async def _send(self, response: compute.UpdateHeartbeatResponse) -> None:
+        async with self._send_lock:
+            await self._stream.send_message(response)
+
+    def _reply(
+        self, *, sequence: int, unsolicited: bool = False, full_sync: bool = False
+    ) -> compute.UpdateHeartbeatResponse | None:
+        assignment = self._svc._intake.assignment(self.node_id)
+        changed = assignment.signature != self._sent_signature
+        if unsolicited and not changed:
+            return None
+        self._sent_signature = assignment.signature
+        return self._svc._response(
+            assignment, sequence=sequence, with_pools=changed, unsolicited=unsolicited,
+            full_sync=full_sync,
+        )
+
+    async def _push(self, event: asyncio.Event) -> None:
+        while True:
+            await event.wait()
+            event.clear()
+            response = self._reply(sequence=0, unsolicited=True)
+            if response is not None:
+                await self._send(response)
+
+    async def serve(self) -> None:
+        pusher: asyncio.Task[None] | None = None
+        event: asyncio.Event | None = None
+        try:
+            async for request in self._stream:
+                if not self.node_id:
+                    await guarded("StreamHeartbeat", functools.partial(self._first, request))
+                    event = self._svc._hub.open(self.node_id)
+                    pusher = asyncio.create_task(self._push(event), name=f"push-{self.node_id}")
+                    continue
+                if request.node_id and request.node_id != self.node_id:
+                    raise GRPCError(Status.INVALID_ARGUMENT,
+                                    "node_id: must not change on an open stream")
+                await guarded("StreamHeartbeat", functools.partial(self._heartbeat, request))
+        finally:
+            if pusher is not None:
+                await cancel_and_wait(pusher)
+            if event is not None:
+                self._svc._hub.close(self.node_id, event)
+
+    async def _first(self, request: compute.UpdateHeartbeatRequest) -> None:
+        self._svc._intake.require_node(request.node_id)
+        self.node_id = request.node_id
+        log.debug("heartbeat stream opened by node %s", self.node_id)
+        await self._heartbeat(request, first=True)
+
+    async def _heartbeat(self, request: compute.UpdateHeartbeatRequest, first: bool = False) -> None:
+        self._svc._accept(request, full=not request.delta)
+        response = self._reply(sequence=request.sequence, full_sync=first and request.delta)
+        assert response is not None
+        await self._send(response)

@@ -1,0 +1,289 @@
+"""StoragePoolService: pool definitions, assignment, aggregate status.
+
+Validation happens here, before anything is stored, and every rejection names
+the field (``spec.backend.nfs.server: required``). Definitions are returned in
+full, backend configuration included. ``ListPools`` pages for real: pools are
+ordered by name and the page token is an opaque cursor after the last name.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import betterproto2
+import grpclib.const
+
+from qvdc.api import convert
+from qvdc.api.errors import unary
+from qvdc.domain import errors, validation
+from qvdc.domain.model import BackendType, PoolRecord
+from qvdc.engines.catalog import Catalog, Document
+from qvdc.engines.view import ClusterView
+from qvdc.kits.timing import Clock
+from qvdc.store import keys
+from protos.google import protobuf as pb
+from protos.limiquantix.storage import v1 as storage
+
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+MAX_DESCRIPTION = 1024
+_TOKEN_PREFIX = "pools:v1:"
+
+_SPEC_FIELDS = {
+    "spec.backend": "backend",
+    "spec.defaults": "defaults",
+    "spec.qos": "qos",
+    "spec.encryption": "encryption",
+    "spec.replication": "replication",
+    "spec.tiering": "tiering",
+    "spec.assigned_node_ids": "assignedNodeIds",
+}
+
+
+def encode_page_token(after_name: str) -> str:
+    return base64.urlsafe_b64encode((_TOKEN_PREFIX + after_name).encode()).decode()
+
+
+def decode_page_token(token: str) -> str:
+    try:
+        text = base64.urlsafe_b64decode(token.encode()).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        raise errors.InvalidArgument("malformed page token", field="page_token") from exc
+    if not text.startswith(_TOKEN_PREFIX):
+        raise errors.InvalidArgument("malformed page token", field="page_token")
+    return text[len(_TOKEN_PREFIX) :]
+
+
+def validate_spec(spec: storage.StoragePoolSpec | None) -> None:
+    if spec is None or spec.backend is None:
+        raise errors.InvalidArgument("a backend is required", field="spec.backend")
+    kind, config = betterproto2.which_one_of(spec.backend, "config")
+    validation.validate_backend(
+        backend_type=BackendType(int(spec.backend.type)),
+        config_kind=kind or None,
+        config=config.to_dict() if config is not None else {},
+    )
+    seen: set[str] = set()
+    for i, node_id in enumerate(spec.assigned_node_ids):
+        if node_id in seen:
+            raise errors.InvalidArgument(
+                f"node '{node_id}' listed twice", field=f"spec.assigned_node_ids[{i}]"
+            )
+        seen.add(node_id)
+
+
+def validate_description(description: str) -> None:
+    if len(description) > MAX_DESCRIPTION:
+        raise errors.InvalidArgument(
+            f"at most {MAX_DESCRIPTION} characters, got {len(description)}", field="description"
+        )
+
+
+class PoolMessages:
+    """Builds ``StoragePool`` messages, memoising the definition per etcd revision
+    (heartbeat responses carry full pool definitions)."""
+
+    def __init__(self, *, view: ClusterView) -> None:
+        self._view = view
+        self._specs: dict[str, tuple[int, storage.StoragePool]] = {}
+
+    def definition(self, record: PoolRecord) -> storage.StoragePool:
+        revision = self._view.mod_revision(keys.pool(record.id))
+        memo = self._specs.get(record.id)
+        if memo is None or memo[0] != revision:
+            message = storage.StoragePool.from_dict(record.document, ignore_unknown_fields=True)
+            memo = (revision, message)
+            self._specs[record.id] = memo
+        return memo[1]
+
+    def full(self, record: PoolRecord) -> storage.StoragePool:
+        base = self.definition(record)
+        stored = self._view.pool_status(record.id)
+        agg, updated_at = stored if stored is not None else (None, 0.0)
+        hostnames: dict[str, str] = {}
+        if agg is not None:
+            for row in agg.rows:
+                node = self._view.node(row.node_id)
+                if node is not None:
+                    hostnames[row.node_id] = node.hostname
+        return storage.StoragePool(
+            id=base.id,
+            name=base.name,
+            project_id=base.project_id,
+            description=base.description,
+            labels=base.labels,
+            spec=base.spec,
+            status=convert.pool_status(agg, updated_at=updated_at, hostnames=hostnames),
+            created_at=base.created_at,
+            updated_at=base.updated_at,
+        )
+
+
+class StoragePoolService:
+    def __init__(self, *, catalog: Catalog, view: ClusterView, clock: Clock) -> None:
+        self._catalog = catalog
+        self._view = view
+        self._clock = clock
+        self.messages = PoolMessages(view=view)
+
+    def __mapping__(self) -> dict[str, grpclib.const.Handler]:
+        prefix = "/limiquantix.storage.v1.StoragePoolService/"
+        table: list[tuple[str, Callable[[Any], Any], type, type]] = [
+            ("CreatePool", self.create_pool, storage.CreatePoolRequest, storage.StoragePool),
+            ("GetPool", self.get_pool, storage.GetPoolRequest, storage.StoragePool),
+            ("ListPools", self.list_pools, storage.ListPoolsRequest, storage.ListPoolsResponse),
+            ("UpdatePool", self.update_pool, storage.UpdatePoolRequest, storage.StoragePool),
+            ("DeletePool", self.delete_pool, storage.DeletePoolRequest, pb.Empty),
+            ("GetPoolMetrics", self.get_pool_metrics, storage.GetPoolMetricsRequest,
+             storage.PoolMetrics),
+            ("AssignPoolToNode", self.assign, storage.AssignPoolToNodeRequest,
+             storage.StoragePool),
+            ("UnassignPoolFromNode", self.unassign, storage.UnassignPoolFromNodeRequest,
+             storage.StoragePool),
+        ]
+        return {
+            prefix + name: grpclib.const.Handler(
+                unary(name, fn), grpclib.const.Cardinality.UNARY_UNARY, req, resp
+            )
+            for name, fn, req, resp in table
+        }
+
+    async def create_pool(self, request: storage.CreatePoolRequest) -> storage.StoragePool:
+        validation.validate_pool_name(request.name)
+        validate_description(request.description)
+        validation.validate_labels(request.labels, field="labels")
+        validate_spec(request.spec)
+        now = convert.timestamp(self._clock.time())
+        pool = storage.StoragePool(
+            id=str(uuid.uuid4()),
+            name=request.name,
+            project_id=request.project_id,
+            description=request.description,
+            labels=dict(request.labels),
+            spec=request.spec,
+            created_at=now,
+            updated_at=now,
+        )
+        record = await self._catalog.create_pool(convert.pool_document(pool))
+        return self.messages.full(record)
+
+    async def get_pool(self, request: storage.GetPoolRequest) -> storage.StoragePool:
+        return self.messages.full(self._catalog.pool(request.id))
+
+    async def list_pools(self, request: storage.ListPoolsRequest) -> storage.ListPoolsResponse:
+        if request.page_size < 0:
+            raise errors.InvalidArgument("must not be negative", field="page_size")
+        size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        after = decode_page_token(request.page_token) if request.page_token else None
+        want_type = (
+            BackendType(int(request.backend_type))
+            if request.filter_backend_type or int(request.backend_type) != 0
+            else None
+        )
+        matches = sorted(
+            (
+                p for p in self._view.pools()
+                if self._matches(p, request=request, backend_type=want_type)
+            ),
+            key=lambda p: p.name,
+        )
+        start = 0
+        if after is not None:
+            start = next((i for i, p in enumerate(matches) if p.name > after), len(matches))
+        page = matches[start : start + size]
+        more = start + size < len(matches)
+        return storage.ListPoolsResponse(
+            pools=[self.messages.full(p) for p in page],
+            next_page_token=encode_page_token(page[-1].name) if more and page else "",
+            total_count=len(matches),
+        )
+
+    @staticmethod
+    def _matches(
+        pool: PoolRecord, *, request: storage.ListPoolsRequest, backend_type: BackendType | None
+    ) -> bool:
+        doc = pool.document
+        if request.project_id and doc.get("projectId", "") != request.project_id:
+            return False
+        labels = doc.get("labels") or {}
+        if any(labels.get(k) != v for k, v in request.labels.items()):
+            return False
+        return backend_type is None or pool.backend == backend_type
+
+    async def update_pool(self, request: storage.UpdatePoolRequest) -> storage.StoragePool:
+        current = self._catalog.pool(request.id)
+        paths = list(request.update_mask.paths) if request.update_mask else []
+        for i, path in enumerate(paths):
+            if path not in ("description", "labels", "spec", *_SPEC_FIELDS):
+                raise errors.InvalidArgument(
+                    f"unknown path '{path}'", field=f"update_mask.paths[{i}]"
+                )
+        validate_description(request.description)
+        validation.validate_labels(request.labels, field="labels")
+        new_spec = request.spec.to_dict() if request.spec is not None else {}
+        now = convert.timestamp(self._clock.time())
+
+        def mutate(doc: Document) -> Document:
+            doc = dict(doc)
+            spec = dict(doc.get("spec") or {})
+            if paths:
+                if "description" in paths:
+                    doc["description"] = request.description
+                if "labels" in paths:
+                    doc["labels"] = dict(request.labels)
+                if "spec" in paths:
+                    spec = dict(new_spec)
+                for path, key in _SPEC_FIELDS.items():
+                    if path in paths:
+                        if key in new_spec:
+                            spec[key] = new_spec[key]
+                        else:
+                            spec.pop(key, None)
+            else:
+                if request.description:
+                    doc["description"] = request.description
+                if request.labels:
+                    doc["labels"] = dict(request.labels)
+                spec.update(new_spec)
+            doc["spec"] = spec
+            merged = storage.StoragePoolSpec.from_dict(spec, ignore_unknown_fields=True)
+            validate_spec(merged)
+            if merged.backend is not None and BackendType(int(merged.backend.type)) != current.backend:
+                raise errors.FailedPrecondition(
+                    f"cannot change the backend type of an existing pool "
+                    f"({current.backend.name} -> {BackendType(int(merged.backend.type)).name}); "
+                    "create a new pool",
+                    field="spec.backend.type",
+                )
+            doc["updatedAt"] = now.isoformat().replace("+00:00", "Z") if now else ""
+            return doc
+
+        record = await self._catalog.update_pool(request.id, mutate)
+        return self.messages.full(record)
+
+    async def delete_pool(self, request: storage.DeletePoolRequest) -> pb.Empty:
+        await self._catalog.delete_pool(request.id, force=request.force)
+        return pb.Empty()
+
+    async def get_pool_metrics(self, request: storage.GetPoolMetricsRequest) -> storage.PoolMetrics:
+        record = self._catalog.pool(request.id)
+        stored = self._view.pool_status(record.id)
+        metrics = storage.PoolMetrics(pool_id=record.id)
+        if stored is not None:
+            agg = stored[0]
+            metrics.total_bytes = agg.capacity.total_bytes
+            metrics.used_bytes = agg.capacity.used_bytes
+            metrics.available_bytes = agg.capacity.available_bytes
+            metrics.provisioned_bytes = agg.capacity.provisioned_bytes
+            metrics.volume_count = agg.volume_count
+        return metrics
+
+    async def assign(self, request: storage.AssignPoolToNodeRequest) -> storage.StoragePool:
+        return self.messages.full(await self._catalog.assign(request.pool_id, request.node_id))
+
+    async def unassign(self, request: storage.UnassignPoolFromNodeRequest) -> storage.StoragePool:
+        return self.messages.full(await self._catalog.unassign(request.pool_id, request.node_id))

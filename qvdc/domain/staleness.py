@@ -1,0 +1,200 @@
+"""Node liveness on the controller's own monotonic clock (Kubernetes node-lifecycle style).
+
+The replica holding a node's heartbeat stream records, for every *new* heartbeat it sees,
+its own ``time.monotonic()`` (``observe_heartbeat``). It never compares the host's reported
+timestamps with its clock: host clocks drift and jump, and a liveness rule that depends on
+them flaps. A periodic pass (``classify``) then decides which nodes went silent.
+
+Rules (DESIGN.md §5, STYLE.md point 8):
+
+* A node is offline when ``now - last_seen > grace``, **strictly greater**: a node whose
+  heartbeat is exactly ``grace`` old is still live (upstream's 90 s rule is also strict).
+* **Mass outage.** When more than one node was live and at least ``fraction`` of them
+  (default 1.0 = all) go silent in the same pass, the likeliest fault is the controller's
+  own connectivity (its network, or etcd), not the fleet. ``classify`` then marks nobody
+  offline and reports ``mass_outage=True``; the caller keeps phases frozen and, when
+  heartbeats flow again, gives everybody a fresh grace with ``reset_after_outage`` (the
+  Kubernetes "full disruption" mode). A *single*-node fleet that goes silent is marked
+  offline: one node going silent is no evidence that the controller is at fault, and
+  otherwise a one-host install could never show its host as down.
+* ``reset_after_outage`` is also what a replica applies to nodes it takes over from a dead
+  replica: it has not seen their heartbeats, so each gets a full grace from takeover.
+* Operator phases (MAINTENANCE, DRAINING) never change because of heartbeats or silence
+  (``next_node_phase``); upstream's Postgres heartbeat forced READY over them (defect 13).
+
+Nothing here reads a clock: ``now`` is always a parameter, so tests use plain numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+from qvdc.domain.model import OPERATOR_PHASES, NodeId, NodePhase
+
+#: Default share of live nodes that must go silent in one pass to count as a mass outage.
+DEFAULT_MASS_OUTAGE_FRACTION = 1.0
+
+#: Phases that a missed grace turns into OFFLINE.
+_GO_OFFLINE_FROM = frozenset(
+    {NodePhase.READY, NodePhase.PENDING, NodePhase.UNKNOWN, NodePhase.NOT_READY}
+)
+
+#: Phases that a heartbeat turns into READY.
+_GO_READY_FROM = frozenset(
+    {NodePhase.OFFLINE, NodePhase.PENDING, NodePhase.UNKNOWN, NodePhase.NOT_READY}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Liveness:
+    """What the controller knows about one node's heartbeats.
+
+    ``last_seen`` is the controller's monotonic time of the last heartbeat observed (or of
+    the last grace reset); ``live`` is False once a pass classified the node offline.
+    """
+
+    node_id: NodeId
+    last_seen: float
+    live: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Classification:
+    """Result of one liveness pass.
+
+    ``newly_offline``: live nodes whose grace ran out this pass, to be marked OFFLINE (sorted;
+    always empty when ``mass_outage``). ``still_live``: live nodes that stay live (sorted; in
+    a mass outage, every live node). ``mass_outage``: the pass found a mass outage and
+    marked nobody.
+    """
+
+    newly_offline: tuple[NodeId, ...]
+    still_live: tuple[NodeId, ...]
+    mass_outage: bool
+
+
+def observe_heartbeat(*, record: Liveness | None, node_id: NodeId, now: float) -> Liveness:
+    """Return the node's liveness after a heartbeat seen at controller time ``now``.
+
+    Returns ``Liveness(node_id, last_seen=now, live=True)``: a heartbeat is proof of life and
+    restarts the grace, whether the node was unknown, live or offline.
+
+    Cases:
+
+    * no record                          -> live, ``last_seen=now``;
+    * a record seen at or before ``now`` -> live, ``last_seen=now``;
+    * a record seen after ``now`` (an observation stamped before a grace reset was applied)
+      -> live, ``last_seen`` kept: ``last_seen`` never moves backwards.
+    """
+    last_seen = now if record is None else max(now, record.last_seen)
+    return Liveness(node_id=node_id, last_seen=last_seen, live=True)
+
+
+def is_expired(*, last_seen: float, now: float, grace: float) -> bool:
+    """Return True when a heartbeat seen at ``last_seen`` is more than ``grace`` old at ``now``.
+
+    Strictly greater: exactly ``grace`` old is still live.
+    """
+    return now - last_seen > grace
+
+
+def detect_mass_outage(
+    *, live_before: int, going_offline: int, fraction: float = DEFAULT_MASS_OUTAGE_FRACTION
+) -> bool:
+    """Return True when a pass looks like the controller's outage rather than the nodes'.
+
+    True when more than one node was live (``live_before > 1``), at least one is going
+    offline, and the ones going offline are at least ``fraction`` of the live ones
+    (``fraction`` in (0, 1]; 1.0 means all of them). A one-node fleet is never a mass
+    outage: its silence is no evidence against the controller.
+    """
+    if live_before <= 1 or going_offline <= 0:
+        return False
+    # Compare in whole nodes, with slack for float error: 0.28 * 25 is 7.000000000000001.
+    needed = max(1, math.ceil(fraction * live_before - 1e-9))
+    return going_offline >= needed
+
+
+def classify(
+    *,
+    records: Mapping[NodeId, Liveness],
+    now: float,
+    grace: float,
+    mass_outage_fraction: float = DEFAULT_MASS_OUTAGE_FRACTION,
+) -> Classification:
+    """Return which live nodes went offline at ``now`` (see :class:`Classification`).
+
+    Cases, per record:
+
+    * not live                                   -> ignored (already offline; only a
+      heartbeat brings it back);
+    * live and ``now - last_seen > grace``       -> going offline;
+    * live otherwise                             -> still live.
+
+    Then, for the pass as a whole:
+
+    * :func:`detect_mass_outage` says so         -> nobody goes offline, every live node is
+      reported still live, ``mass_outage=True``;
+    * otherwise                                  -> the going-offline nodes are
+      ``newly_offline``.
+    """
+    live = sorted(node_id for node_id, record in records.items() if record.live)
+    expired = [
+        node_id
+        for node_id in live
+        if is_expired(last_seen=records[node_id].last_seen, now=now, grace=grace)
+    ]
+    if detect_mass_outage(
+        live_before=len(live), going_offline=len(expired), fraction=mass_outage_fraction
+    ):
+        return Classification(newly_offline=(), still_live=tuple(live), mass_outage=True)
+    expired_set = frozenset(expired)
+    return Classification(
+        newly_offline=tuple(expired),
+        still_live=tuple(node_id for node_id in live if node_id not in expired_set),
+        mass_outage=False,
+    )
+
+
+def mark_offline(
+    *, records: Mapping[NodeId, Liveness], node_ids: tuple[NodeId, ...]
+) -> dict[NodeId, Liveness]:
+    """Return a copy of ``records`` with ``node_ids`` set ``live=False`` (``last_seen`` kept).
+
+    Ids absent from ``records`` are ignored.
+    """
+    offline = frozenset(node_ids)
+    return {
+        node_id: replace(record, live=False) if node_id in offline else record
+        for node_id, record in records.items()
+    }
+
+
+def reset_after_outage(*, records: Mapping[NodeId, Liveness], now: float) -> dict[NodeId, Liveness]:
+    """Return a copy of ``records`` with every ``last_seen`` set to ``now`` (``live`` kept).
+
+    Gives every node a full grace from ``now``: after a mass outage ends, or when this
+    replica takes nodes over from another. Offline nodes stay offline until they heartbeat.
+    """
+    return {node_id: replace(record, last_seen=now) for node_id, record in records.items()}
+
+
+def next_node_phase(*, current: NodePhase, live: bool) -> NodePhase:
+    """Return the node phase after a liveness observation (the transition table).
+
+    Cases:
+
+    * MAINTENANCE, DRAINING (operator phases), live or not -> unchanged;
+    * READY, PENDING, UNKNOWN, NOT_READY and not live      -> OFFLINE;
+    * OFFLINE, PENDING, UNKNOWN, NOT_READY and live        -> READY;
+    * otherwise (READY and live, OFFLINE and not live)     -> unchanged.
+    """
+    if current in OPERATOR_PHASES:
+        return current
+    if not live and current in _GO_OFFLINE_FROM:
+        return NodePhase.OFFLINE
+    if live and current in _GO_READY_FROM:
+        return NodePhase.READY
+    return current

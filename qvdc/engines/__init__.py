@@ -1,0 +1,1 @@
+"""Long-running controller engines: heartbeat intake, liveness monitor, aggregator, assignment push."""

@@ -1,0 +1,297 @@
+"""Catalog: the transactions behind the pool and node APIs.
+
+Every multi-key change is ONE etcd transaction guarded by compares, so two
+replicas (or two operators) can never interleave half-applied changes:
+
+* create pool: ``poolnames/<name>`` and ``pools/<id>`` absent, every assigned
+  node present -> put pool, name index and ``assignments/<node>/<pool>``;
+* update / assign / unassign: ``pools/<id>`` at the mod_revision we read ->
+  put the new document and the assignment-index difference; on a lost race
+  re-read and re-apply (bounded), like a Kubernetes update conflict;
+* delete: the same compare -> delete pool, name, assignments and aggregate;
+  per-host rows are removed right after (the intake ignores reports for pools
+  that no longer exist, so a straggler row cannot come back);
+* register node: by hostname (the node's identity): a new hostname creates
+  ``nodes/<id>``, ``nodenames/<host>`` and a live ``nodestatus``; a known one
+  keeps its id and refreshes the document.
+
+Reads come from the replica's watch cache; after a write we wait until the
+cache has applied our revision, so a caller always reads its own writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from qvdc.domain import errors
+from qvdc.domain.model import NodeCondition, NodeId, NodePhase, NodeState, PoolRecord
+from qvdc.engines.liveness import LivenessMonitor
+from qvdc.engines.view import ClusterView
+from qvdc.kits.timing import Clock
+from qvdc.store import codec, keys
+from qvdc.store.etcd import Compare, EtcdStore, Op, StoreError, TxnResult
+
+log = logging.getLogger(__name__)
+
+MAX_CONFLICT_RETRIES = 5
+
+Document = dict[str, Any]
+
+
+class Catalog:
+    def __init__(
+        self,
+        *,
+        store: EtcdStore,
+        view: ClusterView,
+        monitor: LivenessMonitor,
+        clock: Clock,
+        timeout: float,
+    ) -> None:
+        self._store = store
+        self._view = view
+        self._monitor = monitor
+        self._clock = clock
+        self._timeout = timeout
+
+    async def _txn(self, *, compares: list[Compare], success: list[Op]) -> TxnResult:
+        try:
+            result = await self._store.txn(compares=compares, success=success, timeout=self._timeout)
+        except StoreError as exc:
+            raise errors.Unavailable(f"etcd unavailable: {exc}") from exc
+        if result.succeeded:
+            await self._view.wait_for_revision(result.revision, timeout=self._timeout)
+        return result
+
+    # --- pools --------------------------------------------------------------------
+
+    def pool(self, pool_id: str) -> PoolRecord:
+        if not pool_id:
+            raise errors.InvalidArgument("id is required", field="id")
+        record = self._view.pool(pool_id)
+        if record is None:
+            raise errors.NotFound(f"pool '{pool_id}' not found", field="id")
+        return record
+
+    def _require_nodes(self, node_ids: Sequence[str], *, field: str) -> None:
+        for i, node_id in enumerate(node_ids):
+            if not node_id:
+                raise errors.InvalidArgument("node id must not be empty", field=f"{field}[{i}]")
+            if self._view.node(node_id) is None:
+                raise errors.NotFound(f"node '{node_id}' not found", field=f"{field}[{i}]")
+
+    async def create_pool(self, document: Document) -> PoolRecord:
+        """Store a new pool. ``document`` is the StoragePool JSON (id, name, spec, ...)."""
+        pool_id = str(document["id"])
+        name = str(document["name"])
+        assigned = list(document.get("spec", {}).get("assignedNodeIds") or [])
+        for attempt in range(MAX_CONFLICT_RETRIES):
+            if self._view.pool_id_by_name(name) is not None:
+                raise errors.AlreadyExists(f"a pool named '{name}' already exists", field="name")
+            self._require_nodes(assigned, field="spec.assigned_node_ids")
+            compares = [Compare.absent(keys.pool_name(name)), Compare.absent(keys.pool(pool_id))]
+            compares += [Compare.present(keys.node(n)) for n in assigned]
+            success = [
+                Op.put(keys.pool(pool_id), codec.encode_pool_document(document)),
+                Op.put(keys.pool_name(name), pool_id.encode()),
+            ] + [Op.put(keys.assignment(n, pool_id), b"") for n in assigned]
+            result = await self._txn(compares=compares, success=success)
+            if result.succeeded:
+                return self.pool(pool_id)
+            log.debug("create pool %s lost a race (attempt %d)", name, attempt + 1)
+            await self._view.wait_for_revision(await self._store.revision(), timeout=self._timeout)
+        raise errors.Conflict(f"pool '{name}' changed concurrently; retry", field="name")
+
+    async def update_pool(
+        self, pool_id: str, mutate: Callable[[Document], Document]
+    ) -> PoolRecord:
+        """Apply ``mutate`` (pure: old document -> new document, may raise domain errors)
+        to the pool with optimistic concurrency; keep the assignment index in step."""
+        for _ in range(MAX_CONFLICT_RETRIES):
+            current = self.pool(pool_id)
+            key = keys.pool(pool_id)
+            revision = self._view.mod_revision(key)
+            new_doc = mutate(dict(current.document))
+            new_doc["id"] = pool_id
+            new_doc["name"] = current.name
+            encoded = codec.encode_pool_document(new_doc)
+            new_record = codec.decode_pool(encoded)
+            old_nodes = set(current.assigned_node_ids)
+            new_nodes = set(new_record.assigned_node_ids)
+            added = sorted(new_nodes - old_nodes)
+            self._require_nodes(added, field="spec.assigned_node_ids")
+            if encoded == codec.encode_pool_document(dict(current.document)):
+                return current  # nothing changes: no write
+            compares = [Compare.mod_revision(key, revision)]
+            compares += [Compare.present(keys.node(n)) for n in added]
+            success = [Op.put(key, encoded)]
+            success += [Op.put(keys.assignment(n, pool_id), b"") for n in added]
+            success += [Op.delete(keys.assignment(n, pool_id)) for n in sorted(old_nodes - new_nodes)]
+            result = await self._txn(compares=compares, success=success)
+            if result.succeeded:
+                return self.pool(pool_id)
+            await self._view.wait_for_revision(await self._store.revision(), timeout=self._timeout)
+        raise errors.Conflict(f"pool '{pool_id}' changed concurrently; retry", field="id")
+
+    async def assign(self, pool_id: str, node_id: str) -> PoolRecord:
+        self._check_ids(pool_id, node_id)
+        self.pool(pool_id)
+        self._require_nodes([node_id], field="node_id")
+
+        def add(doc: Document) -> Document:
+            spec = dict(doc.get("spec") or {})
+            nodes = list(spec.get("assignedNodeIds") or [])
+            if node_id not in nodes:
+                nodes.append(node_id)
+            spec["assignedNodeIds"] = nodes
+            return {**doc, "spec": spec}
+
+        return await self.update_pool(pool_id, add)
+
+    async def unassign(self, pool_id: str, node_id: str) -> PoolRecord:
+        self._check_ids(pool_id, node_id)
+        self.pool(pool_id)
+
+        def remove(doc: Document) -> Document:
+            spec = dict(doc.get("spec") or {})
+            nodes = [n for n in spec.get("assignedNodeIds") or [] if n != node_id]
+            if nodes:
+                spec["assignedNodeIds"] = nodes
+            else:
+                spec.pop("assignedNodeIds", None)
+            return {**doc, "spec": spec}
+
+        return await self.update_pool(pool_id, remove)
+
+    @staticmethod
+    def _check_ids(pool_id: str, node_id: str) -> None:
+        if not pool_id:
+            raise errors.InvalidArgument("pool_id is required", field="pool_id")
+        if not node_id:
+            raise errors.InvalidArgument("node_id is required", field="node_id")
+
+    async def delete_pool(self, pool_id: str, *, force: bool) -> None:
+        for _ in range(MAX_CONFLICT_RETRIES):
+            current = self.pool(pool_id)
+            busy = {
+                node: s.report.volume_count
+                for node, s in self._view.host_statuses(pool_id).items()
+                if s.report.volume_count > 0
+            }
+            if busy and not force:
+                total = sum(busy.values())
+                raise errors.FailedPrecondition(
+                    f"pool '{current.name}' still holds {total} volume(s) on "
+                    f"{len(busy)} host(s); delete them or set force",
+                    field="force",
+                )
+            key = keys.pool(pool_id)
+            success = [Op.delete(key), Op.delete(keys.pool_name(current.name))]
+            success += [Op.delete(keys.assignment(n, pool_id)) for n in current.assigned_node_ids]
+            success.append(Op.delete(keys.pool_status(pool_id)))
+            result = await self._txn(
+                compares=[Compare.mod_revision(key, self._view.mod_revision(key))], success=success
+            )
+            if result.succeeded:
+                try:
+                    await self._store.delete_prefix(
+                        keys.host_statuses_of(pool_id), timeout=self._timeout
+                    )
+                except StoreError as exc:
+                    log.warning("pool %s deleted; its host rows remain (%s)", pool_id, exc)
+                return
+            await self._view.wait_for_revision(await self._store.revision(), timeout=self._timeout)
+        raise errors.Conflict(f"pool '{pool_id}' changed concurrently; retry", field="id")
+
+    # --- nodes --------------------------------------------------------------------
+
+    async def register_node(
+        self, *, hostname: str, build: Callable[[str, Mapping[str, Any] | None], Document]
+    ) -> tuple[str, bool]:
+        """Register or re-register by hostname. ``build(node_id, old_document)`` returns
+        the Node document. Returns ``(node_id, created)``."""
+        for _ in range(MAX_CONFLICT_RETRIES):
+            existing = self._view.node_id_by_hostname(hostname)
+            now = self._clock.time()
+            if existing is None:
+                node_id = str(uuid.uuid4())
+                document = build(node_id, None)
+                state = NodeState(
+                    node_id=NodeId(node_id), phase=NodePhase.READY, last_heartbeat_at=now,
+                    live=True, owner_replica=self._monitor.replica_id,
+                    conditions=(NodeCondition(type="Ready", status=True, reason="Registered",
+                                              message="node registered", at=now),),
+                )
+                result = await self._txn(
+                    compares=[Compare.absent(keys.node_name(hostname))],
+                    success=[
+                        Op.put(keys.node(node_id), codec.encode_node_document(document)),
+                        Op.put(keys.node_name(hostname), node_id.encode()),
+                        Op.put(keys.node_status(node_id), codec.encode_node_state(state)),
+                    ],
+                )
+                if result.succeeded:
+                    self._monitor.observe(NodeId(node_id))
+                    return node_id, True
+            else:
+                old = self._view.node(existing)
+                key = keys.node(existing)
+                document = build(existing, old.document if old else None)
+                result = await self._txn(
+                    compares=[Compare.mod_revision(key, self._view.mod_revision(key))],
+                    success=[Op.put(key, codec.encode_node_document(document))],
+                )
+                if result.succeeded:
+                    self._monitor.observe(NodeId(existing))
+                    return existing, False
+            await self._view.wait_for_revision(await self._store.revision(), timeout=self._timeout)
+        raise errors.Conflict(f"node '{hostname}' changed concurrently; retry", field="hostname")
+
+    def node(self, node_id: str) -> tuple[Mapping[str, Any], NodeState | None]:
+        if not node_id:
+            raise errors.InvalidArgument("id is required", field="id")
+        record = self._view.node(node_id)
+        if record is None:
+            raise errors.NotFound(f"node '{node_id}' not found", field="id")
+        return record.document, self._view.node_state(node_id)
+
+    async def set_operator_phase(self, node_id: str, *, maintenance: bool, reason: str) -> None:
+        """DisableNode (maintenance on) / EnableNode (maintenance off)."""
+        self.node(node_id)
+        key = keys.node_status(node_id)
+        for _ in range(MAX_CONFLICT_RETRIES):
+            current = self._view.node_state(node_id)
+            now = self._clock.time()
+            live = current.live if current is not None else False
+            if maintenance:
+                phase = NodePhase.MAINTENANCE
+            else:
+                phase = NodePhase.READY if live else NodePhase.OFFLINE
+            if current is not None and current.phase == phase and (
+                not maintenance or current.maintenance_reason == reason
+            ):
+                return
+            condition = NodeCondition(
+                type="Maintenance", status=maintenance,
+                reason="Disabled" if maintenance else "Enabled",
+                message=reason or ("disabled by operator" if maintenance else "enabled by operator"),
+                at=now,
+            )
+            state = NodeState(
+                node_id=NodeId(node_id), phase=phase,
+                last_heartbeat_at=current.last_heartbeat_at if current else 0.0,
+                live=live, owner_replica=current.owner_replica if current else "",
+                conditions=((*current.conditions, condition) if current else (condition,))[-10:],
+                maintenance_reason=reason if maintenance else "",
+            )
+            result = await self._txn(
+                compares=[Compare.mod_revision(key, self._view.mod_revision(key))],
+                success=[Op.put(key, codec.encode_node_state(state))],
+            )
+            if result.succeeded:
+                return
+            await self._view.wait_for_revision(await self._store.revision(), timeout=self._timeout)
+        raise errors.Conflict(f"node '{node_id}' changed concurrently; retry", field="id")

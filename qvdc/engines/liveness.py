@@ -1,0 +1,231 @@
+"""Node liveness: in memory on the replica holding the node's heartbeats.
+
+Lesson from Kubernetes (KEP-589) and Nomad: a heartbeat must be cheap. This
+replica records, on its own monotonic clock, when it last heard from each node
+(``observe()``: a dict update, no I/O). A periodic pass classifies nodes with
+the pure rules in ``qvdc.domain.staleness`` and writes ``nodestatus/<node>``
+only on a *transition*:
+
+* a node goes silent past the grace -> ``live=false``, phase OFFLINE (operator
+  phases MAINTENANCE/DRAINING are kept), condition Ready=False/HeartbeatTimeout;
+* a silent node is heard again -> ``live=true``, phase READY (or its operator
+  phase), condition Ready=True/HeartbeatRestored;
+* the node's heartbeats move to this replica -> owner changes.
+
+If every live node goes silent in one pass, the fault is most likely ours (etcd
+or network), so nobody is marked and every node gets a fresh grace once
+heartbeats resume (Kubernetes' "full disruption" rule).
+
+A replica that dies takes its lease (``replicas/<id>``) with it. The leader
+adopts nodes whose owner replica is gone and gives them a fresh startup grace,
+so a controller restart never marks a healthy fleet OFFLINE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+
+from qvdc.domain import staleness
+from qvdc.domain.model import NodeCondition, NodeId, NodePhase, NodeState
+from qvdc.engines.view import ClusterView
+from qvdc.kits.timing import Clock
+from qvdc.store import codec, keys
+from qvdc.store.etcd import Compare, EtcdStore, Op, StoreError
+
+log = logging.getLogger(__name__)
+
+MAX_CONDITIONS = 10
+
+
+class LivenessMonitor:
+    def __init__(
+        self,
+        *,
+        store: EtcdStore,
+        view: ClusterView,
+        clock: Clock,
+        replica_id: str,
+        grace: float,
+        startup_grace: float,
+        check_period: float,
+        mass_outage_fraction: float,
+        timeout: float,
+    ) -> None:
+        self._store = store
+        self._view = view
+        self._clock = clock
+        self.replica_id = replica_id
+        self._grace = grace
+        self._startup_grace = startup_grace
+        self._check_period = check_period
+        self._mass_fraction = mass_outage_fraction
+        self._timeout = timeout
+        self._records: dict[NodeId, staleness.Liveness] = {}
+        self._last_wall: dict[NodeId, float] = {}
+        self._dirty: set[NodeId] = set()
+        self._wakeup = asyncio.Event()
+        self.leader = False
+        self.mass_outage = False
+
+    # --- hot path -------------------------------------------------------------
+
+    def observe(self, node_id: NodeId) -> None:
+        """A heartbeat from ``node_id`` arrived now. Cheap; no I/O."""
+        previous = self._records.get(node_id)
+        self._records[node_id] = staleness.observe_heartbeat(
+            record=previous, node_id=node_id, now=self._clock.monotonic()
+        )
+        self._last_wall[node_id] = self._clock.time()
+        if previous is None or not previous.live or self.mass_outage:
+            self._mark(node_id)
+            return
+        state = self._view.node_state(node_id)
+        if state is None or not state.live or state.owner_replica != self.replica_id:
+            self._mark(node_id)
+
+    def last_heartbeat_wall(self, node_id: str) -> float | None:
+        """Wall time of the last heartbeat this replica received from the node."""
+        return self._last_wall.get(NodeId(node_id))
+
+    def is_live(self, node_id: str) -> bool:
+        rec = self._records.get(NodeId(node_id))
+        return rec is not None and rec.live
+
+    def forget(self, node_id: NodeId) -> None:
+        self._records.pop(node_id, None)
+        self._last_wall.pop(node_id, None)
+
+    def _mark(self, node_id: NodeId) -> None:
+        self._dirty.add(node_id)
+        self._wakeup.set()
+
+    # --- periodic pass ----------------------------------------------------------
+
+    def check(self) -> None:
+        """One liveness pass (sync): classify, adopt orphans, mark transitions."""
+        now = self._clock.monotonic()
+        if self.leader:
+            self._adopt_orphans(now=now)
+        result = staleness.classify(records=self._records, now=now, grace=self._grace)
+        if result.mass_outage:
+            if not self.mass_outage:
+                log.warning(
+                    "all %d live nodes went silent at once: assuming the controller is cut off; "
+                    "marking nobody offline", len(self._records),
+                )
+            self.mass_outage = True
+            self._records = staleness.reset_after_outage(records=self._records, now=now)
+            return
+        if self.mass_outage and result.still_live:
+            log.info("heartbeats resumed after a suspected controller-side outage")
+            self.mass_outage = False
+        for node_id in result.newly_offline:
+            record = self._records[node_id]
+            self._records[node_id] = dataclasses.replace(record, live=False)
+            log.info("node %s: no heartbeat for %.1fs (grace %.1fs)", node_id,
+                     now - record.last_seen, self._grace)
+            self._mark(node_id)
+
+    def _adopt_orphans(self, *, now: float) -> None:
+        replicas = {kv.key[len(keys.REPLICAS) :] for kv in self._view.cache.scan(keys.REPLICAS)}
+        replicas.add(self.replica_id)
+        for state in self._view.node_states():
+            if not state.live or state.owner_replica in replicas:
+                continue
+            if state.node_id in self._records:
+                continue
+            log.info("adopting node %s from gone replica %r with a fresh grace of %.1fs",
+                     state.node_id, state.owner_replica, self._startup_grace)
+            # A fresh grace: pretend we heard from it startup_grace - grace ago.
+            self._records[state.node_id] = staleness.Liveness(
+                node_id=state.node_id, last_seen=now + self._startup_grace - self._grace, live=True
+            )
+            self._mark(state.node_id)
+
+    def desired_state(self, node_id: NodeId, current: NodeState | None) -> NodeState | None:
+        """The nodestatus this replica wants for ``node_id``, or None if nothing to write."""
+        record = self._records.get(node_id)
+        if record is None:
+            return None
+        live = record.live
+        wall = self._clock.time()
+        phase_now = current.phase if current is not None else NodePhase.PENDING
+        phase = staleness.next_node_phase(current=phase_now, live=live)
+        owner = self.replica_id if live else (current.owner_replica if current else "")
+        was_live = current.live if current is not None else False
+        conditions = current.conditions if current is not None else ()
+        if live != was_live:
+            conditions = (*conditions, NodeCondition(
+                type="Ready",
+                status=live,
+                reason="HeartbeatRestored" if live else "HeartbeatTimeout",
+                message=(
+                    "heartbeats arriving" if live
+                    else f"no heartbeat for more than {self._grace:.0f}s"
+                ),
+                at=wall,
+            ))[-MAX_CONDITIONS:]
+        desired = NodeState(
+            node_id=node_id,
+            phase=phase,
+            last_heartbeat_at=self._last_wall.get(node_id, current.last_heartbeat_at if current else 0.0),
+            live=live,
+            owner_replica=owner,
+            conditions=conditions,
+            maintenance_reason=current.maintenance_reason if current else "",
+        )
+        if current is not None and (
+            current.phase == desired.phase
+            and current.live == desired.live
+            and current.owner_replica == desired.owner_replica
+        ):
+            return None
+        return desired
+
+    async def _write_transitions(self) -> None:
+        dirty, self._dirty = self._dirty, set()
+        for node_id in sorted(dirty):
+            key = keys.node_status(node_id)
+            if self._view.node(node_id) is None:
+                continue  # deregistered meanwhile
+            current = self._view.node_state(node_id)
+            desired = self.desired_state(node_id, current)
+            if desired is None:
+                continue
+            try:
+                result = await self._store.txn(
+                    compares=[Compare.mod_revision(key, self._view.mod_revision(key))],
+                    success=[Op.put(key, codec.encode_node_state(desired))],
+                    timeout=self._timeout,
+                )
+            except StoreError as exc:
+                log.warning("node %s: status write failed (%s); will retry", node_id, exc)
+                self._dirty.add(node_id)
+                continue
+            if not result.succeeded:
+                # Someone else (an operator phase change) wrote first: retry on fresh data.
+                self._dirty.add(node_id)
+                continue
+            await self._view.wait_for_revision(result.revision, timeout=self._timeout)
+            log.info("node %s: %s%s", node_id, desired.phase.name,
+                     "" if desired.live else " (not live)")
+
+    async def run(self) -> None:
+        while True:
+            try:
+                async with asyncio.timeout(self._check_period):
+                    await self._wakeup.wait()
+            except TimeoutError:
+                pass
+            self._wakeup.clear()
+            self.check()
+            if self._dirty:
+                try:
+                    await self._write_transitions()
+                except TimeoutError:
+                    log.warning("node status writes timed out; will retry")
+                if self._dirty:
+                    await asyncio.sleep(min(self._check_period, 0.5))
+                    self._wakeup.set()

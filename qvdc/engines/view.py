@@ -1,0 +1,193 @@
+"""ClusterView: this replica's decoded, watch-fed picture of the keyspace.
+
+Every replica lists the whole prefix once and then follows etcd's watch
+(``store.watching.WatchCache``); reads on the hot path (does this node exist?
+which pools is it assigned? what did it last report?) never go to etcd.
+
+Decoding JSON on every read would dominate the heartbeat path, so decoded
+objects are memoised per key and revision. Two indexes that a key layout
+cannot answer by prefix are kept up to date from the change feed:
+``node -> pools it has a hoststatus row in`` and ``pool -> nodes assigned``.
+
+Listeners (the aggregator, the assignment push) subscribe to raw changes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from qvdc.domain.model import (
+    HostPoolStatus,
+    NodeId,
+    NodeRecord,
+    NodeState,
+    PoolAggregate,
+    PoolId,
+    PoolRecord,
+)
+from qvdc.store import codec, keys
+from qvdc.store.etcd import EtcdStore, KeyValue
+from qvdc.store.watching import WatchCache
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+Listener = Callable[[str, KeyValue | None, KeyValue | None], None]
+
+
+class ClusterView:
+    def __init__(self, *, store: EtcdStore) -> None:
+        self.store = store
+        self.cache = WatchCache(store, "", on_change=self._on_change)
+        self._memo: dict[str, tuple[int, Any]] = {}
+        self._listeners: list[Listener] = []
+        # node -> pools where a hoststatus/<pool>/<node> row exists
+        self._rows_of_node: defaultdict[str, set[str]] = defaultdict(set)
+        # pool -> nodes with an assignments/<node>/<pool> key
+        self._assigned_to_pool: defaultdict[str, set[str]] = defaultdict(set)
+
+    # --- feed -----------------------------------------------------------------
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def _on_change(self, key: str, old: KeyValue | None, new: KeyValue | None) -> None:
+        self._memo.pop(key, None)
+        parts = key.split("/")
+        if len(parts) == 3 and parts[0] == "hoststatus":
+            _, pool_id, node_id = parts
+            if new is None:
+                self._discard(self._rows_of_node, node_id, pool_id)
+            else:
+                self._rows_of_node[node_id].add(pool_id)
+        elif len(parts) == 3 and parts[0] == "assignments":
+            _, node_id, pool_id = parts
+            if new is None:
+                self._discard(self._assigned_to_pool, pool_id, node_id)
+            else:
+                self._assigned_to_pool[pool_id].add(node_id)
+        for listener in self._listeners:
+            try:
+                listener(key, old, new)
+            except Exception:
+                log.exception("cluster view listener failed on %s", key)
+
+    @staticmethod
+    def _discard(index: defaultdict[str, set[str]], outer: str, inner: str) -> None:
+        members = index.get(outer)
+        if members is not None:
+            members.discard(inner)
+            if not members:
+                del index[outer]
+
+    async def run(self) -> None:
+        await self.cache.run()
+
+    async def wait_ready(self, *, timeout: float) -> None:
+        await self.cache.wait_ready(timeout=timeout)
+
+    async def wait_for_revision(self, revision: int, *, timeout: float) -> None:
+        await self.cache.wait_for_revision(revision, timeout=timeout)
+
+    @property
+    def revision(self) -> int:
+        return self.cache.revision
+
+    # --- decoded reads ----------------------------------------------------------
+
+    def _decoded(self, key: str, decode: Callable[[KeyValue], _T]) -> _T | None:
+        kv = self.cache.get(key)
+        if kv is None:
+            return None
+        memo = self._memo.get(key)
+        if memo is not None and memo[0] == kv.mod_revision:
+            return memo[1]  # type: ignore[no-any-return]
+        try:
+            obj = decode(kv)
+        except codec.CodecError as exc:
+            log.error("ignoring undecodable value at %s: %s", key, exc)
+            return None
+        self._memo[key] = (kv.mod_revision, obj)
+        return obj
+
+    def mod_revision(self, key: str) -> int:
+        kv = self.cache.get(key)
+        return kv.mod_revision if kv is not None else 0
+
+    def pool(self, pool_id: str) -> PoolRecord | None:
+        return self._decoded(keys.pool(pool_id), lambda kv: codec.decode_pool(kv.value))
+
+    def pool_id_by_name(self, name: str) -> PoolId | None:
+        kv = self.cache.get(keys.pool_name(name))
+        return PoolId(kv.value.decode()) if kv is not None else None
+
+    def pools(self) -> list[PoolRecord]:
+        out = []
+        for kv in self.cache.scan(keys.POOLS):
+            rec = self.pool(kv.key[len(keys.POOLS) :])
+            if rec is not None:
+                out.append(rec)
+        return out
+
+    def node(self, node_id: str) -> NodeRecord | None:
+        return self._decoded(keys.node(node_id), lambda kv: codec.decode_node(kv.value))
+
+    def node_id_by_hostname(self, hostname: str) -> NodeId | None:
+        kv = self.cache.get(keys.node_name(hostname))
+        return NodeId(kv.value.decode()) if kv is not None else None
+
+    def nodes(self) -> list[NodeRecord]:
+        out = []
+        for kv in self.cache.scan(keys.NODES):
+            rec = self.node(kv.key[len(keys.NODES) :])
+            if rec is not None:
+                out.append(rec)
+        return out
+
+    def node_state(self, node_id: str) -> NodeState | None:
+        return self._decoded(
+            keys.node_status(node_id), lambda kv: codec.decode_node_state(node_id, kv.value)
+        )
+
+    def node_states(self) -> list[NodeState]:
+        out = []
+        for kv in self.cache.scan(keys.NODE_STATUS):
+            state = self.node_state(kv.key[len(keys.NODE_STATUS) :])
+            if state is not None:
+                out.append(state)
+        return out
+
+    def host_status(self, pool_id: str, node_id: str) -> HostPoolStatus | None:
+        return self._decoded(
+            keys.host_status(pool_id, node_id),
+            lambda kv: codec.decode_host_status(pool_id, node_id, kv.value),
+        )
+
+    def host_statuses(self, pool_id: str) -> dict[NodeId, HostPoolStatus]:
+        prefix = keys.host_statuses_of(pool_id)
+        out: dict[NodeId, HostPoolStatus] = {}
+        for kv in self.cache.scan(prefix):
+            node_id = kv.key[len(prefix) :]
+            status = self.host_status(pool_id, node_id)
+            if status is not None:
+                out[NodeId(node_id)] = status
+        return out
+
+    def pools_with_rows_of(self, node_id: str) -> frozenset[str]:
+        return frozenset(self._rows_of_node.get(node_id, ()))
+
+    def pool_status(self, pool_id: str) -> tuple[PoolAggregate, float] | None:
+        return self._decoded(
+            keys.pool_status(pool_id), lambda kv: codec.decode_pool_status(pool_id, kv.value)
+        )
+
+    def assigned_pool_ids(self, node_id: str) -> list[PoolId]:
+        prefix = keys.assignments_of(node_id)
+        return [PoolId(kv.key[len(prefix) :]) for kv in self.cache.scan(prefix)]
+
+    def nodes_assigned_to(self, pool_id: str) -> frozenset[str]:
+        return frozenset(self._assigned_to_pool.get(pool_id, ()))

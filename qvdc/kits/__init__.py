@@ -1,0 +1,1 @@
+"""Leaf async helpers (backoff, interruptible sleep, guarded tasks). Stdlib only; the node daemon may import them."""

@@ -1,0 +1,156 @@
+"""Controller settings: frozen dataclasses grouped by concern, validated at construction.
+
+Every field says its unit, default and why. Settings are passed explicitly as
+keyword arguments; there are no module globals.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class SettingsError(ValueError):
+    """A setting is out of range or inconsistent with another one."""
+
+
+def _require(cond: bool, message: str) -> None:
+    if not cond:
+        raise SettingsError(message)
+
+
+@dataclass(frozen=True, slots=True)
+class EtcdSettings:
+    endpoints: tuple[str, ...] = ()
+    """``host:port`` of etcd members. Empty: start an embedded etcd child process."""
+
+    prefix: str = "/quantix/"
+    """Key prefix of everything QvDC stores; lets several clusters share one etcd."""
+
+    timeout: float = 5.0
+    """Seconds allowed for one etcd request before it counts as failed."""
+
+    embedded_data_dir: Path | None = None
+    """Data directory of the embedded etcd (default ``<state_dir>/etcd``)."""
+
+    embedded_quota_bytes: int = 2 * 1024**3
+    """Backend quota of the embedded etcd (``--quota-backend-bytes``), 2 GiB."""
+
+    embedded_compaction_retention: str = "1000"
+    """Revisions kept by the embedded etcd's revision auto-compaction."""
+
+    def __post_init__(self) -> None:
+        _require(self.prefix.startswith("/") and self.prefix.endswith("/"),
+                 f"etcd prefix must start and end with '/': {self.prefix!r}")
+        _require(0 < self.timeout <= 60, f"etcd timeout must be in (0, 60] s: {self.timeout}")
+        for ep in self.endpoints:
+            host, _, port = ep.rpartition(":")
+            _require(bool(host) and port.isdigit(), f"etcd endpoint must be host:port: {ep!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatSettings:
+    interval: float = 30.0
+    """Seconds between a node's heartbeats, told to every node in each response."""
+
+    material_capacity_fraction: float = 0.01
+    """A capacity change counts as material above this fraction of the total (1 %)."""
+
+    material_capacity_bytes: int = 1024**3
+    """... or above this many bytes (1 GiB), whichever is smaller."""
+
+    commit_delay: float = 0.005
+    """Seconds a material host-status write waits to be group-committed with others."""
+
+    commit_max_ops: int = 128
+    """Puts per etcd transaction (etcd's default ``--max-txn-ops`` is 128)."""
+
+    def __post_init__(self) -> None:
+        _require(0.05 <= self.interval <= 3600, f"heartbeat interval must be in [0.05, 3600] s: {self.interval}")
+        _require(0 <= self.material_capacity_fraction < 1, "material_capacity_fraction must be in [0, 1)")
+        _require(self.material_capacity_bytes >= 0, "material_capacity_bytes must be >= 0")
+        _require(0 <= self.commit_delay <= 1, "commit_delay must be in [0, 1] s")
+        _require(1 <= self.commit_max_ops <= 128, "commit_max_ops must be in [1, 128]")
+
+
+@dataclass(frozen=True, slots=True)
+class MonitorSettings:
+    grace: float | None = None
+    """Seconds without a heartbeat before a node is OFFLINE and its reports stale.
+    Default: 3 x heartbeat interval + 10 s (the Kubernetes node-monitor rule)."""
+
+    startup_grace: float | None = None
+    """Grace given to every node when a replica starts or takes a node over
+    (it has not yet seen their heartbeats). Default: the grace."""
+
+    check_period: float | None = None
+    """Seconds between liveness passes. Default: grace / 4, at most 5 s."""
+
+    mass_outage_fraction: float = 1.0
+    """If at least this fraction of live nodes (and more than one) go silent in
+    one pass, assume the controller is cut off and mark nobody (1.0 = all)."""
+
+    def __post_init__(self) -> None:
+        for name in ("grace", "startup_grace", "check_period"):
+            value = getattr(self, name)
+            _require(value is None or value > 0, f"{name} must be > 0: {value}")
+        _require(0 < self.mass_outage_fraction <= 1, "mass_outage_fraction must be in (0, 1]")
+
+
+@dataclass(frozen=True, slots=True)
+class GrpcSettings:
+    host: str = "127.0.0.1"
+    """Address the gRPC server binds."""
+
+    port: int = 7443
+    """Port of the gRPC server (0 = any free port)."""
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.port <= 65535, f"port out of range: {self.port}")
+
+
+@dataclass(frozen=True, slots=True)
+class ControllerSettings:
+    etcd: EtcdSettings = field(default_factory=EtcdSettings)
+    heartbeat: HeartbeatSettings = field(default_factory=HeartbeatSettings)
+    monitor: MonitorSettings = field(default_factory=MonitorSettings)
+    grpc: GrpcSettings = field(default_factory=GrpcSettings)
+
+    state_dir: Path = Path("/var/lib/qvdc")
+    """Where the embedded etcd keeps its data."""
+
+    replica_id: str = ""
+    """This replica's name in ``replicas/`` and ``nodestatus`` (default: host:pid)."""
+
+    naive: bool = False
+    """Benchmark baseline: write every report on every heartbeat, as upstream does."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def grace(self) -> float:
+        g = self.monitor.grace
+        return g if g is not None else 3 * self.heartbeat.interval + 10.0
+
+    @property
+    def startup_grace(self) -> float:
+        g = self.monitor.startup_grace
+        return g if g is not None else self.grace
+
+    @property
+    def check_period(self) -> float:
+        p = self.monitor.check_period
+        return p if p is not None else min(self.grace / 4, 5.0)
+
+    def validate(self) -> None:
+        """Cross-field rules: a node must be able to miss two heartbeats and an RPC timeout."""
+        _require(
+            self.grace >= 2 * self.heartbeat.interval,
+            f"monitor grace ({self.grace} s) must be at least 2 x heartbeat interval "
+            f"({self.heartbeat.interval} s)",
+        )
+
+    def replace(self, **changes: object) -> ControllerSettings:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Set up everything `make run` and `make test` need on a fresh Debian 12 machine:
+# Debian packages (etcd, libvirt headers), a Python 3.11 venv in .venv and the
+# project with its dev dependencies. Idempotent and quick when nothing is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
+command -v etcdctl >/dev/null 2>&1 || need_apt+=(etcd-client)
+pkg-config --exists libvirt 2>/dev/null || need_apt+=(libvirt-dev)
+command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
+command -v gcc >/dev/null 2>&1 || need_apt+=(gcc)
+
+PY=""
+for cand in python3.11 python3; do
+    if command -v "$cand" >/dev/null 2>&1 && \
+       "$cand" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then
+        PY=$(command -v "$cand"); break
+    fi
+done
+if [[ -z "$PY" ]]; then
+    need_apt+=(python3.11 python3.11-venv python3.11-dev)
+elif [[ "$PY" == /usr/bin/* ]]; then
+    "$PY" -c 'import ensurepip' 2>/dev/null || need_apt+=(python3.11-venv)
+    [[ -f "/usr/include/python3.11/Python.h" ]] || need_apt+=(python3.11-dev)
+fi
+
+if (( ${#need_apt[@]} )); then
+    echo "bootstrap: installing Debian packages: ${need_apt[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO=sudo
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+[[ -n "$PY" ]] || PY=$(command -v python3.11)
+
+if [[ ! -x .venv/bin/python ]]; then
+    echo "bootstrap: creating .venv with $PY"
+    "$PY" -m venv .venv
+fi
+stamp=.venv/.bootstrap-stamp
+if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
+    echo "bootstrap: installing Python packages into .venv"
+    .venv/bin/python -m pip install -q --upgrade pip
+    .venv/bin/python -m pip install -q -e '.[dev]'
+    touch "$stamp"
+fi

@@ -1,0 +1,131 @@
+"""`make run`: the whole slice on this machine, with live status.
+
+Starts a QvDC controller (with its embedded etcd) and one node daemon, creates
+a local-directory pool assigned to that node, and prints the live pool table
+(phase, capacity, one row per host) every second until Ctrl-C; then stops
+everything it started. State and logs go to ``.run/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import grpclib.client
+from grpclib.exceptions import GRPCError
+
+from protos.limiquantix.compute import v1 as compute
+from protos.limiquantix.storage import v1 as storage
+from qvdc.cli import render_pools
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN = ROOT / ".run"
+BIN = ROOT / ".venv" / "bin"
+POOL_NAME = "demo-local"
+INTERVAL = "5"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start(name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+    log = open(RUN / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the child
+    print(f"starting {name}: {' '.join(argv)}  (log: .run/{name}.log)")
+    return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+async def wait_for(what: str, probe, *, timeout: float = 60.0, procs=()):  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout
+    last: Exception | None = None
+    while asyncio.get_running_loop().time() < deadline:
+        for p in procs:
+            if p.poll() is not None:
+                raise SystemExit(f"demo: a child exited early ({p.args[0]}); see .run/*.log")
+        try:
+            result = await probe()
+            if result:
+                return result
+        except (GRPCError, OSError, TimeoutError) as exc:
+            last = exc
+        await asyncio.sleep(0.3)
+    raise SystemExit(f"demo: timed out waiting for {what} ({last})")
+
+
+async def demo() -> None:
+    RUN.mkdir(exist_ok=True)
+    port = free_port()
+    hostname = f"{socket.gethostname()}-demo"
+    qvdc = start("qvdc", [str(BIN / "qvdc"), "--listen", f"127.0.0.1:{port}",
+                          "--state-dir", str(RUN / "qvdc"), "--heartbeat-interval", INTERVAL])
+    node = None
+    channel = grpclib.client.Channel("127.0.0.1", port)
+    pools = storage.StoragePoolServiceStub(channel)
+    nodes = compute.NodeServiceStub(channel)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await wait_for("the controller",
+                       lambda: nodes.list_nodes(compute.ListNodesRequest(), timeout=2),
+                       procs=[qvdc])
+        node = start("node", [str(BIN / "qvdc-node"), "--controller", f"127.0.0.1:{port}",
+                              "--hostname", hostname, "--state-dir", str(RUN / "node"),
+                              "--pools-root", str(RUN / "pools"),
+                              "--heartbeat-interval", INTERVAL])
+
+        async def registered() -> str | None:
+            listed = await nodes.list_nodes(compute.ListNodesRequest(), timeout=2)
+            return next((n.id for n in listed.nodes if n.hostname == hostname), None)
+
+        node_id = await wait_for("the node daemon to register", registered, procs=[qvdc, node])
+        print(f"node {hostname} registered as {node_id}")
+        existing = await pools.list_pools(storage.ListPoolsRequest(), timeout=5)
+        pool = next((p for p in existing.pools if p.name == POOL_NAME), None)
+        if pool is None:
+            pool = await pools.create_pool(storage.CreatePoolRequest(
+                name=POOL_NAME, description="make run demo pool",
+                spec=storage.StoragePoolSpec(
+                    backend=storage.StorageBackend(
+                        type=storage.StorageBackendBackendType.LOCAL_DIR,
+                        local_dir=storage.LocalDirConfig(path=str(RUN / "pools" / POOL_NAME))),
+                    assigned_node_ids=[node_id])), timeout=5)
+            print(f"created pool {POOL_NAME} ({pool.id}) assigned to {hostname}")
+        elif node_id not in pool.spec.assigned_node_ids:
+            await pools.assign_pool_to_node(
+                storage.AssignPoolToNodeRequest(pool_id=pool.id, node_id=node_id), timeout=5)
+        while not stop.is_set():
+            listed = await pools.list_pools(storage.ListPoolsRequest(), timeout=5)
+            clear = "\x1b[2J\x1b[H" if sys.stdout.isatty() else "\n"
+            stamp = dt.datetime.now().strftime("%H:%M:%S")
+            print(f"{clear}Quantix demo  {stamp}  controller 127.0.0.1:{port}  "
+                  f"(Ctrl-C stops everything)\n{render_pools(listed.pools)}", flush=True)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await stop.wait()
+    finally:
+        channel.close()
+        for proc in (node, qvdc):
+            if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in (node, qvdc):
+            if proc is not None:
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+        print("\nstopped the node daemon, the controller and its etcd")
+
+
+if __name__ == "__main__":
+    asyncio.run(demo())
