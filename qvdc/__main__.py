@@ -25,21 +25,41 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="qvdc", description="Quantix storage-pool controller (QvDC) replica."
     )
-    p.add_argument("--listen", default="127.0.0.1:7443",
-                   help="gRPC address HOST:PORT (default %(default)s)")
-    p.add_argument("--etcd", action="append", default=[], metavar="HOST:PORT",
-                   help="etcd endpoint (repeatable). None: start an embedded etcd")
+    p.add_argument(
+        "--listen", default="127.0.0.1:7443", help="gRPC address HOST:PORT (default %(default)s)"
+    )
+    p.add_argument(
+        "--etcd",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="etcd endpoint (repeatable). None: start an embedded etcd",
+    )
     p.add_argument("--etcd-prefix", default="/quantix/", help="key prefix (default %(default)s)")
-    p.add_argument("--state-dir", type=Path, default=Path("/var/lib/qvdc"),
-                   help="state directory, holds the embedded etcd (default %(default)s)")
-    p.add_argument("--heartbeat-interval", type=float, default=30.0,
-                   help="seconds between node heartbeats, told to nodes (default %(default)s)")
-    p.add_argument("--grace", type=float, default=None,
-                   help="seconds without heartbeat before a node is OFFLINE "
-                        "(default 3 x interval + 10)")
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path("/var/lib/qvdc"),
+        help="state directory, holds the embedded etcd (default %(default)s)",
+    )
+    p.add_argument(
+        "--heartbeat-interval",
+        type=float,
+        default=30.0,
+        help="seconds between node heartbeats, told to nodes (default %(default)s)",
+    )
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=None,
+        help="seconds without heartbeat before a node is OFFLINE (default 3 x interval + 10)",
+    )
     p.add_argument("--replica-id", default="", help="replica name (default host-pid)")
-    p.add_argument("--naive", action="store_true",
-                   help="benchmark baseline: write every report on every heartbeat")
+    p.add_argument(
+        "--naive",
+        action="store_true",
+        help="benchmark baseline: write every report on every heartbeat",
+    )
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p.parse_args(argv)
 

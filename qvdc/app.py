@@ -88,7 +88,9 @@ class Controller:
         self.election = Election(
             store=store, view=self.view, replica_id=self.replica_id, timeout=timeout
         )
-        self.pool_service = StoragePoolService(catalog=self.catalog, view=self.view, clock=self.clock)
+        self.pool_service = StoragePoolService(
+            catalog=self.catalog, view=self.view, clock=self.clock
+        )
         self.node_service = NodeService(
             catalog=self.catalog,
             view=self.view,

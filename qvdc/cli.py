@@ -155,21 +155,24 @@ async def run(args: argparse.Namespace) -> int:
                     return 0
                 stamp = dt.datetime.now().strftime("%H:%M:%S")
                 clear = "\x1b[2J\x1b[H" if sys.stdout.isatty() else "\n"
-                print(f"{clear}QvDC {args.controller}  {stamp}  (Ctrl-C to stop)\n{table}",
-                      flush=True)
+                print(
+                    f"{clear}QvDC {args.controller}  {stamp}  (Ctrl-C to stop)\n{table}", flush=True
+                )
                 await asyncio.sleep(args.interval)
         if args.group == "pools":
             if args.cmd == "list":
                 print(render_pools(await _list_all_pools(pools)))
             elif args.cmd == "get":
-                _print_message(await pools.get_pool(storage.GetPoolRequest(id=args.id),
-                                                    timeout=RPC_TIMEOUT))
+                _print_message(
+                    await pools.get_pool(storage.GetPoolRequest(id=args.id), timeout=RPC_TIMEOUT)
+                )
             elif args.cmd == "create":
                 if args.local_dir is not None:
                     backend = storage.StorageBackend(
                         type=storage.StorageBackendBackendType.LOCAL_DIR,
-                        local_dir=storage.LocalDirConfig(path=args.local_dir,
-                                                         capacity_gib=args.capacity_gib),
+                        local_dir=storage.LocalDirConfig(
+                            path=args.local_dir, capacity_gib=args.capacity_gib
+                        ),
                     )
                 else:
                     server, _, export = args.nfs.partition(":")
@@ -179,44 +182,58 @@ async def run(args: argparse.Namespace) -> int:
                     )
                 created = await pools.create_pool(
                     storage.CreatePoolRequest(
-                        name=args.name, description=args.description,
-                        spec=storage.StoragePoolSpec(backend=backend,
-                                                     assigned_node_ids=args.assign),
+                        name=args.name,
+                        description=args.description,
+                        spec=storage.StoragePoolSpec(
+                            backend=backend, assigned_node_ids=args.assign
+                        ),
                     ),
                     timeout=RPC_TIMEOUT,
                 )
                 print(created.id)
             elif args.cmd == "delete":
-                await pools.delete_pool(storage.DeletePoolRequest(id=args.id, force=args.force),
-                                        timeout=RPC_TIMEOUT)
+                await pools.delete_pool(
+                    storage.DeletePoolRequest(id=args.id, force=args.force), timeout=RPC_TIMEOUT
+                )
             elif args.cmd == "assign":
                 await pools.assign_pool_to_node(
                     storage.AssignPoolToNodeRequest(pool_id=args.pool_id, node_id=args.node_id),
-                    timeout=RPC_TIMEOUT)
+                    timeout=RPC_TIMEOUT,
+                )
             elif args.cmd == "unassign":
                 await pools.unassign_pool_from_node(
-                    storage.UnassignPoolFromNodeRequest(pool_id=args.pool_id,
-                                                        node_id=args.node_id),
-                    timeout=RPC_TIMEOUT)
+                    storage.UnassignPoolFromNodeRequest(pool_id=args.pool_id, node_id=args.node_id),
+                    timeout=RPC_TIMEOUT,
+                )
         elif args.group == "nodes":
             if args.cmd == "list":
-                listed = await nodes.list_nodes(compute.ListNodesRequest(page_size=1000),
-                                                timeout=RPC_TIMEOUT)
+                listed = await nodes.list_nodes(
+                    compute.ListNodesRequest(page_size=1000), timeout=RPC_TIMEOUT
+                )
                 print(f"{'ID':<38} {'HOSTNAME':<24} {'PHASE':<12} {'LAST HEARTBEAT'}")
                 for node in listed.nodes:
                     st = node.status or compute.NodeStatus()
-                    print(f"{node.id:<38} {node.hostname:<24} {st.phase.name:<12} "
-                          f"{st.last_heartbeat.isoformat() if st.last_heartbeat else '-'}")
+                    print(
+                        f"{node.id:<38} {node.hostname:<24} {st.phase.name:<12} "
+                        f"{st.last_heartbeat.isoformat() if st.last_heartbeat else '-'}"
+                    )
             elif args.cmd == "get":
-                _print_message(await nodes.get_node(compute.GetNodeRequest(id=args.id),
-                                                    timeout=RPC_TIMEOUT))
+                _print_message(
+                    await nodes.get_node(compute.GetNodeRequest(id=args.id), timeout=RPC_TIMEOUT)
+                )
             elif args.cmd == "disable":
-                _print_message(await nodes.disable_node(
-                    compute.DisableNodeRequest(id=args.id, reason=args.reason),
-                    timeout=RPC_TIMEOUT))
+                _print_message(
+                    await nodes.disable_node(
+                        compute.DisableNodeRequest(id=args.id, reason=args.reason),
+                        timeout=RPC_TIMEOUT,
+                    )
+                )
             elif args.cmd == "enable":
-                _print_message(await nodes.enable_node(compute.EnableNodeRequest(id=args.id),
-                                                       timeout=RPC_TIMEOUT))
+                _print_message(
+                    await nodes.enable_node(
+                        compute.EnableNodeRequest(id=args.id), timeout=RPC_TIMEOUT
+                    )
+                )
         return 0
     except GRPCError as exc:
         print(f"qvdcctl: {exc.status.name}: {exc.message}", file=sys.stderr)
@@ -235,4 +252,3 @@ def main(argv: Sequence[str] | None = None) -> None:
     except KeyboardInterrupt:
         code = 0
     raise SystemExit(code)
-

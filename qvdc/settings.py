@@ -41,8 +41,10 @@ class EtcdSettings:
     """Revisions kept by the embedded etcd's revision auto-compaction."""
 
     def __post_init__(self) -> None:
-        _require(self.prefix.startswith("/") and self.prefix.endswith("/"),
-                 f"etcd prefix must start and end with '/': {self.prefix!r}")
+        _require(
+            self.prefix.startswith("/") and self.prefix.endswith("/"),
+            f"etcd prefix must start and end with '/': {self.prefix!r}",
+        )
         _require(0 < self.timeout <= 60, f"etcd timeout must be in (0, 60] s: {self.timeout}")
         for ep in self.endpoints:
             host, _, port = ep.rpartition(":")
@@ -67,8 +69,13 @@ class HeartbeatSettings:
     """Puts per etcd transaction (etcd's default ``--max-txn-ops`` is 128)."""
 
     def __post_init__(self) -> None:
-        _require(0.05 <= self.interval <= 3600, f"heartbeat interval must be in [0.05, 3600] s: {self.interval}")
-        _require(0 <= self.material_capacity_fraction < 1, "material_capacity_fraction must be in [0, 1)")
+        _require(
+            0.05 <= self.interval <= 3600,
+            f"heartbeat interval must be in [0.05, 3600] s: {self.interval}",
+        )
+        _require(
+            0 <= self.material_capacity_fraction < 1, "material_capacity_fraction must be in [0, 1)"
+        )
         _require(self.material_capacity_bytes >= 0, "material_capacity_bytes must be >= 0")
         _require(0 <= self.commit_delay <= 1, "commit_delay must be in [0, 1] s")
         _require(1 <= self.commit_max_ops <= 128, "commit_max_ops must be in [1, 128]")

@@ -11,6 +11,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from protos.limiquantix.compute import v1 as compute
+from protos.limiquantix.storage import v1 as storage
 from qvdc.domain.model import (
     Health,
     HostRow,
@@ -19,8 +21,6 @@ from qvdc.domain.model import (
     PoolId,
     PoolReport,
 )
-from protos.limiquantix.compute import v1 as compute
-from protos.limiquantix.storage import v1 as storage
 
 
 def timestamp(ts: float) -> dt.datetime | None:
@@ -111,7 +111,8 @@ def node_status(
             compute.NodeCondition(
                 type=c.type,
                 status=(
-                    compute.NodeConditionStatus.TRUE if c.status
+                    compute.NodeConditionStatus.TRUE
+                    if c.status
                     else compute.NodeConditionStatus.FALSE
                 ),
                 last_transition=timestamp(c.at),

@@ -32,6 +32,7 @@ import grpclib.server
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
+from protos.limiquantix.compute import v1 as compute
 from qvdc.api import convert
 from qvdc.api.errors import guarded, unary
 from qvdc.api.pool_service import PoolMessages, decode_page_token, encode_page_token
@@ -44,12 +45,13 @@ from qvdc.engines.view import ClusterView
 from qvdc.kits.tasks import cancel_and_wait
 from qvdc.kits.timing import Clock
 from qvdc.store import codec
-from protos.limiquantix.compute import v1 as compute
 
 log = logging.getLogger(__name__)
 
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-                       r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
 
 
 def validate_hostname(hostname: str) -> None:
@@ -110,8 +112,12 @@ class NodeService:
             ("ListNodes", self.list_nodes, compute.ListNodesRequest, compute.ListNodesResponse),
             ("EnableNode", self.enable_node, compute.EnableNodeRequest, compute.Node),
             ("DisableNode", self.disable_node, compute.DisableNodeRequest, compute.Node),
-            ("UpdateHeartbeat", self.update_heartbeat, compute.UpdateHeartbeatRequest,
-             compute.UpdateHeartbeatResponse),
+            (
+                "UpdateHeartbeat",
+                self.update_heartbeat,
+                compute.UpdateHeartbeatRequest,
+                compute.UpdateHeartbeatResponse,
+            ),
         ]
         mapping = {
             prefix + name: grpclib.const.Handler(
@@ -144,8 +150,13 @@ class NodeService:
                 role=request.role or compute.NodeRole(compute=True),
                 scheduling=compute.SchedulingConfig(schedulable=True),
             )
-            doc = compute.Node(id=node_id, hostname=request.hostname, management_ip=ip,
-                               labels=dict(request.labels), spec=spec).to_dict()
+            doc = compute.Node(
+                id=node_id,
+                hostname=request.hostname,
+                management_ip=ip,
+                labels=dict(request.labels),
+                spec=spec,
+            ).to_dict()
             doc["createdAt"] = (old or {}).get("createdAt") or now
             doc["updatedAt"] = now
             if old is not None and not request.labels:
@@ -153,8 +164,13 @@ class NodeService:
             return doc
 
         node_id, created = await self._catalog.register_node(hostname=request.hostname, build=build)
-        log.info("%s node %s (%s, %s)", "registered" if created else "re-registered",
-                 node_id, request.hostname, ip)
+        log.info(
+            "%s node %s (%s, %s)",
+            "registered" if created else "re-registered",
+            node_id,
+            request.hostname,
+            ip,
+        )
         return self._node_message(node_id)
 
     def _node_message(self, node_id: str) -> compute.Node:
@@ -279,7 +295,10 @@ class _StreamSession:
             return None
         self._sent_signature = assignment.signature
         return self._svc._response(
-            assignment, sequence=sequence, with_pools=changed, unsolicited=unsolicited,
+            assignment,
+            sequence=sequence,
+            with_pools=changed,
+            unsolicited=unsolicited,
             full_sync=full_sync,
         )
 
@@ -302,8 +321,9 @@ class _StreamSession:
                     pusher = asyncio.create_task(self._push(event), name=f"push-{self.node_id}")
                     continue
                 if request.node_id and request.node_id != self.node_id:
-                    raise GRPCError(Status.INVALID_ARGUMENT,
-                                    "node_id: must not change on an open stream")
+                    raise GRPCError(
+                        Status.INVALID_ARGUMENT, "node_id: must not change on an open stream"
+                    )
                 await guarded("StreamHeartbeat", functools.partial(self._heartbeat, request))
         finally:
             if pusher is not None:
@@ -317,7 +337,9 @@ class _StreamSession:
         log.debug("heartbeat stream opened by node %s", self.node_id)
         await self._heartbeat(request, first=True)
 
-    async def _heartbeat(self, request: compute.UpdateHeartbeatRequest, first: bool = False) -> None:
+    async def _heartbeat(
+        self, request: compute.UpdateHeartbeatRequest, first: bool = False
+    ) -> None:
         self._svc._accept(request, full=not request.delta)
         response = self._reply(sequence=request.sequence, full_sync=first and request.delta)
         assert response is not None

@@ -17,6 +17,8 @@ from typing import Any
 import betterproto2
 import grpclib.const
 
+from protos.google import protobuf as pb
+from protos.limiquantix.storage import v1 as storage
 from qvdc.api import convert
 from qvdc.api.errors import unary
 from qvdc.domain import errors, validation
@@ -25,8 +27,6 @@ from qvdc.engines.catalog import Catalog, Document
 from qvdc.engines.view import ClusterView
 from qvdc.kits.timing import Clock
 from qvdc.store import keys
-from protos.google import protobuf as pb
-from protos.limiquantix.storage import v1 as storage
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
@@ -138,12 +138,19 @@ class StoragePoolService:
             ("ListPools", self.list_pools, storage.ListPoolsRequest, storage.ListPoolsResponse),
             ("UpdatePool", self.update_pool, storage.UpdatePoolRequest, storage.StoragePool),
             ("DeletePool", self.delete_pool, storage.DeletePoolRequest, pb.Empty),
-            ("GetPoolMetrics", self.get_pool_metrics, storage.GetPoolMetricsRequest,
-             storage.PoolMetrics),
-            ("AssignPoolToNode", self.assign, storage.AssignPoolToNodeRequest,
-             storage.StoragePool),
-            ("UnassignPoolFromNode", self.unassign, storage.UnassignPoolFromNodeRequest,
-             storage.StoragePool),
+            (
+                "GetPoolMetrics",
+                self.get_pool_metrics,
+                storage.GetPoolMetricsRequest,
+                storage.PoolMetrics,
+            ),
+            ("AssignPoolToNode", self.assign, storage.AssignPoolToNodeRequest, storage.StoragePool),
+            (
+                "UnassignPoolFromNode",
+                self.unassign,
+                storage.UnassignPoolFromNodeRequest,
+                storage.StoragePool,
+            ),
         ]
         return {
             prefix + name: grpclib.const.Handler(
@@ -186,7 +193,8 @@ class StoragePoolService:
         )
         matches = sorted(
             (
-                p for p in self._view.pools()
+                p
+                for p in self._view.pools()
                 if self._matches(p, request=request, backend_type=want_type)
             ),
             key=lambda p: p.name,
@@ -252,7 +260,10 @@ class StoragePoolService:
             doc["spec"] = spec
             merged = storage.StoragePoolSpec.from_dict(spec, ignore_unknown_fields=True)
             validate_spec(merged)
-            if merged.backend is not None and BackendType(int(merged.backend.type)) != current.backend:
+            if (
+                merged.backend is not None
+                and BackendType(int(merged.backend.type)) != current.backend
+            ):
                 raise errors.FailedPrecondition(
                     f"cannot change the backend type of an existing pool "
                     f"({current.backend.name} -> {BackendType(int(merged.backend.type)).name}); "

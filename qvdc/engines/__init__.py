@@ -1,1 +1,1 @@
-"""Long-running controller engines: heartbeat intake, liveness monitor, aggregator, assignment push."""
+"""Controller engines: heartbeat intake, liveness, aggregation, election, push, catalog."""

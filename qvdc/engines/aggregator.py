@@ -66,9 +66,8 @@ class Aggregator:
             return
         parts = key.split("/")
         kind = parts[0]
-        if kind in ("pools", "poolstatus") and len(parts) == 2:
-            self._mark(parts[1])
-        elif kind == "hoststatus" and len(parts) == 3:
+        pool_keyed = kind in ("pools", "poolstatus") and len(parts) == 2
+        if pool_keyed or (kind == "hoststatus" and len(parts) == 3):
             self._mark(parts[1])
         elif kind == "assignments" and len(parts) == 3:
             self._mark(parts[2])
@@ -111,7 +110,11 @@ class Aggregator:
             return compare, Op.delete(key), None
         if current is not None and current[0] == agg:
             return None
-        return compare, Op.put(key, codec.encode_pool_status(agg, updated_at=self._clock.time())), agg
+        return (
+            compare,
+            Op.put(key, codec.encode_pool_status(agg, updated_at=self._clock.time())),
+            agg,
+        )
 
     async def _flush(self, pool_ids: list[str]) -> None:
         plans = [(p, plan) for p in pool_ids if (plan := self._plan(p)) is not None]

@@ -59,7 +59,9 @@ class Catalog:
 
     async def _txn(self, *, compares: list[Compare], success: list[Op]) -> TxnResult:
         try:
-            result = await self._store.txn(compares=compares, success=success, timeout=self._timeout)
+            result = await self._store.txn(
+                compares=compares, success=success, timeout=self._timeout
+            )
         except StoreError as exc:
             raise errors.Unavailable(f"etcd unavailable: {exc}") from exc
         if result.succeeded:
@@ -105,9 +107,7 @@ class Catalog:
             await self._view.wait_for_revision(await self._store.revision(), timeout=self._timeout)
         raise errors.Conflict(f"pool '{name}' changed concurrently; retry", field="name")
 
-    async def update_pool(
-        self, pool_id: str, mutate: Callable[[Document], Document]
-    ) -> PoolRecord:
+    async def update_pool(self, pool_id: str, mutate: Callable[[Document], Document]) -> PoolRecord:
         """Apply ``mutate`` (pure: old document -> new document, may raise domain errors)
         to the pool with optimistic concurrency; keep the assignment index in step."""
         for _ in range(MAX_CONFLICT_RETRIES):
@@ -129,7 +129,9 @@ class Catalog:
             compares += [Compare.present(keys.node(n)) for n in added]
             success = [Op.put(key, encoded)]
             success += [Op.put(keys.assignment(n, pool_id), b"") for n in added]
-            success += [Op.delete(keys.assignment(n, pool_id)) for n in sorted(old_nodes - new_nodes)]
+            success += [
+                Op.delete(keys.assignment(n, pool_id)) for n in sorted(old_nodes - new_nodes)
+            ]
             result = await self._txn(compares=compares, success=success)
             if result.succeeded:
                 return self.pool(pool_id)
@@ -220,10 +222,20 @@ class Catalog:
                 node_id = str(uuid.uuid4())
                 document = build(node_id, None)
                 state = NodeState(
-                    node_id=NodeId(node_id), phase=NodePhase.READY, last_heartbeat_at=now,
-                    live=True, owner_replica=self._monitor.replica_id,
-                    conditions=(NodeCondition(type="Ready", status=True, reason="Registered",
-                                              message="node registered", at=now),),
+                    node_id=NodeId(node_id),
+                    phase=NodePhase.READY,
+                    last_heartbeat_at=now,
+                    live=True,
+                    owner_replica=self._monitor.replica_id,
+                    conditions=(
+                        NodeCondition(
+                            type="Ready",
+                            status=True,
+                            reason="Registered",
+                            message="node registered",
+                            at=now,
+                        ),
+                    ),
                 )
                 result = await self._txn(
                     compares=[Compare.absent(keys.node_name(hostname))],
@@ -270,20 +282,26 @@ class Catalog:
                 phase = NodePhase.MAINTENANCE
             else:
                 phase = NodePhase.READY if live else NodePhase.OFFLINE
-            if current is not None and current.phase == phase and (
-                not maintenance or current.maintenance_reason == reason
+            if (
+                current is not None
+                and current.phase == phase
+                and (not maintenance or current.maintenance_reason == reason)
             ):
                 return
             condition = NodeCondition(
-                type="Maintenance", status=maintenance,
+                type="Maintenance",
+                status=maintenance,
                 reason="Disabled" if maintenance else "Enabled",
-                message=reason or ("disabled by operator" if maintenance else "enabled by operator"),
+                message=reason
+                or ("disabled by operator" if maintenance else "enabled by operator"),
                 at=now,
             )
             state = NodeState(
-                node_id=NodeId(node_id), phase=phase,
+                node_id=NodeId(node_id),
+                phase=phase,
                 last_heartbeat_at=current.last_heartbeat_at if current else 0.0,
-                live=live, owner_replica=current.owner_replica if current else "",
+                live=live,
+                owner_replica=current.owner_replica if current else "",
                 conditions=((*current.conditions, condition) if current else (condition,))[-10:],
                 maintenance_reason=reason if maintenance else "",
             )

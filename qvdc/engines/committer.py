@@ -28,9 +28,7 @@ log = logging.getLogger(__name__)
 
 
 class GroupCommitter:
-    def __init__(
-        self, *, store: EtcdStore, delay: float, max_ops: int, timeout: float
-    ) -> None:
+    def __init__(self, *, store: EtcdStore, delay: float, max_ops: int, timeout: float) -> None:
         self._store = store
         self._delay = delay
         self._max_ops = max_ops
@@ -91,7 +89,9 @@ class GroupCommitter:
                         delay = backoff.next()
                         log.warning(
                             "host-status commit of %d ops failed (%s); retrying in %.2fs",
-                            len(batch), exc, delay,
+                            len(batch),
+                            exc,
+                            delay,
                         )
                         await asyncio.sleep(delay)
                     else:
@@ -109,5 +109,8 @@ class GroupCommitter:
         try:
             await asyncio.shield(self._commit(batch))
         except (StoreError, asyncio.CancelledError) as exc:
-            log.warning("dropping %d uncommitted host-status writes at shutdown: %r",
-                        len(batch) + len(self._pending), exc)
+            log.warning(
+                "dropping %d uncommitted host-status writes at shutdown: %r",
+                len(batch) + len(self._pending),
+                exc,
+            )

@@ -79,11 +79,15 @@ class Election:
             try:
                 lease = await self._store.grant_lease(self._ttl, timeout=self._timeout)
                 await self._store.put(
-                    keys.replica(self.replica_id), self.replica_id.encode(), lease=lease.id,
+                    keys.replica(self.replica_id),
+                    self.replica_id.encode(),
+                    lease=lease.id,
                     timeout=self._timeout,
                 )
                 keepalive = create_guarded_task(
-                    self._keepalive(lease), name=f"lease-keepalive-{lease.id}", logger=log,
+                    self._keepalive(lease),
+                    name=f"lease-keepalive-{lease.id}",
+                    logger=log,
                     eternal=False,
                 )
                 try:
@@ -107,7 +111,9 @@ class Election:
         while True:
             result = await self._store.txn(
                 compares=[Compare.absent(keys.ELECTION_AGGREGATOR)],
-                success=[Op.put(keys.ELECTION_AGGREGATOR, self.replica_id.encode(), lease=lease.id)],
+                success=[
+                    Op.put(keys.ELECTION_AGGREGATOR, self.replica_id.encode(), lease=lease.id)
+                ],
                 timeout=self._timeout,
             )
             if result.succeeded:

@@ -89,9 +89,7 @@ class HeartbeatIntake:
         if not node_id:
             raise errors.InvalidArgument("node_id is required", field="node_id")
         if self._view.node(node_id) is None:
-            raise errors.NotFound(
-                f"node '{node_id}' not found; register it first", field="node_id"
-            )
+            raise errors.NotFound(f"node '{node_id}' not found; register it first", field="node_id")
 
     def accept(
         self,
@@ -123,9 +121,12 @@ class HeartbeatIntake:
             gone = set(removed) - seen
         for pool_id in gone:
             if pool_id in assigned:
-                self._record(nid, PoolReport(
-                    pool_id=PoolId(pool_id), health=Health.UNMOUNTED, error_message=NOT_REPORTED
-                ))
+                self._record(
+                    nid,
+                    PoolReport(
+                        pool_id=PoolId(pool_id), health=Health.UNMOUNTED, error_message=NOT_REPORTED
+                    ),
+                )
             else:
                 self._drop(nid, pool_id)
 

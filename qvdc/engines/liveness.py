@@ -113,7 +113,8 @@ class LivenessMonitor:
             if not self.mass_outage:
                 log.warning(
                     "all %d live nodes went silent at once: assuming the controller is cut off; "
-                    "marking nobody offline", len(self._records),
+                    "marking nobody offline",
+                    len(self._records),
                 )
             self.mass_outage = True
             self._records = staleness.reset_after_outage(records=self._records, now=now)
@@ -124,8 +125,12 @@ class LivenessMonitor:
         for node_id in result.newly_offline:
             record = self._records[node_id]
             self._records[node_id] = dataclasses.replace(record, live=False)
-            log.info("node %s: no heartbeat for %.1fs (grace %.1fs)", node_id,
-                     now - record.last_seen, self._grace)
+            log.info(
+                "node %s: no heartbeat for %.1fs (grace %.1fs)",
+                node_id,
+                now - record.last_seen,
+                self._grace,
+            )
             self._mark(node_id)
 
     def _adopt_orphans(self, *, now: float) -> None:
@@ -136,8 +141,12 @@ class LivenessMonitor:
                 continue
             if state.node_id in self._records:
                 continue
-            log.info("adopting node %s from gone replica %r with a fresh grace of %.1fs",
-                     state.node_id, state.owner_replica, self._startup_grace)
+            log.info(
+                "adopting node %s from gone replica %r with a fresh grace of %.1fs",
+                state.node_id,
+                state.owner_replica,
+                self._startup_grace,
+            )
             # A fresh grace: pretend we heard from it startup_grace - grace ago.
             self._records[state.node_id] = staleness.Liveness(
                 node_id=state.node_id, last_seen=now + self._startup_grace - self._grace, live=True
@@ -157,20 +166,26 @@ class LivenessMonitor:
         was_live = current.live if current is not None else False
         conditions = current.conditions if current is not None else ()
         if live != was_live:
-            conditions = (*conditions, NodeCondition(
-                type="Ready",
-                status=live,
-                reason="HeartbeatRestored" if live else "HeartbeatTimeout",
-                message=(
-                    "heartbeats arriving" if live
-                    else f"no heartbeat for more than {self._grace:.0f}s"
+            conditions = (
+                *conditions,
+                NodeCondition(
+                    type="Ready",
+                    status=live,
+                    reason="HeartbeatRestored" if live else "HeartbeatTimeout",
+                    message=(
+                        "heartbeats arriving"
+                        if live
+                        else f"no heartbeat for more than {self._grace:.0f}s"
+                    ),
+                    at=wall,
                 ),
-                at=wall,
-            ))[-MAX_CONDITIONS:]
+            )[-MAX_CONDITIONS:]
         desired = NodeState(
             node_id=node_id,
             phase=phase,
-            last_heartbeat_at=self._last_wall.get(node_id, current.last_heartbeat_at if current else 0.0),
+            last_heartbeat_at=self._last_wall.get(
+                node_id, current.last_heartbeat_at if current else 0.0
+            ),
             live=live,
             owner_replica=owner,
             conditions=conditions,
@@ -209,8 +224,9 @@ class LivenessMonitor:
                 self._dirty.add(node_id)
                 continue
             await self._view.wait_for_revision(result.revision, timeout=self._timeout)
-            log.info("node %s: %s%s", node_id, desired.phase.name,
-                     "" if desired.live else " (not live)")
+            log.info(
+                "node %s: %s%s", node_id, desired.phase.name, "" if desired.live else " (not live)"
+            )
 
     async def run(self) -> None:
         while True:

@@ -1,1 +1,4 @@
-"""Leaf async helpers (backoff, interruptible sleep, guarded tasks). Stdlib only; the node daemon may import them."""
+"""Leaf helpers (backoff, timing, guarded tasks, materiality).
+
+Standard library only, so the node daemon may import them too.
+"""

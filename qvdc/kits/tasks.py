@@ -55,5 +55,5 @@ async def cancel_and_wait(*tasks: asyncio.Task[Any]) -> None:
             current = asyncio.current_task()
             if current is not None and current.cancelling():
                 raise
-        except Exception:  # already logged by guard()
+        except Exception:  # noqa: BLE001 - already logged by guard()
             pass

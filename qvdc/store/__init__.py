@@ -1,1 +1,4 @@
-"""etcd access: the only package that talks to etcd (and `store.etcd` the only module importing the client)."""
+"""etcd access: the only package that talks to etcd.
+
+``store.etcd`` is the only module that imports the etcd client.
+"""

@@ -69,9 +69,9 @@ def format_time(ts: float) -> str:
     if ts <= 0:
         return ""
     return (
-        dt.datetime.fromtimestamp(ts, tz=dt.UTC).isoformat(timespec="milliseconds").replace(
-            "+00:00", "Z"
-        )
+        dt.datetime.fromtimestamp(ts, tz=dt.UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
     )
 
 

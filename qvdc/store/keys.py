@@ -10,7 +10,7 @@ key                                value                                       w
 ``poolstatus/<pool_id>``           aggregate status                            aggregator (leader)
 ``nodes/<node_id>``                Node (protobuf JSON, no status)             API (register)
 ``nodenames/<hostname>``           node id                                     API (register)
-``nodestatus/<node_id>``           phase, liveness, conditions, owner          monitor, on transitions
+``nodestatus/<node_id>``           phase, liveness, conditions, owner          liveness monitor
 ``replicas/<replica_id>``          presence, on that replica's lease           each replica
 ``election/aggregator``            leader id, on the leader's lease            election
 =================================  ==========================================  ===================

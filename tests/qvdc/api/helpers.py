@@ -31,7 +31,9 @@ def local_backend(path: str = "/srv/pools/a", capacity_gib: int = 0) -> storage.
     )
 
 
-def nfs_backend(server: str = "nfs1.example.com", export: str = "/export/a") -> storage.StorageBackend:
+def nfs_backend(
+    server: str = "nfs1.example.com", export: str = "/export/a"
+) -> storage.StorageBackend:
     return storage.StorageBackend(
         type=storage.StorageBackendBackendType.NFS,
         nfs=storage.NfsConfig(server=server, export_path=export, version="4.1"),

@@ -55,30 +55,36 @@ async def test_register_rejects_bad_input(
     nodes: compute.NodeServiceStub, hostname: str, ip: str, field: str
 ) -> None:
     await expect_error(
-        nodes.register_node(compute.RegisterNodeRequest(hostname=hostname, management_ip=ip),
-                            timeout=TIMEOUT),
-        Status.INVALID_ARGUMENT, field,
+        nodes.register_node(
+            compute.RegisterNodeRequest(hostname=hostname, management_ip=ip), timeout=TIMEOUT
+        ),
+        Status.INVALID_ARGUMENT,
+        field,
     )
     assert (await nodes.list_nodes(compute.ListNodesRequest(), timeout=TIMEOUT)).total_count == 0
 
 
 async def test_ipv6_management_address_is_accepted(nodes: compute.NodeServiceStub) -> None:
-    node = await nodes.register_node(register_request("v6-host", "[fd00::5]:9090"),
-                                     timeout=TIMEOUT)
+    node = await nodes.register_node(register_request("v6-host", "[fd00::5]:9090"), timeout=TIMEOUT)
     assert node.management_ip == "fd00::5"
 
 
 async def test_get_list_and_filters(nodes: compute.NodeServiceStub) -> None:
     a = await nodes.register_node(register_request("alpha"), timeout=TIMEOUT)
     b = await nodes.register_node(register_request("bravo"), timeout=TIMEOUT)
-    await nodes.disable_node(compute.DisableNodeRequest(id=b.id, reason="disk swap"),
-                             timeout=TIMEOUT)
+    await nodes.disable_node(
+        compute.DisableNodeRequest(id=b.id, reason="disk swap"), timeout=TIMEOUT
+    )
     got = await nodes.get_node(compute.GetNodeRequest(id=a.id), timeout=TIMEOUT)
     assert got.hostname == "alpha" and got.spec.cpu.cores_per_socket == 4
-    await expect_error(nodes.get_node(compute.GetNodeRequest(id="ghost"), timeout=TIMEOUT),
-                       Status.NOT_FOUND, "ghost")
-    await expect_error(nodes.get_node(compute.GetNodeRequest(), timeout=TIMEOUT),
-                       Status.INVALID_ARGUMENT, "id")
+    await expect_error(
+        nodes.get_node(compute.GetNodeRequest(id="ghost"), timeout=TIMEOUT),
+        Status.NOT_FOUND,
+        "ghost",
+    )
+    await expect_error(
+        nodes.get_node(compute.GetNodeRequest(), timeout=TIMEOUT), Status.INVALID_ARGUMENT, "id"
+    )
     maint = await nodes.list_nodes(
         compute.ListNodesRequest(phases=[NodePhase.MAINTENANCE]), timeout=TIMEOUT
     )
@@ -91,7 +97,8 @@ async def test_get_list_and_filters(nodes: compute.NodeServiceStub) -> None:
     assert page2.next_page_token == ""
     await expect_error(
         nodes.list_nodes(compute.ListNodesRequest(page_token="garbage!"), timeout=TIMEOUT),
-        Status.INVALID_ARGUMENT, "page_token",
+        Status.INVALID_ARGUMENT,
+        "page_token",
     )
 
 
@@ -105,24 +112,32 @@ async def test_maintenance_is_never_overridden_by_heartbeats(
     assert disabled.status.phase == NodePhase.MAINTENANCE
     assert disabled.status.error_message == "firmware"
     for _ in range(3):
-        await nodes.update_heartbeat(compute.UpdateHeartbeatRequest(node_id=node.id),
-                                     timeout=TIMEOUT)
+        await nodes.update_heartbeat(
+            compute.UpdateHeartbeatRequest(node_id=node.id), timeout=TIMEOUT
+        )
     controller.monitor.check()
     await asyncio.sleep(0.3)  # let a (wrong) transition write land if there were one
     still = await nodes.get_node(compute.GetNodeRequest(id=node.id), timeout=TIMEOUT)
     assert still.status.phase == NodePhase.MAINTENANCE
     enabled = await nodes.enable_node(compute.EnableNodeRequest(id=node.id), timeout=TIMEOUT)
     assert enabled.status.phase == NodePhase.READY
-    await expect_error(nodes.enable_node(compute.EnableNodeRequest(id="ghost"), timeout=TIMEOUT),
-                       Status.NOT_FOUND, "ghost")
+    await expect_error(
+        nodes.enable_node(compute.EnableNodeRequest(id="ghost"), timeout=TIMEOUT),
+        Status.NOT_FOUND,
+        "ghost",
+    )
 
 
 async def test_heartbeat_errors(nodes: compute.NodeServiceStub) -> None:
-    await expect_error(nodes.update_heartbeat(compute.UpdateHeartbeatRequest(), timeout=TIMEOUT),
-                       Status.INVALID_ARGUMENT, "node_id")
+    await expect_error(
+        nodes.update_heartbeat(compute.UpdateHeartbeatRequest(), timeout=TIMEOUT),
+        Status.INVALID_ARGUMENT,
+        "node_id",
+    )
     await expect_error(
         nodes.update_heartbeat(compute.UpdateHeartbeatRequest(node_id="ghost"), timeout=TIMEOUT),
-        Status.NOT_FOUND, "ghost",
+        Status.NOT_FOUND,
+        "ghost",
     )
 
 
@@ -131,8 +146,9 @@ async def test_unary_heartbeat_returns_assignments_with_full_configs(
 ) -> None:
     node = await nodes.register_node(register_request("hb"), timeout=TIMEOUT)
     pool = await pools.create_pool(create_request("hb-pool", nodes=[node.id]), timeout=TIMEOUT)
-    resp = await nodes.update_heartbeat(compute.UpdateHeartbeatRequest(node_id=node.id),
-                                        timeout=TIMEOUT)
+    resp = await nodes.update_heartbeat(
+        compute.UpdateHeartbeatRequest(node_id=node.id), timeout=TIMEOUT
+    )
     assert resp.acknowledged
     assert resp.heartbeat_interval_secs == 1
     assert resp.assigned_pool_ids == [pool.id]
@@ -153,8 +169,9 @@ async def test_only_material_changes_are_written(
         await nodes.update_heartbeat(
             compute.UpdateHeartbeatRequest(
                 node_id=node.id,
-                storage_pools=[report(pool.id, total=100 << 30, used=int(used_gib * 2**30),
-                                      health=health)],
+                storage_pools=[
+                    report(pool.id, total=100 << 30, used=int(used_gib * 2**30), health=health)
+                ],
             ),
             timeout=TIMEOUT,
         )
@@ -188,11 +205,16 @@ async def test_pool_aggregates_and_goes_unknown_when_its_only_host_goes_silent(
     assert ready.status.capacity.total_bytes == 100 << 30
     [row] = ready.status.host_statuses
     assert (row.node_id, row.health, row.stale, row.hostname) == (
-        node.id, Health.HEALTHY, False, "lonely")
+        node.id,
+        Health.HEALTHY,
+        False,
+        "lonely",
+    )
     assert ready.status.healthy_node_ids == [node.id]
     # No more heartbeats: after the grace (3 s here) the row is stale, never HEALTHY-and-fresh.
-    silent = await eventually(get, lambda p: p.status.phase == PoolPhase.UNKNOWN,
-                              timeout=15, what="UNKNOWN after grace")
+    silent = await eventually(
+        get, lambda p: p.status.phase == PoolPhase.UNKNOWN, timeout=15, what="UNKNOWN after grace"
+    )
     [row] = silent.status.host_statuses
     assert row.stale
     assert silent.status.healthy_node_ids == []
@@ -201,9 +223,10 @@ async def test_pool_aggregates_and_goes_unknown_when_its_only_host_goes_silent(
     assert offline.status.phase == NodePhase.OFFLINE
     assert [c.reason for c in offline.status.conditions][-1] == "HeartbeatTimeout"
     # One heartbeat brings it back.
-    await nodes.update_heartbeat(compute.UpdateHeartbeatRequest(node_id=node.id,
-                                                                storage_pools=[report(pool.id)]),
-                                 timeout=TIMEOUT)
+    await nodes.update_heartbeat(
+        compute.UpdateHeartbeatRequest(node_id=node.id, storage_pools=[report(pool.id)]),
+        timeout=TIMEOUT,
+    )
     await eventually(get, lambda p: p.status.phase == PoolPhase.READY, what="READY again")
     back = await nodes.get_node(compute.GetNodeRequest(id=node.id), timeout=TIMEOUT)
     assert back.status.phase == NodePhase.READY
@@ -268,8 +291,11 @@ async def test_stream_answers_and_pushes_assignment_changes(
         assert pushed.assigned_pool_ids == [pool.id]
         assert pushed.assigned_pools[0].spec.backend.local_dir.path == "/srv/pools/pushed"
         # A delta heartbeat is answered; definitions are not repeated when unchanged.
-        await stream.send_message(compute.UpdateHeartbeatRequest(
-            node_id=node.id, sequence=2, delta=True, storage_pools=[report(pool.id)]))
+        await stream.send_message(
+            compute.UpdateHeartbeatRequest(
+                node_id=node.id, sequence=2, delta=True, storage_pools=[report(pool.id)]
+            )
+        )
         second = await stream.recv_message()
         assert second is not None and second.sequence == 2 and not second.unsolicited
         assert second.assigned_pool_ids == [pool.id] and second.assigned_pools == []
@@ -289,7 +315,8 @@ async def test_delta_first_on_a_new_stream_asks_for_full_sync(
     node = await nodes.register_node(register_request("resumer"), timeout=TIMEOUT)
     async with await _open_stream(channel) as stream:
         await stream.send_message(
-            compute.UpdateHeartbeatRequest(node_id=node.id, sequence=7, delta=True))
+            compute.UpdateHeartbeatRequest(node_id=node.id, sequence=7, delta=True)
+        )
         resp = await stream.recv_message()
         assert resp is not None and resp.request_full_sync and resp.sequence == 7
         await stream.end()

@@ -58,20 +58,28 @@ async def test_create_returns_the_full_definition_and_stores_readable_json(
         pytest.param(create_request(""), Status.INVALID_ARGUMENT, ["name"], id="missing-name"),
         pytest.param(create_request("Bad_Name!"), Status.INVALID_ARGUMENT, ["name"], id="bad-name"),
         pytest.param(
-            storage.CreatePoolRequest(name="nospec"), Status.INVALID_ARGUMENT, ["spec.backend"],
+            storage.CreatePoolRequest(name="nospec"),
+            Status.INVALID_ARGUMENT,
+            ["spec.backend"],
             id="no-backend",
         ),
         pytest.param(
             create_request("nfs-no-server", backend=nfs_backend(server="")),
-            Status.INVALID_ARGUMENT, ["server"], id="nfs-without-server",
+            Status.INVALID_ARGUMENT,
+            ["server"],
+            id="nfs-without-server",
         ),
         pytest.param(
             create_request("nfs-relative", backend=nfs_backend(export="exports/a")),
-            Status.INVALID_ARGUMENT, ["export"], id="nfs-relative-export",
+            Status.INVALID_ARGUMENT,
+            ["export"],
+            id="nfs-relative-export",
         ),
         pytest.param(
             create_request("local-relative", backend=local_backend("relative/path")),
-            Status.INVALID_ARGUMENT, ["path"], id="local-relative-path",
+            Status.INVALID_ARGUMENT,
+            ["path"],
+            id="local-relative-path",
         ),
         pytest.param(
             create_request(
@@ -81,17 +89,27 @@ async def test_create_returns_the_full_definition_and_stores_readable_json(
                     local_dir=storage.LocalDirConfig(path="/srv/a"),
                 ),
             ),
-            Status.INVALID_ARGUMENT, ["spec.backend"], id="config-does-not-match-type",
+            Status.INVALID_ARGUMENT,
+            ["spec.backend"],
+            id="config-does-not-match-type",
         ),
         pytest.param(
-            create_request("lvm", backend=storage.StorageBackend(
-                type=storage.StorageBackendBackendType.LOCAL_LVM,
-                local_lvm=storage.LocalLvmConfig(volume_group="vg0"))),
-            Status.FAILED_PRECONDITION, ["LOCAL_LVM"], id="unsupported-backend",
+            create_request(
+                "lvm",
+                backend=storage.StorageBackend(
+                    type=storage.StorageBackendBackendType.LOCAL_LVM,
+                    local_lvm=storage.LocalLvmConfig(volume_group="vg0"),
+                ),
+            ),
+            Status.FAILED_PRECONDITION,
+            ["LOCAL_LVM"],
+            id="unsupported-backend",
         ),
         pytest.param(
             create_request("ghost-node", nodes=["no-such-node"]),
-            Status.NOT_FOUND, ["spec.assigned_node_ids[0]", "no-such-node"], id="unknown-node",
+            Status.NOT_FOUND,
+            ["spec.assigned_node_ids[0]", "no-such-node"],
+            id="unknown-node",
         ),
     ],
 )
@@ -115,7 +133,8 @@ async def test_duplicate_name_is_already_exists_and_name_is_free_after_delete(
     )
     await pools.delete_pool(storage.DeletePoolRequest(id=first.id), timeout=TIMEOUT)
     await expect_error(
-        pools.get_pool(storage.GetPoolRequest(id=first.id), timeout=TIMEOUT), Status.NOT_FOUND,
+        pools.get_pool(storage.GetPoolRequest(id=first.id), timeout=TIMEOUT),
+        Status.NOT_FOUND,
         first.id,
     )
     again = await pools.create_pool(create_request("dup"), timeout=TIMEOUT)
@@ -123,15 +142,21 @@ async def test_duplicate_name_is_already_exists_and_name_is_free_after_delete(
 
 
 async def test_get_and_delete_bad_ids(pools: storage.StoragePoolServiceStub) -> None:
-    await expect_error(pools.get_pool(storage.GetPoolRequest(), timeout=TIMEOUT),
-                       Status.INVALID_ARGUMENT, "id")
-    await expect_error(pools.get_pool(storage.GetPoolRequest(id="nope"), timeout=TIMEOUT),
-                       Status.NOT_FOUND, "nope")
-    await expect_error(pools.delete_pool(storage.DeletePoolRequest(id="nope"), timeout=TIMEOUT),
-                       Status.NOT_FOUND, "nope")
+    await expect_error(
+        pools.get_pool(storage.GetPoolRequest(), timeout=TIMEOUT), Status.INVALID_ARGUMENT, "id"
+    )
+    await expect_error(
+        pools.get_pool(storage.GetPoolRequest(id="nope"), timeout=TIMEOUT), Status.NOT_FOUND, "nope"
+    )
+    await expect_error(
+        pools.delete_pool(storage.DeletePoolRequest(id="nope"), timeout=TIMEOUT),
+        Status.NOT_FOUND,
+        "nope",
+    )
     await expect_error(
         pools.get_pool_metrics(storage.GetPoolMetricsRequest(id="nope"), timeout=TIMEOUT),
-        Status.NOT_FOUND, "nope",
+        Status.NOT_FOUND,
+        "nope",
     )
 
 
@@ -159,15 +184,18 @@ async def test_list_paginates_in_name_order_with_opaque_tokens(
     assert seen == sorted(names)
     await expect_error(
         pools.list_pools(storage.ListPoolsRequest(page_token="%%%"), timeout=TIMEOUT),
-        Status.INVALID_ARGUMENT, "page_token",
+        Status.INVALID_ARGUMENT,
+        "page_token",
     )
     await expect_error(
         pools.list_pools(storage.ListPoolsRequest(page_token="Zm9vYmFy"), timeout=TIMEOUT),
-        Status.INVALID_ARGUMENT, "page_token",
+        Status.INVALID_ARGUMENT,
+        "page_token",
     )
     await expect_error(
         pools.list_pools(storage.ListPoolsRequest(page_size=-1), timeout=TIMEOUT),
-        Status.INVALID_ARGUMENT, "page_size",
+        Status.INVALID_ARGUMENT,
+        "page_size",
     )
 
 
@@ -222,33 +250,39 @@ async def test_update_applies_the_mask_and_validates(
     await expect_error(
         pools.update_pool(
             storage.UpdatePoolRequest(
-                id=pool.id, spec=storage.StoragePoolSpec(backend=nfs_backend()),
+                id=pool.id,
+                spec=storage.StoragePoolSpec(backend=nfs_backend()),
                 update_mask=pb.FieldMask(paths=["spec.backend"]),
             ),
             timeout=TIMEOUT,
         ),
-        Status.FAILED_PRECONDITION, "spec.backend.type",
+        Status.FAILED_PRECONDITION,
+        "spec.backend.type",
     )
     await expect_error(
         pools.update_pool(
             storage.UpdatePoolRequest(id=pool.id, update_mask=pb.FieldMask(paths=["bogus"])),
             timeout=TIMEOUT,
         ),
-        Status.INVALID_ARGUMENT, "update_mask",
+        Status.INVALID_ARGUMENT,
+        "update_mask",
     )
     await expect_error(
         pools.update_pool(
             storage.UpdatePoolRequest(
-                id=pool.id, spec=storage.StoragePoolSpec(backend=local_backend("not/absolute")),
+                id=pool.id,
+                spec=storage.StoragePoolSpec(backend=local_backend("not/absolute")),
                 update_mask=pb.FieldMask(paths=["spec.backend"]),
             ),
             timeout=TIMEOUT,
         ),
-        Status.INVALID_ARGUMENT, "path",
+        Status.INVALID_ARGUMENT,
+        "path",
     )
     await expect_error(
         pools.update_pool(storage.UpdatePoolRequest(id="missing"), timeout=TIMEOUT),
-        Status.NOT_FOUND, "missing",
+        Status.NOT_FOUND,
+        "missing",
     )
     final = await pools.get_pool(storage.GetPoolRequest(id=pool.id), timeout=TIMEOUT)
     assert final.spec.backend.local_dir.capacity_gib == 20  # failed updates changed nothing
@@ -278,19 +312,43 @@ async def test_assign_and_unassign_keep_the_index_in_step(
     assert await store.get(keys.assignment(node.id, pool.id)) is None
 
     for call, status, name in [
-        (pools.assign_pool_to_node(storage.AssignPoolToNodeRequest(node_id=node.id),
-                                   timeout=TIMEOUT), Status.INVALID_ARGUMENT, "pool_id"),
-        (pools.assign_pool_to_node(storage.AssignPoolToNodeRequest(pool_id=pool.id),
-                                   timeout=TIMEOUT), Status.INVALID_ARGUMENT, "node_id"),
-        (pools.assign_pool_to_node(
-            storage.AssignPoolToNodeRequest(pool_id="ghost", node_id=node.id), timeout=TIMEOUT),
-         Status.NOT_FOUND, "ghost"),
-        (pools.assign_pool_to_node(
-            storage.AssignPoolToNodeRequest(pool_id=pool.id, node_id="ghost-node"),
-            timeout=TIMEOUT), Status.NOT_FOUND, "ghost-node"),
-        (pools.unassign_pool_from_node(
-            storage.UnassignPoolFromNodeRequest(pool_id="ghost", node_id=node.id),
-            timeout=TIMEOUT), Status.NOT_FOUND, "ghost"),
+        (
+            pools.assign_pool_to_node(
+                storage.AssignPoolToNodeRequest(node_id=node.id), timeout=TIMEOUT
+            ),
+            Status.INVALID_ARGUMENT,
+            "pool_id",
+        ),
+        (
+            pools.assign_pool_to_node(
+                storage.AssignPoolToNodeRequest(pool_id=pool.id), timeout=TIMEOUT
+            ),
+            Status.INVALID_ARGUMENT,
+            "node_id",
+        ),
+        (
+            pools.assign_pool_to_node(
+                storage.AssignPoolToNodeRequest(pool_id="ghost", node_id=node.id), timeout=TIMEOUT
+            ),
+            Status.NOT_FOUND,
+            "ghost",
+        ),
+        (
+            pools.assign_pool_to_node(
+                storage.AssignPoolToNodeRequest(pool_id=pool.id, node_id="ghost-node"),
+                timeout=TIMEOUT,
+            ),
+            Status.NOT_FOUND,
+            "ghost-node",
+        ),
+        (
+            pools.unassign_pool_from_node(
+                storage.UnassignPoolFromNodeRequest(pool_id="ghost", node_id=node.id),
+                timeout=TIMEOUT,
+            ),
+            Status.NOT_FOUND,
+            "ghost",
+        ),
     ]:
         await expect_error(call, status, name)
 
@@ -311,11 +369,18 @@ async def test_delete_refuses_a_pool_with_volumes_unless_forced(
     await controller.view.wait_for_revision(await store.revision(), timeout=TIMEOUT)
     await expect_error(
         pools.delete_pool(storage.DeletePoolRequest(id=pool.id), timeout=TIMEOUT),
-        Status.FAILED_PRECONDITION, "force", "3 volume",
+        Status.FAILED_PRECONDITION,
+        "force",
+        "3 volume",
     )
     await pools.delete_pool(storage.DeletePoolRequest(id=pool.id, force=True), timeout=TIMEOUT)
-    for key in (keys.pool(pool.id), keys.pool_name("busy"), keys.assignment(node.id, pool.id),
-                keys.pool_status(pool.id), keys.host_status(pool.id, node.id)):
+    for key in (
+        keys.pool(pool.id),
+        keys.pool_name("busy"),
+        keys.assignment(node.id, pool.id),
+        keys.pool_status(pool.id),
+        keys.host_status(pool.id, node.id),
+    ):
         assert await store.get(key) is None, key
 
 
@@ -326,7 +391,8 @@ async def test_metrics_follow_the_aggregate(
     pool = await pools.create_pool(create_request("metered", nodes=[node.id]), timeout=TIMEOUT)
     await nodes.update_heartbeat(
         compute.UpdateHeartbeatRequest(
-            node_id=node.id, storage_pools=[report(pool.id, total=50 << 30, used=5 << 30, volumes=2)]
+            node_id=node.id,
+            storage_pools=[report(pool.id, total=50 << 30, used=5 << 30, volumes=2)],
         ),
         timeout=TIMEOUT,
     )

@@ -1,0 +1,58 @@
+"""Root conftest: shared fixtures for every test, and the no-leftover-tasks check.
+
+- ``pytest_plugins`` loads ``tests/fixtures/etcd.py`` (``etcd_server``,
+  ``etcd_settings``, ``store``, ``private_etcd``) for the whole suite.
+- Every async test fails if asyncio tasks are still pending after it and its
+  fixtures have finished (kopf's check): a leaked task is a background loop that
+  nobody cancels in production either. Tasks get a short grace to finish (a
+  cancelled gRPC call needs a couple of loop iterations to wind down); the ones
+  still pending are named in the failure and then cancelled, so the loop closes
+  cleanly.
+
+The check is an async fixture requested by a sync autouse fixture, only for
+coroutine tests: it is then set up before the test's other fixtures and torn
+down after them, inside the test's own event loop (pytest-asyncio 1.x gives
+each test a function-scoped loop), and sync tests pay nothing.
+
+Subdirectories add their own ``conftest.py`` files for their fixtures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import AsyncIterator
+
+import pytest
+
+pytest_plugins = ("tests.fixtures.etcd",)
+
+_TASK_GRACE = 1.0
+"""Seconds leftover tasks get to finish before the test is failed."""
+
+
+@pytest.fixture(autouse=True)
+def _check_no_pending_tasks(request: pytest.FixtureRequest) -> None:
+    if inspect.iscoroutinefunction(getattr(request, "function", None)):
+        request.getfixturevalue("_no_pending_tasks")
+
+
+@pytest.fixture
+async def _no_pending_tasks() -> AsyncIterator[None]:
+    yield
+    current = asyncio.current_task()
+    pending = {task for task in asyncio.all_tasks() if task is not current}
+    if pending:
+        _, pending = await asyncio.wait(pending, timeout=_TASK_GRACE)
+    if pending:
+        names = sorted(_describe(task) for task in pending)
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(pending, timeout=_TASK_GRACE)
+        pytest.fail(f"{len(names)} asyncio task(s) left pending: {', '.join(names)}")
+
+
+def _describe(task: asyncio.Task[object]) -> str:
+    coro = task.get_coro()
+    where = getattr(coro, "__qualname__", type(coro).__name__)
+    return f"{task.get_name()} ({where})"
