@@ -58,7 +58,7 @@ T = TypeVar("T")
 KILL_GRACE: Final = 5.0
 
 
-async def run(argv: Sequence[str], *, timeout: float) -> tuple[int, bytes, bytes]:  # noqa: ASYNC109
+async def run(argv: Sequence[str], *, timeout: float) -> tuple[int, bytes, bytes]:
     """Run ``argv`` without a shell; returns ``(returncode, stdout, stderr)``.
 
     A non-zero exit status is returned, not raised: callers decide what it
@@ -155,7 +155,7 @@ class ThreadRunner:
         fn: Callable[[threading.Event], T],
         *,
         key: str,
-        timeout: float,  # noqa: ASYNC109 - the backend contract passes explicit timeouts
+        timeout: float,
         what: str,
     ) -> T:
         """Run ``fn(abandoned)`` in a worker thread; returns what ``fn`` returns.

@@ -139,7 +139,7 @@ class FakeBackend:
         self,
         spec: base.PoolSpec,
         *,
-        timeout: float,  # noqa: ASYNC109 - explicit timeouts are the backend contract
+        timeout: float,
     ) -> base.PoolInfo:
         """Stall as scripted, raise ``attach_error`` if set, then mark attached and probe."""
         self.validate(spec)
@@ -162,7 +162,7 @@ class FakeBackend:
         self,
         spec: base.PoolSpec,
         *,
-        timeout: float,  # noqa: ASYNC109 - explicit timeouts are the backend contract
+        timeout: float,
     ) -> None:
         """Raise ``detach_error`` if set, else mark detached (idempotent)."""
         del timeout  # detaching a fake never stalls
@@ -176,7 +176,7 @@ class FakeBackend:
         self,
         spec: base.PoolSpec,
         *,
-        timeout: float,  # noqa: ASYNC109 - explicit timeouts are the backend contract
+        timeout: float,
     ) -> base.PoolInfo:
         """The scripted measurement; ERROR "probe timed out after Xs" if stalled too long."""
         self.calls.append(FakeCall("probe", spec.pool_id))
@@ -222,7 +222,7 @@ class FakeBackend:
         self,
         spec: base.PoolSpec,
         *,
-        timeout: float,  # noqa: ASYNC109 - explicit timeouts are the backend contract
+        timeout: float,
     ) -> list[base.VolumeInfo]:
         """The scripted volumes, sorted by name; raises ``list_error`` if set."""
         del timeout  # listing a fake never stalls

@@ -192,7 +192,7 @@ class LocalDirBackend:
         self,
         spec: base.PoolSpec,
         *,
-        timeout: float,  # noqa: ASYNC109 - explicit timeouts are the backend contract
+        timeout: float,
     ) -> base.PoolInfo:
         """Create the pool directory, record its filesystem, then probe.
 
@@ -232,7 +232,7 @@ class LocalDirBackend:
         self,
         spec: base.PoolSpec,
         *,
-        timeout: float,  # noqa: ASYNC109 - explicit timeouts are the backend contract
+        timeout: float,
     ) -> None:
         """Forget the recorded filesystem. The directory and its data stay."""
         del timeout  # nothing to wait for: no I/O
@@ -243,7 +243,7 @@ class LocalDirBackend:
         self,
         spec: base.PoolSpec,
         *,
-        timeout: float,  # noqa: ASYNC109 - explicit timeouts are the backend contract
+        timeout: float,
     ) -> base.PoolInfo:
         """Measure the pool; never raises for an unhealthy pool (only InvalidConfig)."""
         path, quota = self._parse(spec)
@@ -268,7 +268,7 @@ class LocalDirBackend:
         self,
         spec: base.PoolSpec,
         *,
-        timeout: float,  # noqa: ASYNC109 - explicit timeouts are the backend contract
+        timeout: float,
     ) -> list[base.VolumeInfo]:
         """Volume files (``.qcow2 .raw .img .iso``) in the pool directory, sorted by name.
 

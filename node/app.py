@@ -1,0 +1,221 @@
+"""Composition root of the node daemon: settings in, running daemon out.
+
+Wiring (nothing else in the package builds its own collaborators)::
+
+    NodeSettings
+      -> StateStore (<state_dir>/assignments.json, node-id)
+      -> backends, one per kind, from storage_backends.registry (lazily)
+      -> PoolManager (reconciler)  --on_change-->  Heartbeater.wakeup
+      -> Prober (bounded concurrent probes, feeds PoolManager.record_probe)
+      -> HostFactsCollector (libvirt, refreshed in the background)
+      -> ControllerClient (grpclib, endpoint failover)
+      -> Heartbeater (registration, heartbeat stream, deltas, pushes)
+
+Start-up order matters for the restart case: the persisted assignments are
+loaded *before* anything talks to the controller, so the reconciler
+re-attaches this host's pools even while every controller is unreachable.
+
+Runtime: four named root tasks (reconciler, prober, heartbeat, host facts)
+run in one ``asyncio.TaskGroup``, each through ``create_guarded_task`` so a
+crash is logged with its traceback. If any root task ends - crash or not -
+the whole daemon stops rather than running half-broken (kopf ``run_tasks``);
+SIGTERM and SIGINT stop it cleanly. No "leaving" heartbeat is sent: the
+controller's liveness grace handles a node that went away.
+
+:meth:`NodeApp.status` returns a snapshot (node id, connected endpoint, every
+held pool's last report) for tests and operators.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from node import client, heartbeat, hostfacts, pools, probing
+from node import settings as settings_mod
+from qvdc.kits import tasks
+from storage_backends import base, registry
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    """A point-in-time view of the daemon."""
+
+    node_id: str | None
+    #: Endpoint of the open, working heartbeat stream; None while disconnected.
+    endpoint: str | None
+    heartbeat_interval: float
+    #: Every pool held or wanted, with its last report.
+    pools: Mapping[str, base.PoolInfo]
+    desired: tuple[str, ...]
+    attached: tuple[str, ...]
+    heartbeats_sent: int
+    heartbeats_acknowledged: int
+
+
+def backend_options(kind: str, *, settings: settings_mod.NodeSettings) -> dict[str, Any]:
+    """Constructor options the node passes to the backend of ``kind``."""
+    if kind == base.BackendKind.LOCAL_DIR.value:
+        return {"pools_root": settings.pools_root}
+    return {}
+
+
+class NodeApp:
+    """The node daemon. Build it, then ``await run()``; ``status()`` at any time."""
+
+    def __init__(
+        self,
+        *,
+        settings: settings_mod.NodeSettings,
+        backend_factory: pools.BackendFactory | None = None,
+        channel_factory: client.ChannelFactory | None = None,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.settings = settings
+        self._logger = logger or logging.getLogger("node")
+        log = self._logger
+        self.store = pools.StateStore(
+            state_dir=settings.state_dir,
+            timeout=settings.attach_timeout,
+            logger=log.getChild("state"),
+        )
+        self.pools = pools.PoolManager(
+            backend_factory=backend_factory or self._default_backend,
+            store=self.store,
+            attach_timeout=settings.attach_timeout,
+            backoff_initial=settings.attach_backoff_initial,
+            backoff_max=settings.attach_backoff_max,
+            resync_interval=settings.resync_interval,
+            logger=log.getChild("pools"),
+        )
+        self.prober = probing.Prober(timeout=settings.probe_timeout, logger=log.getChild("probing"))
+        self.facts = hostfacts.HostFactsCollector(
+            uri=settings.libvirt_uri,
+            timeout=settings.hostfacts_timeout,
+            hostname_fallback=settings.hostname,
+            logger=log.getChild("hostfacts"),
+        )
+        client_options: dict[str, Any] = {}
+        if channel_factory is not None:
+            client_options["channel_factory"] = channel_factory
+        self.client = client.ControllerClient(
+            endpoints=settings.endpoints,
+            rpc_timeout=settings.rpc_timeout,
+            recreate_after=settings.immediate_retries,
+            logger=log.getChild("client"),
+            **client_options,
+        )
+        self.heartbeat = heartbeat.Heartbeater(
+            settings=settings,
+            client=self.client,
+            pools=self.pools,
+            facts=self.facts,
+            store=self.store,
+            logger=log.getChild("heartbeat"),
+        )
+        self.pools.on_change = self.heartbeat.wakeup.set
+        #: Set once every root task runs (a test hook).
+        self.started = asyncio.Event()
+
+    def _default_backend(self, kind: str) -> base.StorageBackend:
+        return registry.get_backend(kind, **backend_options(kind, settings=self.settings))
+
+    def status(self) -> NodeStatus:
+        """Snapshot of node id, connection and pools."""
+        return NodeStatus(
+            node_id=self.heartbeat.node_id,
+            endpoint=self.heartbeat.connected_endpoint,
+            heartbeat_interval=self.heartbeat.interval,
+            pools=self.pools.reports(),
+            desired=tuple(sorted(self.pools.desired)),
+            attached=tuple(sorted(self.pools.attached)),
+            heartbeats_sent=self.heartbeat.stats.sent,
+            heartbeats_acknowledged=self.heartbeat.stats.acknowledged,
+        )
+
+    async def run(self, *, stop: asyncio.Event | None = None) -> None:
+        """Run until ``stop`` is set (or a root task ends), then shut down cleanly."""
+        stop = stop or asyncio.Event()
+        s = self.settings
+        self._logger.info(
+            "node %s starting: controllers %s, state in %s, pools under %s",
+            s.hostname,
+            ", ".join(s.controllers),
+            s.state_dir,
+            s.pools_root,
+        )
+        try:
+            # Local state first: pools come back even with no controller reachable.
+            await self.heartbeat.load()
+            await self.pools.load()
+            await self.facts.collect()
+            async with asyncio.TaskGroup() as group:
+                roots = [
+                    tasks.create_guarded_task(
+                        self.pools.run(), name="reconciler", logger=self._logger, group=group
+                    ),
+                    tasks.create_guarded_task(
+                        self.prober.run(
+                            targets=self.pools.probe_targets,
+                            record=self.pools.record_probe,
+                            interval=s.effective_probe_interval,
+                        ),
+                        name="prober",
+                        logger=self._logger,
+                        group=group,
+                    ),
+                    tasks.create_guarded_task(
+                        self.heartbeat.run(), name="heartbeat", logger=self._logger, group=group
+                    ),
+                    tasks.create_guarded_task(
+                        self._refresh_facts(), name="hostfacts", logger=self._logger, group=group
+                    ),
+                ]
+                for root in roots:
+                    root.add_done_callback(lambda _task: stop.set())
+                self.started.set()
+                await stop.wait()
+                self._logger.info("node %s stopping", s.hostname)
+                for root in roots:
+                    root.cancel()
+        finally:
+            await self.heartbeat.close()
+            await self.prober.close()
+            self.client.close()
+            self._logger.info("node %s stopped", s.hostname)
+
+    async def _refresh_facts(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.hostfacts_interval)
+            await self.facts.collect()
+
+
+async def main(settings: settings_mod.NodeSettings) -> int:
+    """Run the daemon until SIGTERM/SIGINT; returns the process exit code."""
+    logger = logging.getLogger("node")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: signal.Signals) -> None:
+        logger.info("received %s", signum.name)
+        stop.set()
+
+    handled = (signal.SIGTERM, signal.SIGINT)
+    for signum in handled:
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        await NodeApp(settings=settings, logger=logger).run(stop=stop)
+    except Exception as exc:  # a root task crashed (already logged by its guard) or start-up failed
+        if isinstance(exc, ExceptionGroup):
+            logger.error("node daemon stopped because a task failed (see the traceback above)")
+        else:
+            logger.exception("node daemon failed")
+        return 1
+    finally:
+        for signum in handled:
+            loop.remove_signal_handler(signum)
+    return 0
