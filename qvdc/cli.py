@@ -52,7 +52,10 @@ def _age(ts: dt.datetime | None, now: dt.datetime) -> str:
 def render_pools(pools: Sequence[storage.StoragePool], *, now: dt.datetime | None = None) -> str:
     """The live pool table: one line per pool, then one indented line per host."""
     now = now or dt.datetime.now(tz=dt.UTC)
-    lines = [f"{'POOL':<24} {'BACKEND':<10} {'PHASE':<9} {'USED / TOTAL':<24} {'VOLS':>5}  HOSTS"]
+    lines = [
+        f"{'POOL':<24} {'BACKEND':<10} {'PHASE':<9} {'USED / TOTAL':<24} {'FREE':>10} "
+        f"{'VOLS':>5}  HOSTS"
+    ]
     if not pools:
         lines.append("(no pools)")
     for pool in pools:
@@ -64,6 +67,7 @@ def render_pools(pools: Sequence[storage.StoragePool], *, now: dt.datetime | Non
         lines.append(
             f"{pool.name:<24} {backend:<10} {status.phase.name:<9} "
             f"{human_bytes(cap.used_bytes) + ' / ' + human_bytes(cap.total_bytes):<24} "
+            f"{human_bytes(cap.available_bytes):>10} "
             f"{status.volume_count:>5}  {healthy}/{assigned} healthy"
         )
         if status.error_message:
@@ -78,7 +82,8 @@ def render_pools(pools: Sequence[storage.StoragePool], *, now: dt.datetime | Non
             health = row.health.name + (f" ({', '.join(flags)})" if flags else "")
             lines.append(
                 f"    {name:<20} {health:<22} {row.mount_path or '-':<28} "
-                f"{human_bytes(row.used_bytes)} / {human_bytes(row.total_bytes)}  "
+                f"{human_bytes(row.used_bytes)} / {human_bytes(row.total_bytes)} "
+                f"({human_bytes(row.available_bytes)} free)  "
                 f"vols {row.volume_count}  changed {_age(row.last_changed, now)}"
                 + (f"  {row.error_message}" if row.error_message else "")
             )

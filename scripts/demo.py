@@ -65,8 +65,18 @@ async def demo() -> None:
     RUN.mkdir(exist_ok=True)
     port = free_port()
     hostname = f"{socket.gethostname()}-demo"
-    qvdc = start("qvdc", [str(BIN / "qvdc"), "--listen", f"127.0.0.1:{port}",
-                          "--state-dir", str(RUN / "qvdc"), "--heartbeat-interval", INTERVAL])
+    qvdc = start(
+        "qvdc",
+        [
+            str(BIN / "qvdc"),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--state-dir",
+            str(RUN / "qvdc"),
+            "--heartbeat-interval",
+            INTERVAL,
+        ],
+    )
     node = None
     channel = grpclib.client.Channel("127.0.0.1", port)
     pools = storage.StoragePoolServiceStub(channel)
@@ -76,13 +86,28 @@ async def demo() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await wait_for("the controller",
-                       lambda: nodes.list_nodes(compute.ListNodesRequest(), timeout=2),
-                       procs=[qvdc])
-        node = start("node", [str(BIN / "qvdc-node"), "--controller", f"127.0.0.1:{port}",
-                              "--hostname", hostname, "--state-dir", str(RUN / "node"),
-                              "--pools-root", str(RUN / "pools"),
-                              "--heartbeat-interval", INTERVAL])
+
+        async def answering() -> bool:
+            await nodes.list_nodes(compute.ListNodesRequest(), timeout=2)
+            return True
+
+        await wait_for("the controller", answering, procs=[qvdc])
+        node = start(
+            "node",
+            [
+                str(BIN / "qvdc-node"),
+                "--controller",
+                f"127.0.0.1:{port}",
+                "--hostname",
+                hostname,
+                "--state-dir",
+                str(RUN / "node"),
+                "--pools-root",
+                str(RUN / "pools"),
+                "--heartbeat-interval",
+                INTERVAL,
+            ],
+        )
 
         async def registered() -> str | None:
             listed = await nodes.list_nodes(compute.ListNodesRequest(), timeout=2)
@@ -93,23 +118,34 @@ async def demo() -> None:
         existing = await pools.list_pools(storage.ListPoolsRequest(), timeout=5)
         pool = next((p for p in existing.pools if p.name == POOL_NAME), None)
         if pool is None:
-            pool = await pools.create_pool(storage.CreatePoolRequest(
-                name=POOL_NAME, description="make run demo pool",
-                spec=storage.StoragePoolSpec(
-                    backend=storage.StorageBackend(
-                        type=storage.StorageBackendBackendType.LOCAL_DIR,
-                        local_dir=storage.LocalDirConfig(path=str(RUN / "pools" / POOL_NAME))),
-                    assigned_node_ids=[node_id])), timeout=5)
+            pool = await pools.create_pool(
+                storage.CreatePoolRequest(
+                    name=POOL_NAME,
+                    description="make run demo pool",
+                    spec=storage.StoragePoolSpec(
+                        backend=storage.StorageBackend(
+                            type=storage.StorageBackendBackendType.LOCAL_DIR,
+                            local_dir=storage.LocalDirConfig(path=str(RUN / "pools" / POOL_NAME)),
+                        ),
+                        assigned_node_ids=[node_id],
+                    ),
+                ),
+                timeout=5,
+            )
             print(f"created pool {POOL_NAME} ({pool.id}) assigned to {hostname}")
         elif node_id not in pool.spec.assigned_node_ids:
             await pools.assign_pool_to_node(
-                storage.AssignPoolToNodeRequest(pool_id=pool.id, node_id=node_id), timeout=5)
+                storage.AssignPoolToNodeRequest(pool_id=pool.id, node_id=node_id), timeout=5
+            )
         while not stop.is_set():
             listed = await pools.list_pools(storage.ListPoolsRequest(), timeout=5)
             clear = "\x1b[2J\x1b[H" if sys.stdout.isatty() else "\n"
             stamp = dt.datetime.now().strftime("%H:%M:%S")
-            print(f"{clear}Quantix demo  {stamp}  controller 127.0.0.1:{port}  "
-                  f"(Ctrl-C stops everything)\n{render_pools(listed.pools)}", flush=True)
+            print(
+                f"{clear}Quantix demo  {stamp}  controller 127.0.0.1:{port}  "
+                f"(Ctrl-C stops everything)\n{render_pools(listed.pools)}",
+                flush=True,
+            )
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(1.0):
                     await stop.wait()
