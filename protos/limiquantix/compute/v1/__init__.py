@@ -116,9 +116,7 @@ class CpuAllocation(betterproto2.Message):
     usage_percent: "float" = betterproto2.field(3, betterproto2.TYPE_DOUBLE)
 
 
-default_message_pool.register_message(
-    "limiquantix.compute.v1", "CpuAllocation", CpuAllocation
-)
+default_message_pool.register_message("limiquantix.compute.v1", "CpuAllocation", CpuAllocation)
 
 
 @dataclass(eq=False, repr=False)
@@ -135,9 +133,7 @@ class CpuInfo(betterproto2.Message):
 
     frequency_mhz: "int" = betterproto2.field(6, betterproto2.TYPE_UINT64)
 
-    features: "list[str]" = betterproto2.field(
-        7, betterproto2.TYPE_STRING, repeated=True
-    )
+    features: "list[str]" = betterproto2.field(7, betterproto2.TYPE_STRING, repeated=True)
 
 
 default_message_pool.register_message("limiquantix.compute.v1", "CpuInfo", CpuInfo)
@@ -170,9 +166,7 @@ class GetNodeRequest(betterproto2.Message):
     id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message(
-    "limiquantix.compute.v1", "GetNodeRequest", GetNodeRequest
-)
+default_message_pool.register_message("limiquantix.compute.v1", "GetNodeRequest", GetNodeRequest)
 
 
 @dataclass(eq=False, repr=False)
@@ -180,14 +174,10 @@ class ListNodesRequest(betterproto2.Message):
     labels: "dict[str, str]" = betterproto2.field(
         1,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(
-            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
-        ),
+        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
     )
 
-    phases: "list[NodeStatusPhase]" = betterproto2.field(
-        2, betterproto2.TYPE_ENUM, repeated=True
-    )
+    phases: "list[NodeStatusPhase]" = betterproto2.field(2, betterproto2.TYPE_ENUM, repeated=True)
 
     page_size: "int" = betterproto2.field(10, betterproto2.TYPE_INT32)
 
@@ -201,9 +191,7 @@ default_message_pool.register_message(
 
 @dataclass(eq=False, repr=False)
 class ListNodesResponse(betterproto2.Message):
-    nodes: "list[Node]" = betterproto2.field(
-        1, betterproto2.TYPE_MESSAGE, repeated=True
-    )
+    nodes: "list[Node]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
 
     next_page_token: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
 
@@ -238,9 +226,7 @@ class MemoryInfo(betterproto2.Message):
     allocatable_bytes: "int" = betterproto2.field(2, betterproto2.TYPE_UINT64)
 
 
-default_message_pool.register_message(
-    "limiquantix.compute.v1", "MemoryInfo", MemoryInfo
-)
+default_message_pool.register_message("limiquantix.compute.v1", "MemoryInfo", MemoryInfo)
 
 
 @dataclass(eq=False, repr=False)
@@ -256,9 +242,7 @@ class NetworkDevice(betterproto2.Message):
     mtu: "int" = betterproto2.field(5, betterproto2.TYPE_UINT32)
 
 
-default_message_pool.register_message(
-    "limiquantix.compute.v1", "NetworkDevice", NetworkDevice
-)
+default_message_pool.register_message("limiquantix.compute.v1", "NetworkDevice", NetworkDevice)
 
 
 @dataclass(eq=False, repr=False)
@@ -272,39 +256,25 @@ class Node(betterproto2.Message):
     labels: "dict[str, str]" = betterproto2.field(
         4,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(
-            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
-        ),
+        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
     )
 
     annotations: "dict[str, str]" = betterproto2.field(
         5,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(
-            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
-        ),
+        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
     )
 
-    spec: "NodeSpec | None" = betterproto2.field(
-        6, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    spec: "NodeSpec | None" = betterproto2.field(6, betterproto2.TYPE_MESSAGE, optional=True)
 
-    status: "NodeStatus | None" = betterproto2.field(
-        7, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    status: "NodeStatus | None" = betterproto2.field(7, betterproto2.TYPE_MESSAGE, optional=True)
 
     created_at: "datetime.datetime | None" = betterproto2.field(
-        8,
-        betterproto2.TYPE_MESSAGE,
-        unwrap=lambda: ___google__protobuf__.Timestamp,
-        optional=True,
+        8, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
     )
 
     updated_at: "datetime.datetime | None" = betterproto2.field(
-        9,
-        betterproto2.TYPE_MESSAGE,
-        unwrap=lambda: ___google__protobuf__.Timestamp,
-        optional=True,
+        9, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
     )
 
 
@@ -320,10 +290,7 @@ class NodeCondition(betterproto2.Message):
     )
 
     last_transition: "datetime.datetime | None" = betterproto2.field(
-        3,
-        betterproto2.TYPE_MESSAGE,
-        unwrap=lambda: ___google__protobuf__.Timestamp,
-        optional=True,
+        3, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
     )
 
     reason: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
@@ -331,9 +298,7 @@ class NodeCondition(betterproto2.Message):
     message: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message(
-    "limiquantix.compute.v1", "NodeCondition", NodeCondition
-)
+default_message_pool.register_message("limiquantix.compute.v1", "NodeCondition", NodeCondition)
 
 
 @dataclass(eq=False, repr=False)
@@ -350,25 +315,15 @@ default_message_pool.register_message("limiquantix.compute.v1", "NodeRole", Node
 
 @dataclass(eq=False, repr=False)
 class NodeSpec(betterproto2.Message):
-    cpu: "CpuInfo | None" = betterproto2.field(
-        1, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    cpu: "CpuInfo | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
 
-    memory: "MemoryInfo | None" = betterproto2.field(
-        2, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    memory: "MemoryInfo | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
 
-    storage: "list[StorageDevice]" = betterproto2.field(
-        3, betterproto2.TYPE_MESSAGE, repeated=True
-    )
+    storage: "list[StorageDevice]" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, repeated=True)
 
-    network: "list[NetworkDevice]" = betterproto2.field(
-        4, betterproto2.TYPE_MESSAGE, repeated=True
-    )
+    network: "list[NetworkDevice]" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, repeated=True)
 
-    role: "NodeRole | None" = betterproto2.field(
-        6, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    role: "NodeRole | None" = betterproto2.field(6, betterproto2.TYPE_MESSAGE, optional=True)
 
     scheduling: "SchedulingConfig | None" = betterproto2.field(
         7, betterproto2.TYPE_MESSAGE, optional=True
@@ -395,10 +350,7 @@ class NodeStatus(betterproto2.Message):
     vm_ids: "list[str]" = betterproto2.field(4, betterproto2.TYPE_STRING, repeated=True)
 
     last_heartbeat: "datetime.datetime | None" = betterproto2.field(
-        6,
-        betterproto2.TYPE_MESSAGE,
-        unwrap=lambda: ___google__protobuf__.Timestamp,
-        optional=True,
+        6, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
     )
     """
     Controller's wall-clock time of the last heartbeat it received.
@@ -406,9 +358,7 @@ class NodeStatus(betterproto2.Message):
 
     error_message: "str" = betterproto2.field(7, betterproto2.TYPE_STRING)
 
-    assigned_pool_ids: "list[str]" = betterproto2.field(
-        50, betterproto2.TYPE_STRING, repeated=True
-    )
+    assigned_pool_ids: "list[str]" = betterproto2.field(50, betterproto2.TYPE_STRING, repeated=True)
     """
     Pools this host is assigned.
     """
@@ -419,9 +369,7 @@ class NodeStatus(betterproto2.Message):
     """
 
 
-default_message_pool.register_message(
-    "limiquantix.compute.v1", "NodeStatus", NodeStatus
-)
+default_message_pool.register_message("limiquantix.compute.v1", "NodeStatus", NodeStatus)
 
 
 @dataclass(eq=False, repr=False)
@@ -439,18 +387,12 @@ class RegisterNodeRequest(betterproto2.Message):
     labels: "dict[str, str]" = betterproto2.field(
         3,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(
-            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
-        ),
+        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
     )
 
-    role: "NodeRole | None" = betterproto2.field(
-        4, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    role: "NodeRole | None" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, optional=True)
 
-    cpu_info: "CpuInfo | None" = betterproto2.field(
-        7, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    cpu_info: "CpuInfo | None" = betterproto2.field(7, betterproto2.TYPE_MESSAGE, optional=True)
 
     memory_info: "MemoryInfo | None" = betterproto2.field(
         8, betterproto2.TYPE_MESSAGE, optional=True
@@ -472,9 +414,7 @@ default_message_pool.register_message(
 
 @dataclass(eq=False, repr=False)
 class ResourceAllocation(betterproto2.Message):
-    cpu: "CpuAllocation | None" = betterproto2.field(
-        1, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    cpu: "CpuAllocation | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
 
     memory: "MemoryAllocation | None" = betterproto2.field(
         2, betterproto2.TYPE_MESSAGE, optional=True
@@ -515,9 +455,7 @@ class StorageDevice(betterproto2.Message):
     usage: "str" = betterproto2.field(7, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message(
-    "limiquantix.compute.v1", "StorageDevice", StorageDevice
-)
+default_message_pool.register_message("limiquantix.compute.v1", "StorageDevice", StorageDevice)
 
 
 @dataclass(eq=False, repr=False)
@@ -525,9 +463,7 @@ class StoragePoolStatusReport(betterproto2.Message):
     pool_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
     health: "StoragePoolStatusReportHealthStatus" = betterproto2.field(
-        2,
-        betterproto2.TYPE_ENUM,
-        default_factory=lambda: StoragePoolStatusReportHealthStatus(0),
+        2, betterproto2.TYPE_ENUM, default_factory=lambda: StoragePoolStatusReportHealthStatus(0)
     )
 
     total_bytes: "int" = betterproto2.field(3, betterproto2.TYPE_UINT64)
@@ -590,9 +526,7 @@ class UpdateHeartbeatRequest(betterproto2.Message):
     Increases by one per heartbeat on a stream; echoed in the response.
     """
 
-    removed_pool_ids: "list[str]" = betterproto2.field(
-        52, betterproto2.TYPE_STRING, repeated=True
-    )
+    removed_pool_ids: "list[str]" = betterproto2.field(52, betterproto2.TYPE_STRING, repeated=True)
     """
     Pools the host dropped since the last acknowledged heartbeat (delta only).
     """
@@ -611,9 +545,7 @@ class UpdateHeartbeatResponse(betterproto2.Message):
 
     heartbeat_interval_secs: "int" = betterproto2.field(3, betterproto2.TYPE_UINT32)
 
-    assigned_pool_ids: "list[str]" = betterproto2.field(
-        4, betterproto2.TYPE_STRING, repeated=True
-    )
+    assigned_pool_ids: "list[str]" = betterproto2.field(4, betterproto2.TYPE_STRING, repeated=True)
 
     request_full_sync: "bool" = betterproto2.field(5, betterproto2.TYPE_BOOL)
 
@@ -845,9 +777,7 @@ class NodeServiceBase(betterproto2_grpclib.ServiceBase):
         response = await self.register_node(request)
         await stream.send_message(response)
 
-    async def __rpc_get_node(
-        self, stream: "grpclib.server.Stream[GetNodeRequest, Node]"
-    ) -> None:
+    async def __rpc_get_node(self, stream: "grpclib.server.Stream[GetNodeRequest, Node]") -> None:
         request = await stream.recv_message()
         assert request is not None
         response = await self.get_node(request)
@@ -878,8 +808,7 @@ class NodeServiceBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_update_heartbeat(
-        self,
-        stream: "grpclib.server.Stream[UpdateHeartbeatRequest, UpdateHeartbeatResponse]",
+        self, stream: "grpclib.server.Stream[UpdateHeartbeatRequest, UpdateHeartbeatResponse]"
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -887,8 +816,7 @@ class NodeServiceBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_stream_heartbeat(
-        self,
-        stream: "grpclib.server.Stream[UpdateHeartbeatRequest, UpdateHeartbeatResponse]",
+        self, stream: "grpclib.server.Stream[UpdateHeartbeatRequest, UpdateHeartbeatResponse]"
     ) -> None:
         request = stream.__aiter__()
         await self._call_rpc_handler_server_stream(

@@ -165,9 +165,7 @@ class CephConfig(betterproto2.Message):
 
     pool_name: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
 
-    monitors: "list[str]" = betterproto2.field(
-        3, betterproto2.TYPE_STRING, repeated=True
-    )
+    monitors: "list[str]" = betterproto2.field(3, betterproto2.TYPE_STRING, repeated=True)
     """
     "host:port"; port 6789 when omitted
     """
@@ -184,9 +182,7 @@ class CephConfig(betterproto2.Message):
     """
 
 
-default_message_pool.register_message(
-    "limiquantix.storage.v1", "CephConfig", CephConfig
-)
+default_message_pool.register_message("limiquantix.storage.v1", "CephConfig", CephConfig)
 
 
 @dataclass(eq=False, repr=False)
@@ -200,14 +196,10 @@ class CreatePoolRequest(betterproto2.Message):
     labels: "dict[str, str]" = betterproto2.field(
         4,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(
-            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
-        ),
+        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
     )
 
-    spec: "StoragePoolSpec | None" = betterproto2.field(
-        5, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    spec: "StoragePoolSpec | None" = betterproto2.field(5, betterproto2.TYPE_MESSAGE, optional=True)
 
 
 default_message_pool.register_message(
@@ -237,9 +229,7 @@ class EncryptionConfig(betterproto2.Message):
     cipher: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
 
     key_management: "EncryptionConfigKeyManagement" = betterproto2.field(
-        3,
-        betterproto2.TYPE_ENUM,
-        default_factory=lambda: EncryptionConfigKeyManagement(0),
+        3, betterproto2.TYPE_ENUM, default_factory=lambda: EncryptionConfigKeyManagement(0)
     )
 
     kms_endpoint: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
@@ -281,9 +271,7 @@ class GetPoolRequest(betterproto2.Message):
     id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message(
-    "limiquantix.storage.v1", "GetPoolRequest", GetPoolRequest
-)
+default_message_pool.register_message("limiquantix.storage.v1", "GetPoolRequest", GetPoolRequest)
 
 
 @dataclass(eq=False, repr=False)
@@ -295,9 +283,7 @@ class HealthCheck(betterproto2.Message):
     message: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message(
-    "limiquantix.storage.v1", "HealthCheck", HealthCheck
-)
+default_message_pool.register_message("limiquantix.storage.v1", "HealthCheck", HealthCheck)
 
 
 @dataclass(eq=False, repr=False)
@@ -323,9 +309,7 @@ class IscsiConfig(betterproto2.Message):
     volume_group: "str" = betterproto2.field(7, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message(
-    "limiquantix.storage.v1", "IscsiConfig", IscsiConfig
-)
+default_message_pool.register_message("limiquantix.storage.v1", "IscsiConfig", IscsiConfig)
 
 
 @dataclass(eq=False, repr=False)
@@ -335,9 +319,7 @@ class ListPoolsRequest(betterproto2.Message):
     labels: "dict[str, str]" = betterproto2.field(
         2,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(
-            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
-        ),
+        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
     )
 
     backend_type: "StorageBackendBackendType" = betterproto2.field(
@@ -368,9 +350,7 @@ default_message_pool.register_message(
 
 @dataclass(eq=False, repr=False)
 class ListPoolsResponse(betterproto2.Message):
-    pools: "list[StoragePool]" = betterproto2.field(
-        1, betterproto2.TYPE_MESSAGE, repeated=True
-    )
+    pools: "list[StoragePool]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
 
     next_page_token: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
     """
@@ -400,9 +380,7 @@ class LocalDirConfig(betterproto2.Message):
     """
 
 
-default_message_pool.register_message(
-    "limiquantix.storage.v1", "LocalDirConfig", LocalDirConfig
-)
+default_message_pool.register_message("limiquantix.storage.v1", "LocalDirConfig", LocalDirConfig)
 
 
 @dataclass(eq=False, repr=False)
@@ -414,9 +392,7 @@ class LocalLvmConfig(betterproto2.Message):
     node_id: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message(
-    "limiquantix.storage.v1", "LocalLvmConfig", LocalLvmConfig
-)
+default_message_pool.register_message("limiquantix.storage.v1", "LocalLvmConfig", LocalLvmConfig)
 
 
 @dataclass(eq=False, repr=False)
@@ -469,10 +445,7 @@ class PoolHostStatus(betterproto2.Message):
     error_message: "str" = betterproto2.field(8, betterproto2.TYPE_STRING)
 
     last_changed: "datetime.datetime | None" = betterproto2.field(
-        9,
-        betterproto2.TYPE_MESSAGE,
-        unwrap=lambda: ___google__protobuf__.Timestamp,
-        optional=True,
+        9, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
     )
     """
     When this row last changed materially (controller clock).
@@ -491,9 +464,7 @@ class PoolHostStatus(betterproto2.Message):
     hostname: "str" = betterproto2.field(12, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message(
-    "limiquantix.storage.v1", "PoolHostStatus", PoolHostStatus
-)
+default_message_pool.register_message("limiquantix.storage.v1", "PoolHostStatus", PoolHostStatus)
 
 
 @dataclass(eq=False, repr=False)
@@ -525,9 +496,7 @@ class PoolMetrics(betterproto2.Message):
     snapshot_count: "int" = betterproto2.field(13, betterproto2.TYPE_UINT32)
 
 
-default_message_pool.register_message(
-    "limiquantix.storage.v1", "PoolMetrics", PoolMetrics
-)
+default_message_pool.register_message("limiquantix.storage.v1", "PoolMetrics", PoolMetrics)
 
 
 @dataclass(eq=False, repr=False)
@@ -582,9 +551,7 @@ class StorageBackend(betterproto2.Message):
     )
 
 
-default_message_pool.register_message(
-    "limiquantix.storage.v1", "StorageBackend", StorageBackend
-)
+default_message_pool.register_message("limiquantix.storage.v1", "StorageBackend", StorageBackend)
 
 
 @dataclass(eq=False, repr=False)
@@ -598,9 +565,7 @@ class StorageCapacity(betterproto2.Message):
     provisioned_bytes: "int" = betterproto2.field(4, betterproto2.TYPE_UINT64)
 
 
-default_message_pool.register_message(
-    "limiquantix.storage.v1", "StorageCapacity", StorageCapacity
-)
+default_message_pool.register_message("limiquantix.storage.v1", "StorageCapacity", StorageCapacity)
 
 
 @dataclass(eq=False, repr=False)
@@ -609,14 +574,10 @@ class StorageHealth(betterproto2.Message):
         1, betterproto2.TYPE_ENUM, default_factory=lambda: StorageHealthStatus(0)
     )
 
-    checks: "list[HealthCheck]" = betterproto2.field(
-        2, betterproto2.TYPE_MESSAGE, repeated=True
-    )
+    checks: "list[HealthCheck]" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, repeated=True)
 
 
-default_message_pool.register_message(
-    "limiquantix.storage.v1", "StorageHealth", StorageHealth
-)
+default_message_pool.register_message("limiquantix.storage.v1", "StorageHealth", StorageHealth)
 
 
 @dataclass(eq=False, repr=False)
@@ -634,9 +595,7 @@ class StorageMetrics(betterproto2.Message):
     write_latency_us: "int" = betterproto2.field(6, betterproto2.TYPE_UINT64)
 
 
-default_message_pool.register_message(
-    "limiquantix.storage.v1", "StorageMetrics", StorageMetrics
-)
+default_message_pool.register_message("limiquantix.storage.v1", "StorageMetrics", StorageMetrics)
 
 
 @dataclass(eq=False, repr=False)
@@ -666,37 +625,25 @@ class StoragePool(betterproto2.Message):
     labels: "dict[str, str]" = betterproto2.field(
         5,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(
-            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
-        ),
+        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
     )
 
-    spec: "StoragePoolSpec | None" = betterproto2.field(
-        6, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    spec: "StoragePoolSpec | None" = betterproto2.field(6, betterproto2.TYPE_MESSAGE, optional=True)
 
     status: "StoragePoolStatus | None" = betterproto2.field(
         7, betterproto2.TYPE_MESSAGE, optional=True
     )
 
     created_at: "datetime.datetime | None" = betterproto2.field(
-        8,
-        betterproto2.TYPE_MESSAGE,
-        unwrap=lambda: ___google__protobuf__.Timestamp,
-        optional=True,
+        8, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
     )
 
     updated_at: "datetime.datetime | None" = betterproto2.field(
-        9,
-        betterproto2.TYPE_MESSAGE,
-        unwrap=lambda: ___google__protobuf__.Timestamp,
-        optional=True,
+        9, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
     )
 
 
-default_message_pool.register_message(
-    "limiquantix.storage.v1", "StoragePool", StoragePool
-)
+default_message_pool.register_message("limiquantix.storage.v1", "StoragePool", StoragePool)
 
 
 @dataclass(eq=False, repr=False)
@@ -709,9 +656,7 @@ class StoragePoolSpec(betterproto2.Message):
         2, betterproto2.TYPE_MESSAGE, optional=True
     )
 
-    qos: "StorageQos | None" = betterproto2.field(
-        3, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    qos: "StorageQos | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
 
     encryption: "EncryptionConfig | None" = betterproto2.field(
         4, betterproto2.TYPE_MESSAGE, optional=True
@@ -725,17 +670,13 @@ class StoragePoolSpec(betterproto2.Message):
         6, betterproto2.TYPE_MESSAGE, optional=True
     )
 
-    assigned_node_ids: "list[str]" = betterproto2.field(
-        7, betterproto2.TYPE_STRING, repeated=True
-    )
+    assigned_node_ids: "list[str]" = betterproto2.field(7, betterproto2.TYPE_STRING, repeated=True)
     """
     Hosts that must have this pool mounted.
     """
 
 
-default_message_pool.register_message(
-    "limiquantix.storage.v1", "StoragePoolSpec", StoragePoolSpec
-)
+default_message_pool.register_message("limiquantix.storage.v1", "StoragePoolSpec", StoragePoolSpec)
 
 
 @dataclass(eq=False, repr=False)
@@ -752,9 +693,7 @@ class StoragePoolStatus(betterproto2.Message):
         3, betterproto2.TYPE_MESSAGE, optional=True
     )
 
-    health: "StorageHealth | None" = betterproto2.field(
-        4, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    health: "StorageHealth | None" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, optional=True)
 
     volume_count: "int" = betterproto2.field(5, betterproto2.TYPE_UINT32)
 
@@ -767,9 +706,7 @@ class StoragePoolStatus(betterproto2.Message):
     One row per host that is assigned the pool or reported it.
     """
 
-    healthy_node_ids: "list[str]" = betterproto2.field(
-        51, betterproto2.TYPE_STRING, repeated=True
-    )
+    healthy_node_ids: "list[str]" = betterproto2.field(51, betterproto2.TYPE_STRING, repeated=True)
     """
     Assigned, live hosts whose report is HEALTHY.
     """
@@ -782,10 +719,7 @@ class StoragePoolStatus(betterproto2.Message):
     """
 
     updated_at: "datetime.datetime | None" = betterproto2.field(
-        53,
-        betterproto2.TYPE_MESSAGE,
-        unwrap=lambda: ___google__protobuf__.Timestamp,
-        optional=True,
+        53, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
     )
     """
     When the aggregate last changed (controller clock).
@@ -810,9 +744,7 @@ class StorageQos(betterproto2.Message):
     burst_duration_sec: "int" = betterproto2.field(5, betterproto2.TYPE_UINT32)
 
 
-default_message_pool.register_message(
-    "limiquantix.storage.v1", "StorageQos", StorageQos
-)
+default_message_pool.register_message("limiquantix.storage.v1", "StorageQos", StorageQos)
 
 
 @dataclass(eq=False, repr=False)
@@ -830,9 +762,7 @@ class TieringConfig(betterproto2.Message):
     cold_after_hours: "int" = betterproto2.field(5, betterproto2.TYPE_UINT32)
 
 
-default_message_pool.register_message(
-    "limiquantix.storage.v1", "TieringConfig", TieringConfig
-)
+default_message_pool.register_message("limiquantix.storage.v1", "TieringConfig", TieringConfig)
 
 
 @dataclass(eq=False, repr=False)
@@ -851,9 +781,7 @@ default_message_pool.register_message(
 class UpdatePoolRequest(betterproto2.Message):
     id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
-    spec: "StoragePoolSpec | None" = betterproto2.field(
-        2, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    spec: "StoragePoolSpec | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
 
     update_mask: "___google__protobuf__.FieldMask | None" = betterproto2.field(
         3, betterproto2.TYPE_MESSAGE, optional=True
@@ -866,9 +794,7 @@ class UpdatePoolRequest(betterproto2.Message):
     labels: "dict[str, str]" = betterproto2.field(
         4,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(
-            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
-        ),
+        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
     )
 
     description: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
@@ -882,9 +808,7 @@ default_message_pool.register_message(
 @dataclass(eq=False, repr=False)
 class VolumeDefaults(betterproto2.Message):
     provisioning: "VolumeDefaultsProvisioningType" = betterproto2.field(
-        1,
-        betterproto2.TYPE_ENUM,
-        default_factory=lambda: VolumeDefaultsProvisioningType(0),
+        1, betterproto2.TYPE_ENUM, default_factory=lambda: VolumeDefaultsProvisioningType(0)
     )
 
     filesystem: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
@@ -892,9 +816,7 @@ class VolumeDefaults(betterproto2.Message):
     block_size: "int" = betterproto2.field(3, betterproto2.TYPE_UINT32)
 
 
-default_message_pool.register_message(
-    "limiquantix.storage.v1", "VolumeDefaults", VolumeDefaults
-)
+default_message_pool.register_message("limiquantix.storage.v1", "VolumeDefaults", VolumeDefaults)
 
 
 class StoragePoolServiceStub(betterproto2_grpclib.ServiceStub):
@@ -1063,9 +985,7 @@ class StoragePoolServiceBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def delete_pool(
-        self, message: "DeletePoolRequest"
-    ) -> "___google__protobuf__.Empty":
+    async def delete_pool(self, message: "DeletePoolRequest") -> "___google__protobuf__.Empty":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
@@ -1073,9 +993,7 @@ class StoragePoolServiceBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def assign_pool_to_node(
-        self, message: "AssignPoolToNodeRequest"
-    ) -> "StoragePool":
+    async def assign_pool_to_node(self, message: "AssignPoolToNodeRequest") -> "StoragePool":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
@@ -1118,8 +1036,7 @@ class StoragePoolServiceBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_delete_pool(
-        self,
-        stream: "grpclib.server.Stream[DeletePoolRequest, ___google__protobuf__.Empty]",
+        self, stream: "grpclib.server.Stream[DeletePoolRequest, ___google__protobuf__.Empty]"
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
