@@ -5,12 +5,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Debian packages: etcd for the controller; libvirt headers for libvirt-python;
+# the real storage servers and userspace clients the test suite runs (STORAGE_LAB).
+debs=(etcd-server etcd-client libvirt-dev pkg-config gcc
+      e2fsprogs xfsprogs uuid-runtime
+      nfs-ganesha nfs-ganesha-vfs libnfs13 libnfs-utils
+      tgt libiscsi7 libiscsi-bin
+      ceph-mon ceph-mgr ceph-osd ceph-common python3-rados python3-rbd)
 need_apt=()
-command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
-command -v etcdctl >/dev/null 2>&1 || need_apt+=(etcd-client)
-pkg-config --exists libvirt 2>/dev/null || need_apt+=(libvirt-dev)
-command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
-command -v gcc >/dev/null 2>&1 || need_apt+=(gcc)
+for deb in "${debs[@]}"; do
+    dpkg-query -W -f='${Status}' "$deb" 2>/dev/null | grep -q "ok installed" || need_apt+=("$deb")
+done
 
 PY=""
 for cand in python3.11 python3; do

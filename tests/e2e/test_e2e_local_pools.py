@@ -14,7 +14,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import grpclib.client
@@ -133,7 +133,7 @@ async def test_two_hosts_stale_row_and_detach(
             timeout=TIMEOUT,
         )
 
-        def get() -> object:
+        def get() -> Awaitable[storage.StoragePool]:
             return pools.get_pool(storage.GetPoolRequest(id=pool.id), timeout=TIMEOUT)
 
         ready = await eventually(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 
 import grpclib.client
 import grpclib.const
@@ -126,6 +127,16 @@ async def test_maintenance_is_never_overridden_by_heartbeats(
         Status.NOT_FOUND,
         "ghost",
     )
+    await expect_error(
+        nodes.disable_node(compute.DisableNodeRequest(id="ghost"), timeout=TIMEOUT),
+        Status.NOT_FOUND,
+        "ghost",
+    )
+    await expect_error(
+        nodes.disable_node(compute.DisableNodeRequest(), timeout=TIMEOUT),
+        Status.INVALID_ARGUMENT,
+        "id",
+    )
 
 
 async def test_heartbeat_errors(nodes: compute.NodeServiceStub) -> None:
@@ -198,7 +209,7 @@ async def test_pool_aggregates_and_goes_unknown_when_its_only_host_goes_silent(
         timeout=TIMEOUT,
     )
 
-    def get() -> object:
+    def get() -> Awaitable[storage.StoragePool]:
         return pools.get_pool(storage.GetPoolRequest(id=pool.id), timeout=TIMEOUT)
 
     ready = await eventually(get, lambda p: p.status.phase == PoolPhase.READY, what="READY")
