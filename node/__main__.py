@@ -30,6 +30,22 @@ def _label(text: str) -> tuple[str, str]:
     return key, value
 
 
+def _backend_option(text: str) -> tuple[str, str, str]:
+    """``"nfs.nfs_port=2049"`` -> ``("nfs", "nfs_port", "2049")``."""
+    name, sep, value = text.partition("=")
+    kind, dot, key = name.partition(".")
+    if not sep or not dot or not kind or not key:
+        raise argparse.ArgumentTypeError(f"expected KIND.KEY=VALUE, got {text!r}")
+    return kind, key, value
+
+
+def _group_backend_options(items: list[tuple[str, str, str]]) -> dict[str, dict[str, str]]:
+    grouped: dict[str, dict[str, str]] = {}
+    for kind, key, value in items:
+        grouped.setdefault(kind, {})[key] = value
+    return grouped
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``qvdc-node`` argument parser."""
     p = argparse.ArgumentParser(
@@ -93,6 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="label sent at registration; repeatable",
     )
     p.add_argument(
+        "--backend-option",
+        action="append",
+        type=_backend_option,
+        default=[],
+        metavar="KIND.KEY=VALUE",
+        help="constructor option of a storage backend, e.g. nfs.mount_command='mount' or "
+        "nfs.nfs_port=2049; repeatable (keys ending in _command are split like a shell)",
+    )
+    p.add_argument(
         "--log-level",
         default="INFO",
         type=str.upper,
@@ -116,6 +141,7 @@ def settings_from_args(args: argparse.Namespace) -> settings_mod.NodeSettings:
         probe_timeout=args.probe_timeout,
         libvirt_uri=args.libvirt_uri,
         labels=dict(args.label),
+        backend_options=_group_backend_options(args.backend_option),
     )
 
 

@@ -30,9 +30,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shlex
 import signal
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from node import client, heartbeat, hostfacts, pools, probing
@@ -57,11 +59,33 @@ class NodeStatus:
     heartbeats_acknowledged: int
 
 
+def _convert_option(key: str, value: str) -> Any:
+    """String option -> constructor value, by the key's suffix."""
+    if key.endswith("_command"):
+        return tuple(shlex.split(value))
+    if key.endswith(("_port", "_count")):
+        return int(value)
+    if key.endswith(("_timeout", "_threshold", "_floor")):
+        return float(value)
+    if key.endswith(("_root", "_path", "_dir")):
+        return Path(value)
+    return value
+
+
 def backend_options(kind: str, *, settings: settings_mod.NodeSettings) -> dict[str, Any]:
-    """Constructor options the node passes to the backend of ``kind``."""
+    """Constructor options the node passes to the backend of ``kind``: the
+    defaults derived from the node's settings, then ``--backend-option``s."""
+    options: dict[str, Any] = {}
     if kind == base.BackendKind.LOCAL_DIR.value:
-        return {"pools_root": settings.pools_root}
-    return {}
+        options["pools_root"] = settings.pools_root
+    elif kind == base.BackendKind.NFS.value:
+        options["mount_root"] = settings.pools_root
+    for key, value in settings.backend_options.get(kind, {}).items():
+        try:
+            options[key] = _convert_option(key, value)
+        except ValueError as exc:
+            raise settings_mod.SettingsError(f"backend option {kind}.{key}: {exc}") from exc
+    return options
 
 
 class NodeApp:

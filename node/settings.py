@@ -148,11 +148,23 @@ class NodeSettings:
     material_min_bytes: int = materiality.DEFAULT_MIN_BYTES
     """... or above this many bytes (1 GiB), whichever is smaller."""
 
+    backend_options: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    """Extra constructor options per backend kind, as strings
+    (``{"nfs": {"mount_command": "mount", "nfs_port": "2049"}}``): see
+    ``node.app.backend_options`` for how each is converted."""
+
     def __post_init__(self) -> None:
         # Freeze the containers too: a frozen dataclass holding a live dict
         # would still let a caller mutate "frozen" settings.
         object.__setattr__(self, "controllers", tuple(self.controllers))
         object.__setattr__(self, "labels", types.MappingProxyType(dict(self.labels)))
+        object.__setattr__(
+            self,
+            "backend_options",
+            types.MappingProxyType(
+                {k: types.MappingProxyType(dict(v)) for k, v in self.backend_options.items()}
+            ),
+        )
         object.__setattr__(self, "state_dir", Path(self.state_dir))
         object.__setattr__(self, "pools_root", Path(self.pools_root))
         self.validate()

@@ -1,0 +1,811 @@
+"""``nfs``: a pool that is an NFS export mounted on this host.
+
+Attaching mounts ``<server>:<export_path>`` at the pool's mount point with the
+configured mount command; probing measures it; detaching unmounts it. What
+makes NFS different from a local directory is that the storage lives on
+another machine, and the kernel client is a poor witness of that machine:
+
+* **A hung server hangs the mount.** On a ``hard`` mount (the default, and
+  what VM images need) every syscall on the mount point - ``statvfs``,
+  ``readdir``, even ``stat`` of the mount point - blocks until the server
+  answers, in uninterruptible sleep. So the probe asks the **server first**,
+  over its own userspace connection (libnfs, :mod:`storage_backends._libnfs`)
+  with a per-call timeout, and touches the kernel mount only once the server
+  has answered. A dead or silent server is then named in the message
+  ("NFS server 10.0.0.7:2049 refused the connection", "... did not answer
+  within 1.8s") instead of a bare "probe timed out", and no thread is left
+  stuck in the kernel. The server's FSSTAT is also the authoritative capacity:
+  it is what the server will let us write, whatever the client caches.
+* **Probes must not hang the node.** Everything blocking runs in a worker
+  thread through :class:`storage_backends._exec.ThreadRunner`, one worker per
+  pool (keyed by mount point), under the caller's timeout. If the server goes
+  silent between the two steps above, the kernel call blocks; the caller gets
+  "probe timed out after Xs" on time, the stuck worker keeps its key, and
+  later probes report "probe timed out after Xs; previous probe still
+  running" rather than piling up threads. Bookkeeping that never touches the
+  mount (reading ``/proc/self/mountinfo``, creating the mount point) runs on
+  a second runner, so a pool whose probe is stuck can still be detached.
+* **An unmounted export is invisible.** The mount point then is an empty
+  directory on the parent filesystem, and ``statvfs`` happily measures the
+  wrong disk (STORAGE_LAB §1). The probe therefore checks
+  ``/proc/self/mountinfo`` before anything else, and expects the mount it
+  made: at attach it records the mount's identity (source, root, fstype), and
+  a mount point that now shows something else is UNMOUNTED. Without a record
+  (a node restarted over an existing mount), a mount whose source is
+  ``<server>:<export_path>`` with fstype nfs/nfs4 is adopted; anything else at
+  the mount point is never mounted over or unmounted by us.
+
+The **mount command is a setting** (``mount_command``, ``umount_command``)
+because a host may need a wrapper (sudo, a namespace helper), and because this
+project's test machines have no kernel NFS client: there
+``scripts/nfs-bind-mount`` stands in for ``mount``, bind-mounting the
+directory that backs the export, while the probe still talks to a real NFS
+server (nfs-ganesha) for everything the server knows. The command line is
+exactly what a real host runs::
+
+    <mount_command> -t nfs \
+        -o vers=<version>[,port=<nfs_port>][,mountport=<mount_port>][,<options>] \
+        <server>:<export_path> <mount_point>
+
+``nfs_port``/``mount_port`` (backend options) say where the server listens
+when not on the standard ports; they apply to the probe and to the mount.
+
+Health rules, first match wins (DESIGN §7):
+
+1. nothing mounted at the mount point -> ``UNMOUNTED`` "expected S at M, not
+   mounted"; a different mount there -> ``UNMOUNTED`` "... found X instead";
+2. the server cannot be asked (refused, unreachable, silent, no such export,
+   libnfs missing) -> ``ERROR`` naming the server and the reason;
+3. ``statvfs`` or listing the mount fails (``ESTALE`` after the export was
+   replaced, ``EIO``) -> ``ERROR`` with the error;
+4. the mount is read-only -> ``DEGRADED`` "read-only";
+5. the server's available space is below ``full_threshold`` of its total ->
+   ``DEGRADED`` "nearly full: N% free";
+6. otherwise ``HEALTHY``.
+
+Capacity (total/used/available) always comes from the server's FSSTAT; the
+volume count is the number of image files (``.qcow2 .raw .img .iso``) directly
+in the mount point, counted live on every probe.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import posixpath
+import re
+import socket
+import stat
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from storage_backends import _exec, _libnfs, base
+
+logger = logging.getLogger(__name__)
+
+KIND: Final = base.BackendKind.NFS.value
+
+#: Protocol versions a pool may ask for; ``""`` (the proto default) means 4.1.
+VERSIONS: Final = frozenset({"3", "4", "4.0", "4.1", "4.2"})
+DEFAULT_VERSION: Final = "4.1"
+
+#: File extensions counted as volumes (compared lower-case).
+VOLUME_EXTENSIONS: Final = frozenset({".qcow2", ".raw", ".img", ".iso"})
+
+#: Standard ports, for messages when the backend has no explicit one.
+NFS_PORT: Final = 2049
+PORTMAPPER_PORT: Final = 111
+
+#: Filesystem types the kernel NFS client shows in mountinfo.
+NFS_FSTYPES: Final = frozenset({"nfs", "nfs4"})
+
+#: At most this many stacked mounts of ours are removed by one detach.
+MAX_STACKED_MOUNTS: Final = 8
+
+#: Part of the probe budget kept back from libnfs, so that its own timeout
+#: (which names the server) fires before the caller's (which cannot).
+_SERVER_MARGIN_FRACTION: Final = 0.1
+_SERVER_MARGIN_MAX: Final = 0.2
+#: Longest TCP connect used to tell a refused connection from other failures.
+_CONNECT_CHECK_TIMEOUT: Final = 0.5
+
+_MOUNTINFO: Final = "/proc/self/mountinfo"
+_OCTAL_ESCAPE: Final = re.compile(r"\\([0-7]{3})")
+_HOST_LABEL: Final = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST: Final = re.compile(rf"^{_HOST_LABEL}(?:\.{_HOST_LABEL})*$")
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _statvfs(path: str) -> os.statvfs_result:
+    """``os.statvfs``; a separate function so tests can inject a failing mount."""
+    return os.statvfs(path)
+
+
+@dataclass(frozen=True, slots=True)
+class NfsConfig:
+    """A validated ``nfs`` pool configuration (the proto's ``NfsConfig``)."""
+
+    server: str
+    export_path: str
+    #: One of :data:`VERSIONS` (the default filled in).
+    version: str
+    #: Extra mount options, in order, without empty items.
+    options: tuple[str, ...]
+    #: Where the export is mounted (the default filled in).
+    mount_point: str
+
+    @property
+    def source(self) -> str:
+        """``server:/export``, as ``mount`` takes it and mountinfo shows it."""
+        return f"{self.server}:{self.export_path}"
+
+    @property
+    def libnfs_version(self) -> int:
+        """The protocol family libnfs speaks for this pool (3 or 4)."""
+        return _libnfs.NFS_V3 if self.version == "3" else _libnfs.NFS_V4
+
+
+@dataclass(frozen=True, slots=True)
+class Mount:
+    """One line of ``/proc/self/mountinfo`` (the fields we use)."""
+
+    mount_point: str
+    #: The directory of the mounted filesystem that appears at the mount point.
+    root: str
+    fstype: str
+    source: str
+
+    @property
+    def identity(self) -> tuple[str, str, str]:
+        """What stays the same when the same export is mounted again."""
+        return (self.source, self.root, self.fstype)
+
+
+@dataclass(frozen=True, slots=True)
+class _Attached:
+    """What attach saw mounted, so probes can tell our mount from another."""
+
+    mount_point: str
+    identity: tuple[str, str, str]
+
+
+class NfsBackend:
+    """Pools that are NFS exports mounted on this host.
+
+    Options (all keyword-only):
+
+    ``mount_root``
+        where pools without ``nfs.mount_point`` are mounted
+        (``<mount_root>/nfs-<pool_id>``); absolute.
+    ``mount_command`` / ``umount_command``
+        argv prefixes for mounting and unmounting (default ``mount`` /
+        ``umount``); see the module docstring for the arguments appended.
+    ``nfs_port`` / ``mount_port``
+        the server's NFS and (NFSv3 only) MOUNT ports when not the standard
+        ones; passed to the probe and as ``port=``/``mountport=`` to mount.
+    ``full_threshold``
+        free fraction of the server's space below which a pool is DEGRADED.
+    ``probe_timeout_floor``
+        the least time (s) each libnfs call waits for the server, even when
+        the caller's budget is nearly spent. The caller still gets its answer
+        on time ("probe timed out"); the worker keeps waiting up to the
+        floor, so a slow but healthy server is not reported as silent.
+    """
+
+    kind: str = KIND
+
+    def __init__(
+        self,
+        *,
+        mount_root: Path = Path("/var/lib/quantix/mnt"),
+        mount_command: Sequence[str] = ("mount",),
+        umount_command: Sequence[str] = ("umount",),
+        nfs_port: int | None = None,
+        mount_port: int | None = None,
+        full_threshold: float = 0.05,
+        probe_timeout_floor: float = 0.5,
+    ) -> None:
+        if not mount_root.is_absolute():
+            raise base.InvalidConfig(f"nfs mount_root must be absolute, got {mount_root}")
+        for name, command in (("mount_command", mount_command), ("umount_command", umount_command)):
+            if isinstance(command, str) or not command or not all(command):
+                raise base.InvalidConfig(
+                    f"nfs {name} must be a non-empty sequence of arguments, got {command!r}"
+                )
+        for name, port in (("nfs_port", nfs_port), ("mount_port", mount_port)):
+            if port is not None and (isinstance(port, bool) or not 0 < port < 65536):
+                raise base.InvalidConfig(f"nfs {name} must be in 1..65535, got {port!r}")
+        if not 0.0 <= full_threshold < 1.0:
+            raise base.InvalidConfig(f"nfs full_threshold must be in [0, 1), got {full_threshold}")
+        if not probe_timeout_floor > 0.0:
+            raise base.InvalidConfig(
+                f"nfs probe_timeout_floor must be positive, got {probe_timeout_floor}"
+            )
+        self._mount_root = Path(posixpath.normpath(mount_root))
+        self._mount_command = tuple(mount_command)
+        self._umount_command = tuple(umount_command)
+        self._nfs_port = nfs_port
+        self._mount_port = mount_port
+        self._full_threshold = full_threshold
+        self._probe_timeout_floor = probe_timeout_floor
+        #: What attach found mounted, per pool id; cleared by detach.
+        self._attached: dict[str, _Attached] = {}
+        #: Workers that touch the mount or the server (probe, list): may get stuck.
+        self._workers = _exec.ThreadRunner(name=f"quantix-{KIND}")
+        #: Workers that only read mountinfo or create directories: never stuck.
+        self._admin = _exec.ThreadRunner(name=f"quantix-{KIND}-admin")
+
+    # -- configuration -----------------------------------------------------
+
+    def validate(self, spec: base.PoolSpec) -> None:
+        """Raise :class:`~storage_backends.base.InvalidConfig` naming the bad field."""
+        self.parse(spec)
+
+    def parse(self, spec: base.PoolSpec) -> NfsConfig:
+        """``spec.config`` validated, with defaults filled in; raises InvalidConfig."""
+        config = spec.config
+        server = _string(config, "server")
+        if not server:
+            raise base.InvalidConfig("nfs.server is required")
+        if not _HOST.match(server) or len(server) > 253:
+            raise base.InvalidConfig(
+                f"nfs.server must be a hostname or IPv4 address (no port, path or spaces), "
+                f"got {server!r}"
+            )
+        export_path = _string(config, "export_path")
+        if not export_path:
+            raise base.InvalidConfig("nfs.export_path is required")
+        if not export_path.startswith("/") or _CONTROL.search(export_path):
+            raise base.InvalidConfig(
+                f"nfs.export_path must be an absolute path without control characters, "
+                f"got {export_path!r}"
+            )
+        version = _string(config, "version") or DEFAULT_VERSION
+        if version not in VERSIONS:
+            raise base.InvalidConfig(
+                f"nfs.version must be one of {', '.join(sorted(VERSIONS))}, got {version!r}"
+            )
+        options = tuple(item for item in _string(config, "options").split(",") if item)
+        for option in options:
+            if _CONTROL.search(option) or any(c.isspace() for c in option):
+                raise base.InvalidConfig(
+                    f"nfs.options must be a comma-separated list without spaces, got {option!r}"
+                )
+            if option.split("=", 1)[0] in {"vers", "nfsvers"}:
+                raise base.InvalidConfig(
+                    f"nfs.options must not set the protocol version ({option!r}); "
+                    "set nfs.version instead"
+                )
+        mount_point = _string(config, "mount_point")
+        if mount_point:
+            if (
+                not mount_point.startswith("/")
+                or posixpath.normpath(mount_point) != mount_point
+                or mount_point.startswith("//")
+                or mount_point == "/"
+                or _CONTROL.search(mount_point)
+            ):
+                raise base.InvalidConfig(
+                    "nfs.mount_point must be a normalised absolute path other than '/' "
+                    f"(no '..', '.', '//' or trailing '/'), got {mount_point!r}"
+                )
+        else:
+            pool_id = spec.pool_id
+            if not pool_id or "/" in pool_id or pool_id in {".", ".."} or _CONTROL.search(pool_id):
+                raise base.InvalidConfig(
+                    f"nfs.mount_point is empty and pool id {pool_id!r} cannot name a "
+                    "directory under the mount root"
+                )
+            mount_point = str(self._mount_root / f"nfs-{pool_id}")
+        return NfsConfig(
+            server=server,
+            export_path=export_path,
+            version=version,
+            options=options,
+            mount_point=mount_point,
+        )
+
+    def mount_argv(self, spec: base.PoolSpec) -> list[str]:
+        """The exact command :meth:`attach` runs to mount ``spec`` (validated)."""
+        cfg = self.parse(spec)
+        options = [f"vers={cfg.version}"]
+        if self._nfs_port is not None:
+            options.append(f"port={self._nfs_port}")
+        if self._mount_port is not None and cfg.version == "3":
+            options.append(f"mountport={self._mount_port}")
+        options.extend(cfg.options)
+        return [
+            *self._mount_command,
+            "-t",
+            "nfs",
+            "-o",
+            ",".join(options),
+            cfg.source,
+            cfg.mount_point,
+        ]
+
+    def umount_argv(self, spec: base.PoolSpec) -> list[str]:
+        """The exact command :meth:`detach` runs to unmount ``spec`` (validated)."""
+        return [*self._umount_command, self.parse(spec).mount_point]
+
+    # -- StorageBackend ----------------------------------------------------
+
+    async def attach(self, spec: base.PoolSpec, *, timeout: float) -> base.PoolInfo:
+        """Mount the export unless it already is (idempotent), then probe.
+
+        Raises InvalidConfig; MountError when the mount point holds another
+        mount, cannot be created, or the mount command fails (with its
+        stderr); BackendTimeout when mounting does not finish in time;
+        BackendUnavailable when the mount command does not exist. A probe that
+        finds trouble afterwards is reported in the returned PoolInfo.
+        """
+        cfg = self.parse(spec)
+        deadline = time.monotonic() + timeout
+        record = self._record(spec.pool_id, cfg)
+        with base.map_exceptions(f"prepare mount point {cfg.mount_point}", base.MountError):
+            found = await self._admin.run(
+                functools.partial(self._prepare_mount_point, cfg=cfg, record=record),
+                key=cfg.mount_point,
+                timeout=_left(deadline),
+                what=f"prepare mount point {cfg.mount_point}",
+            )
+        if found is None:
+            await self._run_mount(spec, cfg=cfg, deadline=deadline)
+            found = await self._top_mount(cfg, deadline=deadline)
+            if found is None:
+                raise base.MountError(
+                    f"{self._mount_command[0]} reported success but nothing is mounted "
+                    f"at {cfg.mount_point}"
+                )
+            logger.info(
+                "mounted nfs pool %s: %s at %s (%s from %s)",
+                spec.pool_id,
+                cfg.source,
+                cfg.mount_point,
+                found.fstype,
+                found.source,
+            )
+        self._attached[spec.pool_id] = _Attached(
+            mount_point=cfg.mount_point, identity=found.identity
+        )
+        return await self.probe(spec, timeout=_left(deadline))
+
+    async def detach(self, spec: base.PoolSpec, *, timeout: float) -> None:
+        """Unmount the export if it is mounted (idempotent); the directory stays.
+
+        Only mounts that are ours (recorded at attach, or the export's own
+        source) are unmounted; another mount at the mount point is left alone
+        with a warning. Raises MountError when the unmount command fails (for
+        example "target is busy") and BackendTimeout when it does not finish.
+        """
+        cfg = self.parse(spec)
+        deadline = time.monotonic() + timeout
+        record = self._record(spec.pool_id, cfg)
+        for _ in range(MAX_STACKED_MOUNTS):
+            top = await self._top_mount(cfg, deadline=deadline)
+            if top is None:
+                break
+            if not _is_ours(top, cfg=cfg, record=record):
+                logger.warning(
+                    "detach nfs pool %s: leaving %s (%s) mounted at %s: not %s",
+                    spec.pool_id,
+                    top.source,
+                    top.fstype,
+                    cfg.mount_point,
+                    cfg.source,
+                )
+                break
+            argv = self.umount_argv(spec)
+            try:
+                rc, out, err = await _exec.run(argv, timeout=_left(deadline))
+            except base.BackendTimeout as exc:
+                raise base.BackendTimeout(
+                    f"unmounting {cfg.mount_point} timed out after {timeout:g}s"
+                ) from exc
+            if rc != 0:
+                raise base.MountError(
+                    f"unmounting {cfg.source} from {cfg.mount_point} failed "
+                    f"(exit {rc}): {_output(out, err)}"
+                )
+            logger.info("unmounted nfs pool %s from %s", spec.pool_id, cfg.mount_point)
+        self._attached.pop(spec.pool_id, None)
+
+    async def probe(self, spec: base.PoolSpec, *, timeout: float) -> base.PoolInfo:
+        """Measure the pool; never raises for an unhealthy pool (only InvalidConfig)."""
+        cfg = self.parse(spec)
+        deadline = time.monotonic() + timeout
+        measure = functools.partial(
+            self._measure,
+            spec=spec,
+            cfg=cfg,
+            record=self._record(spec.pool_id, cfg),
+            server_deadline=deadline - min(_SERVER_MARGIN_MAX, timeout * _SERVER_MARGIN_FRACTION),
+        )
+        try:
+            return await self._workers.run(
+                measure, key=cfg.mount_point, timeout=timeout, what=f"probe {cfg.mount_point}"
+            )
+        except _exec.WorkerBusy:
+            message = f"probe timed out after {timeout:g}s; previous probe still running"
+        except base.BackendTimeout:
+            message = f"probe timed out after {timeout:g}s"
+        except (base.BackendError, OSError) as exc:  # not expected: _measure maps its errors
+            message = f"probe of {cfg.mount_point} failed: {exc}"
+        return self._info(spec=spec, cfg=cfg, health=base.PoolHealth.ERROR, error_message=message)
+
+    async def list_volumes(self, spec: base.PoolSpec, *, timeout: float) -> list[base.VolumeInfo]:
+        """Volume files (``.qcow2 .raw .img .iso``) in the mount point, sorted by name.
+
+        Like a probe, asks the server before reading the mount. Raises
+        BackendUnavailable when the export is not mounted (listing the empty
+        directory underneath would report a wrong, empty pool) or the server
+        refuses, BackendTimeout when the server or the listing does not
+        answer in time, ProbeError for other failures.
+        """
+        cfg = self.parse(spec)
+        deadline = time.monotonic() + timeout
+        record = self._record(spec.pool_id, cfg)
+        server_deadline = deadline - min(_SERVER_MARGIN_MAX, timeout * _SERVER_MARGIN_FRACTION)
+
+        def work(abandoned: threading.Event) -> list[base.VolumeInfo]:
+            problem = _mount_problem(cfg=cfg, record=record, mounts=read_mounts())
+            if problem is not None:
+                raise base.BackendUnavailable(problem)
+            self._ask_server(cfg, deadline=server_deadline)
+            return [
+                base.VolumeInfo(name=entry.name, size_bytes=size, path=entry.path)
+                for entry, size in _volume_entries(cfg.mount_point, abandoned=abandoned)
+            ]
+
+        with base.map_exceptions(f"list volumes of {cfg.mount_point}"):
+            volumes = await self._workers.run(
+                work,
+                key=cfg.mount_point,
+                timeout=timeout,
+                what=f"list volumes of {cfg.mount_point}",
+            )
+        return sorted(volumes, key=lambda v: v.name)
+
+    # -- attach/detach helpers ---------------------------------------------
+
+    def _record(self, pool_id: str, cfg: NfsConfig) -> _Attached | None:
+        """What attach recorded for ``pool_id``, if it was for this mount point."""
+        record = self._attached.get(pool_id)
+        return record if record is not None and record.mount_point == cfg.mount_point else None
+
+    def _prepare_mount_point(
+        self, abandoned: threading.Event, *, cfg: NfsConfig, record: _Attached | None
+    ) -> Mount | None:
+        """Worker: returns our mount if already there, else creates the directory.
+
+        The mountinfo check comes first: ``mkdir -p`` stats the mount point,
+        which blocks if a mount of a hung server is already there.
+        """
+        del abandoned  # quick, local operations
+        top = _top_mount(cfg.mount_point, mounts=read_mounts())
+        if top is not None:
+            if _is_ours(top, cfg=cfg, record=record):
+                return top
+            raise base.MountError(
+                f"mount point {cfg.mount_point} already has {top.source} ({top.fstype}) "
+                f"mounted, not {cfg.source}; unmount it or choose another nfs.mount_point"
+            )
+        os.makedirs(cfg.mount_point, mode=0o755, exist_ok=True)
+        if not stat.S_ISDIR(os.stat(cfg.mount_point).st_mode):
+            raise base.MountError(f"mount point {cfg.mount_point} is not a directory")
+        return None
+
+    async def _run_mount(self, spec: base.PoolSpec, *, cfg: NfsConfig, deadline: float) -> None:
+        """Run the mount command; raises MountError with its output on failure."""
+        argv = self.mount_argv(spec)
+        budget = _left(deadline)
+        try:
+            rc, out, err = await _exec.run(argv, timeout=budget)
+        except base.BackendTimeout as exc:
+            raise base.BackendTimeout(
+                f"mounting {cfg.source} at {cfg.mount_point} timed out after {budget:.1f}s"
+            ) from exc
+        if rc != 0:
+            raise base.MountError(
+                f"mounting {cfg.source} at {cfg.mount_point} failed (exit {rc}): "
+                f"{_output(out, err)}"
+            )
+
+    async def _top_mount(self, cfg: NfsConfig, *, deadline: float) -> Mount | None:
+        """The topmost mount at the pool's mount point (read off the event loop)."""
+        with base.map_exceptions(f"read {_MOUNTINFO}", base.MountError):
+            return await self._admin.run(
+                lambda _: _top_mount(cfg.mount_point, mounts=read_mounts()),
+                key=cfg.mount_point,
+                timeout=_left(deadline),
+                what=f"read {_MOUNTINFO}",
+            )
+
+    # -- measuring (runs in the worker thread) -----------------------------
+
+    def _measure(
+        self,
+        abandoned: threading.Event,
+        *,
+        spec: base.PoolSpec,
+        cfg: NfsConfig,
+        record: _Attached | None,
+        server_deadline: float,
+    ) -> base.PoolInfo:
+        """Apply the health rules of the module docstring; returns a PoolInfo."""
+        health = base.PoolHealth
+        info = functools.partial(self._info, spec=spec, cfg=cfg)
+
+        # Rule 1: is our export mounted there at all? Checked before anything
+        # that would otherwise measure the parent filesystem.
+        problem = _mount_problem(cfg=cfg, record=record, mounts=read_mounts())
+        if problem is not None:
+            return info(health=health.UNMOUNTED, error_message=problem)
+
+        # Rule 2: the server's own view, bounded by libnfs's timeout. A server
+        # that does not answer is reported without touching the kernel mount.
+        try:
+            server = self._ask_server(cfg, deadline=server_deadline)
+        except base.BackendError as exc:
+            return info(health=health.ERROR, error_message=str(exc))
+        measured = functools.partial(
+            info,
+            total_bytes=server.total_bytes,
+            used_bytes=server.used_bytes,
+            available_bytes=server.available_bytes,
+        )
+        if abandoned.is_set():  # the caller has gone: do not touch the mount
+            return measured(health=health.ERROR, error_message="probe abandoned")
+
+        # Rule 3: the kernel's view of the mount (stale handles, I/O errors).
+        try:
+            vfs = _statvfs(cfg.mount_point)
+            volume_count = sum(1 for _ in _volume_entries(cfg.mount_point, abandoned=abandoned))
+        except OSError as exc:
+            return measured(health=health.ERROR, error_message=_describe_mount_error(cfg, exc))
+        measured = functools.partial(measured, volume_count=volume_count)
+
+        # Rules 4-6.
+        if vfs.f_flag & os.ST_RDONLY:
+            return measured(health=health.DEGRADED, error_message="read-only")
+        total = server.total_bytes
+        free_fraction = server.available_bytes / total if total > 0 else 1.0
+        if total > 0 and free_fraction < self._full_threshold:
+            return measured(
+                health=health.DEGRADED,
+                error_message=f"nearly full: {int(free_fraction * 100)}% free",
+            )
+        return measured(health=health.HEALTHY)
+
+    def _ask_server(self, cfg: NfsConfig, *, deadline: float) -> _libnfs.ServerStat:
+        """The server's FSSTAT for the export. Blocks (worker thread).
+
+        Raises BackendTimeout (the server did not answer), BackendUnavailable
+        (refused, unreachable, libnfs missing) or ProbeError (the server
+        answered with an error, such as no such export), each with a message
+        naming the server.
+        """
+        try:
+            return _libnfs.fsstat(
+                server=cfg.server,
+                export=cfg.export_path,
+                version=cfg.libnfs_version,
+                nfs_port=self._nfs_port,
+                mount_port=self._mount_port,
+                deadline=deadline,
+                min_timeout=self._probe_timeout_floor,
+            )
+        except _libnfs.NfsCallError as exc:
+            raise self._describe_server_error(cfg, exc, deadline=deadline) from exc
+
+    def _first_port(self, cfg: NfsConfig) -> int:
+        """The port libnfs contacts first: NFS for v4, MOUNT or portmapper for v3."""
+        if cfg.libnfs_version == _libnfs.NFS_V4:
+            return self._nfs_port or NFS_PORT
+        return self._mount_port or PORTMAPPER_PORT
+
+    def _describe_server_error(
+        self, cfg: NfsConfig, exc: _libnfs.NfsCallError, *, deadline: float
+    ) -> base.BackendError:
+        """Turn a libnfs failure into an error an operator can act on.
+
+        Case 1: timed out -> the server is up but silent (hung, overloaded).
+        Case 2: the server answered "no such export" or "access denied".
+        Case 3: anything else: libnfs says only "nfs_service failed" for a
+        refused connection, so a plain TCP connect decides between refused,
+        unreachable, and a server that accepted and then failed.
+        """
+        server, port = cfg.server, self._first_port(cfg)
+        if exc.timed_out:
+            return base.BackendTimeout(
+                f"NFS server {server} did not answer within {round(exc.timeout, 1):g}s"
+            )
+        if exc.code == -errno.ENOENT:
+            return base.ProbeError(
+                f"NFS server {server} has no export {cfg.export_path} ({exc.detail})"
+            )
+        if exc.code in (-errno.EACCES, -errno.EPERM):
+            return base.ProbeError(
+                f"NFS server {server} denied access to export {cfg.export_path} ({exc.detail})"
+            )
+        connect_timeout = min(_CONNECT_CHECK_TIMEOUT, max(0.05, _left(deadline)))
+        try:
+            with socket.create_connection((server, port), timeout=connect_timeout):
+                pass
+        except ConnectionRefusedError:
+            return base.BackendUnavailable(f"NFS server {server}:{port} refused the connection")
+        except TimeoutError:
+            return base.BackendTimeout(
+                f"NFS server {server}:{port} did not accept a connection within "
+                f"{round(connect_timeout, 2):g}s"
+            )
+        except OSError as err:
+            return base.BackendUnavailable(
+                f"NFS server {server}:{port} is unreachable: {err.strerror or err}"
+            )
+        return base.ProbeError(
+            f"NFS server {server}:{port} failed to serve {cfg.export_path}: {exc.detail}"
+        )
+
+    def _info(
+        self, *, spec: base.PoolSpec, cfg: NfsConfig, health: base.PoolHealth, **fields: Any
+    ) -> base.PoolInfo:
+        return base.PoolInfo(
+            pool_id=spec.pool_id,
+            kind=self.kind,
+            health=health,
+            mount_path=cfg.mount_point,
+            probed_at=time.time(),
+            **fields,
+        )
+
+
+# -- helpers ---------------------------------------------------------------------
+
+
+def _string(config: Mapping[str, Any], name: str) -> str:
+    """``config[name]`` as a string ("" when absent); InvalidConfig for another type."""
+    value = config.get(name, "")
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise base.InvalidConfig(f"nfs.{name} must be a string, got {value!r}")
+    return value
+
+
+def _left(deadline: float) -> float:
+    """Seconds until ``deadline`` (never negative)."""
+    return max(0.0, deadline - time.monotonic())
+
+
+def _output(out: bytes, err: bytes) -> str:
+    """A command's stderr (or stdout when stderr is empty), decoded and trimmed."""
+    text = (err.strip() or out.strip()).decode(errors="replace")
+    return text or "no output"
+
+
+def _is_ours(mount: Mount, *, cfg: NfsConfig, record: _Attached | None) -> bool:
+    """Whether ``mount`` is the pool's export: the one attach recorded, or an
+    NFS mount of ``server:export`` (adopted after a node restart)."""
+    if record is not None and mount.identity == record.identity:
+        return True
+    return mount.fstype in NFS_FSTYPES and _normalise_source(mount.source) == _normalise_source(
+        cfg.source
+    )
+
+
+def _normalise_source(source: str) -> str:
+    """``server:/export/`` and ``server:/export`` name the same export."""
+    server, sep, path = source.partition(":")
+    if sep and len(path) > 1:
+        path = path.rstrip("/") or "/"
+    return f"{server}{sep}{path}"
+
+
+def _mount_problem(*, cfg: NfsConfig, record: _Attached | None, mounts: list[Mount]) -> str | None:
+    """Why the pool's export is not what is mounted at its mount point, or None."""
+    top = _top_mount(cfg.mount_point, mounts=mounts)
+    if top is None:
+        return f"expected {cfg.source} at {cfg.mount_point}, not mounted"
+    if not _is_ours(top, cfg=cfg, record=record):
+        return (
+            f"expected {cfg.source} at {cfg.mount_point}, "
+            f"found {top.source} ({top.fstype}) mounted there instead"
+        )
+    return None
+
+
+def _describe_mount_error(cfg: NfsConfig, exc: OSError) -> str:
+    """An OS error on the mount point, with the remedy for a stale handle."""
+    message = f"reading {cfg.mount_point}: {_describe(exc)}"
+    if exc.errno == errno.ESTALE:
+        message += (
+            f" (the export {cfg.source} was replaced on the server: "
+            "detach and attach the pool again)"
+        )
+    return message
+
+
+def _volume_entries(
+    path: str, *, abandoned: threading.Event
+) -> Iterator[tuple[os.DirEntry[str], int]]:
+    """Yields ``(entry, size in bytes)`` for regular volume files directly in ``path``.
+
+    Stops early once the caller has given up (``abandoned``).
+    """
+    with os.scandir(path) as entries:
+        for entry in entries:
+            if abandoned.is_set():
+                return
+            if os.path.splitext(entry.name)[1].lower() not in VOLUME_EXTENSIONS:
+                continue
+            try:
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                size = entry.stat(follow_symlinks=False).st_size
+            except FileNotFoundError:  # removed while listing
+                continue
+            yield entry, size
+
+
+def read_mounts(mountinfo: str = _MOUNTINFO) -> list[Mount]:
+    """Parse ``mountinfo``; returns mounts in file order (later lines mount on top)."""
+    try:
+        with open(mountinfo, encoding="utf-8", errors="surrogateescape") as f:
+            text = f.read()
+    except FileNotFoundError:
+        return []
+    return parse_mountinfo(text)
+
+
+def parse_mountinfo(text: str) -> list[Mount]:
+    """Parse the text of a mountinfo file (see proc(5)); malformed lines are skipped."""
+    mounts = []
+    for line in text.splitlines():
+        fields = line.split(" ")
+        try:
+            sep = fields.index("-", 6)
+            mounts.append(
+                Mount(
+                    mount_point=_unescape(fields[4]),
+                    root=_unescape(fields[3]),
+                    fstype=fields[sep + 1],
+                    source=_unescape(fields[sep + 2]),
+                )
+            )
+        except (ValueError, IndexError):
+            continue
+    return mounts
+
+
+def _top_mount(mount_point: str, *, mounts: list[Mount]) -> Mount | None:
+    """The topmost mount at exactly ``mount_point`` (resolved), or None.
+
+    Only the parent directory is resolved: resolving the mount point itself
+    would stat it, which blocks on a mount of a hung server.
+    """
+    parent, name = os.path.split(mount_point)
+    resolved = os.path.join(os.path.realpath(parent), name)
+    found = None
+    for mount in mounts:
+        if mount.mount_point == resolved:
+            found = mount
+    return found
+
+
+def _unescape(field: str) -> str:
+    r"""Undo mountinfo's octal escapes (``\040`` space, ``\011`` tab, ``\012``, ``\134``)."""
+    return _OCTAL_ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), field)
+
+
+def _describe(exc: OSError) -> str:
+    """``[Errno 116] Stale file handle`` without the repeated file name."""
+    if exc.errno is not None and exc.strerror:
+        return f"[Errno {exc.errno}] {exc.strerror}"
+    return str(exc)
