@@ -80,6 +80,8 @@ def backend_options(kind: str, *, settings: settings_mod.NodeSettings) -> dict[s
         options["pools_root"] = settings.pools_root
     elif kind == base.BackendKind.NFS.value:
         options["mount_root"] = settings.pools_root
+    elif kind == base.BackendKind.CEPH_RBD.value:
+        options["probe_timeout"] = settings.probe_timeout
     for key, value in settings.backend_options.get(kind, {}).items():
         try:
             options[key] = _convert_option(key, value)

@@ -56,3 +56,5 @@ if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
     fi
     touch "$stamp"
 fi
+# Debian's python3-rados/python3-rbd, made importable from the venv (idempotent).
+scripts/link-debian-ceph.sh .venv

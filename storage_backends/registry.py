@@ -27,7 +27,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, Final
 
-from storage_backends import base, fake, iscsi, local_dir, nfs
+from storage_backends import base, ceph_rbd, fake, iscsi, local_dir, nfs
 
 logger = logging.getLogger(__name__)
 
@@ -44,9 +44,8 @@ def builtin_factories(*, include_fake: bool = False) -> dict[str, BackendFactory
         base.BackendKind.LOCAL_DIR.value: local_dir.LocalDirBackend,
         base.BackendKind.NFS.value: nfs.NfsBackend,
         base.BackendKind.ISCSI.value: iscsi.IscsiBackend,
-        # The remaining kinds land here as their modules do, one line each:
-        #   base.BackendKind.CEPH_RBD.value: ceph_rbd.CephRbdBackend,
-        #   base.BackendKind.ISCSI.value: iscsi.IscsiBackend,
+        base.BackendKind.CEPH_RBD.value: ceph_rbd.CephRbdBackend,
+        # Further kinds land here as their modules do, one line each.
     }
     if include_fake:
         factories[fake.DEFAULT_KIND] = fake.FakeBackend

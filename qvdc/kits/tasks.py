@@ -45,15 +45,16 @@ def create_guarded_task(
 
 
 async def cancel_and_wait(*tasks: asyncio.Task[Any]) -> None:
-    """Cancel ``tasks`` and wait for them to finish, without swallowing our own cancellation."""
+    """Cancel ``tasks`` and wait until they have finished.
+
+    Safe to call from a task that is itself being cancelled (in a ``finally``):
+    the tasks' own CancelledErrors are not mistaken for ours, so cleanup after
+    them still runs; a new cancellation of the caller still propagates.
+    """
     for t in tasks:
         t.cancel()
+    if tasks:
+        await asyncio.wait(tasks)
     for t in tasks:
-        try:
-            await t
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise
-        except Exception:  # noqa: BLE001 - already logged by guard()
-            pass
+        if not t.cancelled():
+            t.exception()  # retrieved: a failure was already logged by guard()

@@ -205,11 +205,12 @@ async def test_cache_relist_reports_every_difference(
     )
     try:
         with caplog.at_level(logging.INFO, logger="qvdc.store.watching"):
+            # Partition the cache's watch from etcd before it can open one (cutting an
+            # open watch races with the cache opening it), so the cache lists, then
+            # waits; meanwhile change things and compact the history it would resume at.
+            faulty.hang("watch_prefix")
             async with running(cache):
                 changes.clear()
-                # Partition the cache from etcd, change things, and compact the history.
-                faulty.hang("watch_prefix")
-                await faulty.cut_watches()
                 await store.put("k/changed", b"v2")
                 await store.delete("k/deleted")
                 added = await store.put("k/added", b"v1")
