@@ -14,6 +14,7 @@ import pytest
 
 from qvdc.settings import EtcdSettings
 from qvdc.store import embedded, etcd
+from tests.fixtures import procs
 from tests.fixtures.etcd import EtcdServer, FaultyStore
 
 # ---------------------------------------------------------------- key/value
@@ -350,7 +351,7 @@ async def test_calls_fail_over_to_the_next_endpoint(
 def paused(pid: int | None) -> Iterator[None]:
     """SIGSTOP a process (a real etcd that accepts connections but never answers)."""
     assert pid is not None
-    os.kill(pid, signal.SIGSTOP)
+    procs.sigstop(pid)
     try:
         yield
     finally:

@@ -5,7 +5,7 @@ fresh grace (never marking a healthy fleet down because a replica went away)."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 import grpclib.client
 import pytest
@@ -15,7 +15,7 @@ from protos.limiquantix.storage import v1 as storage
 from qvdc.app import Controller
 from qvdc.settings import EtcdSettings
 from qvdc.store import codec, keys
-from qvdc.store.etcd import EtcdStore
+from qvdc.store.etcd import EtcdStore, KeyValue
 from tests.qvdc.api.helpers import (
     TIMEOUT,
     controller_settings,
@@ -88,7 +88,7 @@ async def test_leader_failover_adopts_nodes_with_a_fresh_grace(
             timeout=TIMEOUT,
         )
 
-        def owner_and_live() -> object:
+        def owner_and_live() -> Awaitable[KeyValue | None]:
             return store.get(keys.node_status(node.id))
 
         moved = await eventually(
@@ -98,7 +98,7 @@ async def test_leader_failover_adopts_nodes_with_a_fresh_grace(
             ),
             what="node owned by r2",
         )
-        assert codec.decode_node_state(node.id, moved.value).live
+        assert moved is not None and codec.decode_node_state(node.id, moved.value).live
         got = await nodes2.get_node(compute.GetNodeRequest(id=node.id), timeout=TIMEOUT)
         assert got.status.phase == compute.NodeStatusPhase.READY
         # And r2 now aggregates: a material change shows up in the pool.
