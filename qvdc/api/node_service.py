@@ -33,9 +33,9 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 from protos.limiquantix.compute import v1 as compute
-from qvdc.api import convert
+from qvdc.api import convert, paging
 from qvdc.api.errors import guarded, unary
-from qvdc.api.pool_service import PoolMessages, decode_page_token, encode_page_token
+from qvdc.api.pool_service import PoolMessages
 from qvdc.domain import errors, validation
 from qvdc.engines.catalog import Catalog
 from qvdc.engines.intake import Assignment, HeartbeatIntake
@@ -187,28 +187,25 @@ class NodeService:
         return self._node_message(request.id)
 
     async def list_nodes(self, request: compute.ListNodesRequest) -> compute.ListNodesResponse:
-        if request.page_size < 0:
-            raise errors.InvalidArgument("must not be negative", field="page_size")
-        size = min(request.page_size or 100, 1000)
-        after = decode_page_token(request.page_token) if request.page_token else None
         phases = {int(p) for p in request.phases}
         matches = []
-        for record in sorted(self._view.nodes(), key=lambda r: r.hostname):
+        for record in self._view.nodes():
             if any(record.labels.get(k) != v for k, v in request.labels.items()):
                 continue
             state = self._view.node_state(record.id)
             if phases and (state is None or int(state.phase) not in phases):
                 continue
             matches.append(record)
-        start = 0
-        if after is not None:
-            start = next((i for i, r in enumerate(matches) if r.hostname > after), len(matches))
-        page = matches[start : start + size]
-        more = start + size < len(matches)
+        page, next_token, total = paging.paginate(
+            matches,
+            key=lambda r: r.hostname,
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
         return compute.ListNodesResponse(
             nodes=[self._node_message(r.id) for r in page],
-            next_page_token=encode_page_token(page[-1].hostname) if more and page else "",
-            total_count=len(matches),
+            next_page_token=next_token,
+            total_count=total,
         )
 
     async def enable_node(self, request: compute.EnableNodeRequest) -> compute.Node:
@@ -250,9 +247,10 @@ class NodeService:
     def _accept(self, request: compute.UpdateHeartbeatRequest, *, full: bool) -> None:
         self._intake.accept(
             node_id=request.node_id,
-            reports=[convert.report_from_wire(r) for r in request.storage_pools],
+            reports=convert.incoming_reports(request.storage_pools),
             full=full,
             removed=request.removed_pool_ids,
+            to_report=convert.report_for_pool,
         )
 
     async def update_heartbeat(

@@ -8,8 +8,6 @@ ordered by name and the page token is an opaque cursor after the last name.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -19,7 +17,7 @@ import grpclib.const
 
 from protos.google import protobuf as pb
 from protos.limiquantix.storage import v1 as storage
-from qvdc.api import convert
+from qvdc.api import convert, paging
 from qvdc.api.errors import unary
 from qvdc.domain import errors, validation
 from qvdc.domain.model import BackendType, PoolRecord
@@ -28,10 +26,7 @@ from qvdc.engines.view import ClusterView
 from qvdc.kits.timing import Clock
 from qvdc.store import keys
 
-DEFAULT_PAGE_SIZE = 100
-MAX_PAGE_SIZE = 1000
 MAX_DESCRIPTION = 1024
-_TOKEN_PREFIX = "pools:v1:"
 
 _SPEC_FIELDS = {
     "spec.backend": "backend",
@@ -42,20 +37,6 @@ _SPEC_FIELDS = {
     "spec.tiering": "tiering",
     "spec.assigned_node_ids": "assignedNodeIds",
 }
-
-
-def encode_page_token(after_name: str) -> str:
-    return base64.urlsafe_b64encode((_TOKEN_PREFIX + after_name).encode()).decode()
-
-
-def decode_page_token(token: str) -> str:
-    try:
-        text = base64.urlsafe_b64decode(token.encode()).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
-        raise errors.InvalidArgument("malformed page token", field="page_token") from exc
-    if not text.startswith(_TOKEN_PREFIX):
-        raise errors.InvalidArgument("malformed page token", field="page_token")
-    return text[len(_TOKEN_PREFIX) :]
 
 
 def validate_spec(spec: storage.StoragePoolSpec | None) -> None:
@@ -90,6 +71,11 @@ class PoolMessages:
     def __init__(self, *, view: ClusterView) -> None:
         self._view = view
         self._specs: dict[str, tuple[int, storage.StoragePool]] = {}
+        view.subscribe(self._forget_deleted)
+
+    def _forget_deleted(self, key: str, old: object, new: object) -> None:
+        if new is None and key.startswith(keys.POOLS):
+            self._specs.pop(key[len(keys.POOLS) :], None)
 
     def definition(self, record: PoolRecord) -> storage.StoragePool:
         revision = self._view.mod_revision(keys.pool(record.id))
@@ -182,32 +168,26 @@ class StoragePoolService:
         return self.messages.full(self._catalog.pool(request.id))
 
     async def list_pools(self, request: storage.ListPoolsRequest) -> storage.ListPoolsResponse:
-        if request.page_size < 0:
-            raise errors.InvalidArgument("must not be negative", field="page_size")
-        size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        after = decode_page_token(request.page_token) if request.page_token else None
         want_type = (
             BackendType(int(request.backend_type))
             if request.filter_backend_type or int(request.backend_type) != 0
             else None
         )
-        matches = sorted(
-            (
-                p
-                for p in self._view.pools()
-                if self._matches(p, request=request, backend_type=want_type)
-            ),
+        matches = [
+            p
+            for p in self._view.pools()
+            if self._matches(p, request=request, backend_type=want_type)
+        ]
+        page, next_token, total = paging.paginate(
+            matches,
             key=lambda p: p.name,
+            page_size=request.page_size,
+            page_token=request.page_token,
         )
-        start = 0
-        if after is not None:
-            start = next((i for i, p in enumerate(matches) if p.name > after), len(matches))
-        page = matches[start : start + size]
-        more = start + size < len(matches)
         return storage.ListPoolsResponse(
             pools=[self.messages.full(p) for p in page],
-            next_page_token=encode_page_token(page[-1].name) if more and page else "",
-            total_count=len(matches),
+            next_page_token=next_token,
+            total_count=total,
         )
 
     @staticmethod
