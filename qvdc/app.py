@@ -22,6 +22,7 @@ from typing import cast
 
 from grpclib.server import Server
 
+from qvdc.api import convert
 from qvdc.api.node_service import NodeService
 from qvdc.api.pool_service import StoragePoolService
 from qvdc.engines.aggregator import Aggregator
@@ -60,6 +61,7 @@ class Controller:
             delay=settings.heartbeat.commit_delay,
             max_ops=settings.heartbeat.commit_max_ops,
             timeout=timeout,
+            coalesce=not settings.naive,  # the naive baseline writes every report, as upstream
         )
         self.monitor = LivenessMonitor(
             store=store,
@@ -101,7 +103,7 @@ class Controller:
             clock=self.clock,
             interval=settings.heartbeat.interval,
         )
-        self.server = Server([self.node_service, self.pool_service])
+        self.server = Server([self.node_service, self.pool_service], codec=convert.server_codec())
         self._tasks: list[asyncio.Task[None]] = []
         self.port = 0
 

@@ -34,7 +34,7 @@ from grpclib.exceptions import GRPCError
 
 from protos.limiquantix.compute import v1 as compute
 from qvdc.api import convert, paging
-from qvdc.api.errors import guarded, unary
+from qvdc.api.errors import guarded, to_grpc_error, unary
 from qvdc.api.pool_service import PoolMessages
 from qvdc.domain import errors, validation
 from qvdc.engines.catalog import Catalog
@@ -171,10 +171,10 @@ class NodeService:
             request.hostname,
             ip,
         )
-        return self._node_message(node_id)
+        return await self._node_message(node_id)
 
-    def _node_message(self, node_id: str) -> compute.Node:
-        document, state = self._catalog.node(node_id)
+    async def _node_message(self, node_id: str) -> compute.Node:
+        document, state = await self._catalog.node(node_id)
         node = compute.Node.from_dict(document, ignore_unknown_fields=True)
         node.status = convert.node_status(
             state,
@@ -184,7 +184,7 @@ class NodeService:
         return node
 
     async def get_node(self, request: compute.GetNodeRequest) -> compute.Node:
-        return self._node_message(request.id)
+        return await self._node_message(request.id)
 
     async def list_nodes(self, request: compute.ListNodesRequest) -> compute.ListNodesResponse:
         phases = {int(p) for p in request.phases}
@@ -203,18 +203,18 @@ class NodeService:
             page_token=request.page_token,
         )
         return compute.ListNodesResponse(
-            nodes=[self._node_message(r.id) for r in page],
+            nodes=[await self._node_message(r.id) for r in page],
             next_page_token=next_token,
             total_count=total,
         )
 
     async def enable_node(self, request: compute.EnableNodeRequest) -> compute.Node:
         await self._catalog.set_operator_phase(request.id, maintenance=False, reason="")
-        return self._node_message(request.id)
+        return await self._node_message(request.id)
 
     async def disable_node(self, request: compute.DisableNodeRequest) -> compute.Node:
         await self._catalog.set_operator_phase(request.id, maintenance=True, reason=request.reason)
-        return self._node_message(request.id)
+        return await self._node_message(request.id)
 
     # --- heartbeats -------------------------------------------------------------------
 
@@ -253,9 +253,16 @@ class NodeService:
             to_report=convert.report_for_pool,
         )
 
+    async def _known_node(self, node_id: str) -> None:
+        """A node registered moments ago through another replica may not be in
+        this replica's view yet: catch up once before the intake says NOT_FOUND."""
+        if node_id and self._view.node(node_id) is None:
+            await self._catalog.catch_up()
+
     async def update_heartbeat(
         self, request: compute.UpdateHeartbeatRequest
     ) -> compute.UpdateHeartbeatResponse:
+        await self._known_node(request.node_id)
         self._accept(request, full=True)  # the unary path always carries full reports
         assignment = self._intake.assignment(request.node_id)
         return self._response(assignment, sequence=request.sequence, with_pools=True)
@@ -322,7 +329,13 @@ class _StreamSession:
                     raise GRPCError(
                         Status.INVALID_ARGUMENT, "node_id: must not change on an open stream"
                     )
-                await guarded("StreamHeartbeat", functools.partial(self._heartbeat, request))
+                # guarded(), inlined: this runs for every heartbeat of every node.
+                try:
+                    await self._heartbeat(request)
+                except (GRPCError, asyncio.CancelledError):
+                    raise
+                except Exception as exc:
+                    raise to_grpc_error(exc, method="StreamHeartbeat") from exc
         finally:
             if pusher is not None:
                 await cancel_and_wait(pusher)
@@ -330,6 +343,7 @@ class _StreamSession:
                 self._svc._hub.close(self.node_id, event)
 
     async def _first(self, request: compute.UpdateHeartbeatRequest) -> None:
+        await self._svc._known_node(request.node_id)
         self._svc._intake.require_node(request.node_id)
         self.node_id = request.node_id
         log.debug("heartbeat stream opened by node %s", self.node_id)

@@ -165,7 +165,7 @@ class StoragePoolService:
         return self.messages.full(record)
 
     async def get_pool(self, request: storage.GetPoolRequest) -> storage.StoragePool:
-        return self.messages.full(self._catalog.pool(request.id))
+        return self.messages.full(await self._catalog.pool(request.id))
 
     async def list_pools(self, request: storage.ListPoolsRequest) -> storage.ListPoolsResponse:
         want_type = (
@@ -203,7 +203,7 @@ class StoragePoolService:
         return backend_type is None or pool.backend == backend_type
 
     async def update_pool(self, request: storage.UpdatePoolRequest) -> storage.StoragePool:
-        current = self._catalog.pool(request.id)
+        current = await self._catalog.pool(request.id)
         paths = list(request.update_mask.paths) if request.update_mask else []
         for i, path in enumerate(paths):
             if path not in ("description", "labels", "spec", *_SPEC_FIELDS):
@@ -261,7 +261,7 @@ class StoragePoolService:
         return pb.Empty()
 
     async def get_pool_metrics(self, request: storage.GetPoolMetricsRequest) -> storage.PoolMetrics:
-        record = self._catalog.pool(request.id)
+        record = await self._catalog.pool(request.id)
         stored = self._view.pool_status(record.id)
         metrics = storage.PoolMetrics(pool_id=record.id)
         if stored is not None:

@@ -54,6 +54,9 @@ class Aggregator:
         self._coalesce = coalesce
         self._on_written = on_written
         self._dirty: set[str] = set()
+        # pool -> (mod_revision, aggregate) of our own last write: comparing with it spares
+        # decoding the stored JSON (the costliest step of a recompute) when nobody else wrote.
+        self._mine: dict[str, tuple[int, PoolAggregate]] = {}
         self._wakeup = asyncio.Event()
         self._active = False
         view.subscribe(self._on_change)
@@ -66,6 +69,10 @@ class Aggregator:
             return
         parts = key.split("/")
         kind = parts[0]
+        if kind == "poolstatus" and len(parts) == 2 and new is not None:
+            mine = self._mine.get(parts[1])
+            if mine is not None and mine[0] == new.mod_revision:
+                return  # our own write coming back through the watch: nothing to redo
         pool_keyed = kind in ("pools", "poolstatus") and len(parts) == 2
         if pool_keyed or (kind == "hoststatus" and len(parts) == 3):
             self._mark(parts[1])
@@ -102,13 +109,19 @@ class Aggregator:
         self.recomputed += 1
         key = keys.pool_status(pool_id)
         agg = self.compute(pool_id)
-        current = self._view.pool_status(pool_id)
-        compare = Compare.mod_revision(key, self._view.mod_revision(key))
+        revision = self._view.mod_revision(key)
+        compare = Compare.mod_revision(key, revision)
         if agg is None:
             if self._view.cache.get(key) is None:
                 return None
             return compare, Op.delete(key), None
-        if current is not None and current[0] == agg:
+        mine = self._mine.get(pool_id)
+        if mine is not None and mine[0] == revision:
+            current: PoolAggregate | None = mine[1]
+        else:
+            stored = self._view.pool_status(pool_id)
+            current = stored[0] if stored is not None else None
+        if current is not None and current == agg:
             return None
         return (
             compare,
@@ -133,6 +146,11 @@ class Aggregator:
                     self._mark(pool_id)
                 continue
             self.written += len(chunk)
+            for pool_id, plan in chunk:
+                if plan[2] is not None:
+                    self._mine[pool_id] = (result.revision, plan[2])
+                else:
+                    self._mine.pop(pool_id, None)
             await self._view.wait_for_revision(result.revision, timeout=self._timeout)
             for pool_id, plan in chunk:
                 if self._on_written is not None and plan[2] is not None:

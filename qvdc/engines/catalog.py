@@ -70,18 +70,36 @@ class Catalog:
 
     # --- pools --------------------------------------------------------------------
 
-    def pool(self, pool_id: str) -> PoolRecord:
+    async def catch_up(self) -> None:
+        """Let this replica's view reach etcd's current revision.
+
+        The view follows etcd's watch, so an object just written through another
+        replica may not be in it yet. Before answering "not found" we catch up
+        once, so a client never sees its own write missing (read-your-writes
+        across replicas); hits cost nothing."""
+        try:
+            revision = await self._store.revision(timeout=self._timeout)
+        except StoreError as exc:
+            raise errors.Unavailable(f"etcd unavailable: {exc}") from exc
+        await self._view.wait_for_revision(revision, timeout=self._timeout)
+
+    async def pool(self, pool_id: str) -> PoolRecord:
         if not pool_id:
             raise errors.InvalidArgument("id is required", field="id")
         record = self._view.pool(pool_id)
         if record is None:
+            await self.catch_up()
+            record = self._view.pool(pool_id)
+        if record is None:
             raise errors.NotFound(f"pool '{pool_id}' not found", field="id")
         return record
 
-    def _require_nodes(self, node_ids: Sequence[str], *, field: str) -> None:
+    async def _require_nodes(self, node_ids: Sequence[str], *, field: str) -> None:
         for i, node_id in enumerate(node_ids):
             if not node_id:
                 raise errors.InvalidArgument("node id must not be empty", field=f"{field}[{i}]")
+            if self._view.node(node_id) is None:
+                await self.catch_up()
             if self._view.node(node_id) is None:
                 raise errors.NotFound(f"node '{node_id}' not found", field=f"{field}[{i}]")
 
@@ -93,7 +111,7 @@ class Catalog:
         for attempt in range(MAX_CONFLICT_RETRIES):
             if self._view.pool_id_by_name(name) is not None:
                 raise errors.AlreadyExists(f"a pool named '{name}' already exists", field="name")
-            self._require_nodes(assigned, field="spec.assigned_node_ids")
+            await self._require_nodes(assigned, field="spec.assigned_node_ids")
             compares = [Compare.absent(keys.pool_name(name)), Compare.absent(keys.pool(pool_id))]
             compares += [Compare.present(keys.node(n)) for n in assigned]
             success = [
@@ -102,7 +120,7 @@ class Catalog:
             ] + [Op.put(keys.assignment(n, pool_id), b"") for n in assigned]
             result = await self._txn(compares=compares, success=success)
             if result.succeeded:
-                return self.pool(pool_id)
+                return await self.pool(pool_id)
             log.debug("create pool %s lost a race (attempt %d)", name, attempt + 1)
             await self._view.wait_for_revision(await self._store.revision(), timeout=self._timeout)
         raise errors.Conflict(f"pool '{name}' changed concurrently; retry", field="name")
@@ -111,7 +129,7 @@ class Catalog:
         """Apply ``mutate`` (pure: old document -> new document, may raise domain errors)
         to the pool with optimistic concurrency; keep the assignment index in step."""
         for _ in range(MAX_CONFLICT_RETRIES):
-            current = self.pool(pool_id)
+            current = await self.pool(pool_id)
             key = keys.pool(pool_id)
             revision = self._view.mod_revision(key)
             new_doc = mutate(dict(current.document))
@@ -122,7 +140,7 @@ class Catalog:
             old_nodes = set(current.assigned_node_ids)
             new_nodes = set(new_record.assigned_node_ids)
             added = sorted(new_nodes - old_nodes)
-            self._require_nodes(added, field="spec.assigned_node_ids")
+            await self._require_nodes(added, field="spec.assigned_node_ids")
             if encoded == codec.encode_pool_document(dict(current.document)):
                 return current  # nothing changes: no write
             compares = [Compare.mod_revision(key, revision)]
@@ -134,14 +152,14 @@ class Catalog:
             ]
             result = await self._txn(compares=compares, success=success)
             if result.succeeded:
-                return self.pool(pool_id)
+                return await self.pool(pool_id)
             await self._view.wait_for_revision(await self._store.revision(), timeout=self._timeout)
         raise errors.Conflict(f"pool '{pool_id}' changed concurrently; retry", field="id")
 
     async def assign(self, pool_id: str, node_id: str) -> PoolRecord:
         self._check_ids(pool_id, node_id)
-        self.pool(pool_id)
-        self._require_nodes([node_id], field="node_id")
+        await self.pool(pool_id)
+        await self._require_nodes([node_id], field="node_id")
 
         def add(doc: Document) -> Document:
             spec = dict(doc.get("spec") or {})
@@ -155,7 +173,7 @@ class Catalog:
 
     async def unassign(self, pool_id: str, node_id: str) -> PoolRecord:
         self._check_ids(pool_id, node_id)
-        self.pool(pool_id)
+        await self.pool(pool_id)
 
         def remove(doc: Document) -> Document:
             spec = dict(doc.get("spec") or {})
@@ -177,7 +195,7 @@ class Catalog:
 
     async def delete_pool(self, pool_id: str, *, force: bool) -> None:
         for _ in range(MAX_CONFLICT_RETRIES):
-            current = self.pool(pool_id)
+            current = await self.pool(pool_id)
             busy = {
                 node: s.report.volume_count
                 for node, s in self._view.host_statuses(pool_id).items()
@@ -262,17 +280,20 @@ class Catalog:
             await self._view.wait_for_revision(await self._store.revision(), timeout=self._timeout)
         raise errors.Conflict(f"node '{hostname}' changed concurrently; retry", field="hostname")
 
-    def node(self, node_id: str) -> tuple[Mapping[str, Any], NodeState | None]:
+    async def node(self, node_id: str) -> tuple[Mapping[str, Any], NodeState | None]:
         if not node_id:
             raise errors.InvalidArgument("id is required", field="id")
         record = self._view.node(node_id)
+        if record is None:
+            await self.catch_up()
+            record = self._view.node(node_id)
         if record is None:
             raise errors.NotFound(f"node '{node_id}' not found", field="id")
         return record.document, self._view.node_state(node_id)
 
     async def set_operator_phase(self, node_id: str, *, maintenance: bool, reason: str) -> None:
         """DisableNode (maintenance on) / EnableNode (maintenance off)."""
-        self.node(node_id)
+        await self.node(node_id)
         key = keys.node_status(node_id)
         for _ in range(MAX_CONFLICT_RETRIES):
             current = self._view.node_state(node_id)

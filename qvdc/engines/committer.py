@@ -14,11 +14,16 @@ Cases:
   for the same key win) and retried with capped backoff; nothing is dropped;
 * cancellation -> the pending batch is flushed once more, bounded, then given up
   (a restarted node re-sends full reports, so nothing is lost for good).
+
+``coalesce=False`` (only for the ``--naive`` benchmark baseline) writes every
+submission, in order, as upstream does: a key submitted twice is written twice
+(in two transactions, since etcd rejects a key twice in one).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 
 from qvdc.kits.backoff import Backoff
@@ -28,12 +33,22 @@ log = logging.getLogger(__name__)
 
 
 class GroupCommitter:
-    def __init__(self, *, store: EtcdStore, delay: float, max_ops: int, timeout: float) -> None:
+    def __init__(
+        self,
+        *,
+        store: EtcdStore,
+        delay: float,
+        max_ops: int,
+        timeout: float,
+        coalesce: bool = True,
+    ) -> None:
         self._store = store
         self._delay = delay
         self._max_ops = max_ops
         self._timeout = timeout
+        self._coalesce = coalesce
         self._pending: dict[str, bytes | None] = {}
+        self._queue: collections.deque[tuple[str, bytes | None]] = collections.deque()
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -43,13 +58,16 @@ class GroupCommitter:
 
     def submit(self, key: str, value: bytes | None) -> None:
         """Queue a put (``value``) or a delete (``None``) of ``key``."""
-        self._pending[key] = value
+        if self._coalesce:
+            self._pending[key] = value
+        else:
+            self._queue.append((key, value))
         self._idle.clear()
         self._wakeup.set()
 
     @property
     def backlog(self) -> int:
-        return len(self._pending)
+        return len(self._pending) + len(self._queue)
 
     async def flushed(self, *, timeout: float) -> None:
         """Wait until everything submitted so far is committed."""
@@ -57,12 +75,22 @@ class GroupCommitter:
             await self._idle.wait()
 
     def _take_batch(self) -> list[tuple[str, bytes | None]]:
-        batch = []
+        batch: list[tuple[str, bytes | None]] = []
+        if not self._coalesce:
+            keys: set[str] = set()
+            while self._queue and len(batch) < self._max_ops and self._queue[0][0] not in keys:
+                key, value = self._queue.popleft()
+                keys.add(key)
+                batch.append((key, value))
+            return batch
         for key in list(self._pending)[: self._max_ops]:
             batch.append((key, self._pending.pop(key)))
         return batch
 
     def _put_back(self, batch: list[tuple[str, bytes | None]]) -> None:
+        if not self._coalesce:
+            self._queue.extendleft(reversed(batch))
+            return
         for key, value in batch:
             self._pending.setdefault(key, value)
 
@@ -80,7 +108,7 @@ class GroupCommitter:
                 self._wakeup.clear()
                 if self._delay:
                     await asyncio.sleep(self._delay)
-                while self._pending:
+                while self._pending or self._queue:
                     batch = self._take_batch()
                     try:
                         await self._commit(batch)
@@ -96,14 +124,14 @@ class GroupCommitter:
                         await asyncio.sleep(delay)
                     else:
                         backoff.reset()
-                if not self._pending:
+                if not self._pending and not self._queue:
                     self._idle.set()
         finally:
             await self._final_flush()
 
     async def _final_flush(self) -> None:
         # Best effort on shutdown: one bounded attempt, shielded from our own cancellation.
-        if not self._pending:
+        if not self._pending and not self._queue:
             return
         batch = self._take_batch()
         try:
@@ -111,6 +139,6 @@ class GroupCommitter:
         except (StoreError, asyncio.CancelledError) as exc:
             log.warning(
                 "dropping %d uncommitted host-status writes at shutdown: %r",
-                len(batch) + len(self._pending),
+                len(batch) + self.backlog,
                 exc,
             )

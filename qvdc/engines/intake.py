@@ -28,15 +28,16 @@ exists only as the benchmark's baseline.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
 from qvdc.domain import errors
 from qvdc.domain.model import Health, HostPoolStatus, NodeId, PoolId, PoolReport
 from qvdc.engines.committer import GroupCommitter
 from qvdc.engines.liveness import LivenessMonitor
 from qvdc.engines.view import ClusterView
-from qvdc.kits.materiality import is_material_change
+from qvdc.kits.materiality import ReportLike, is_material_change
 from qvdc.kits.timing import Clock
 from qvdc.settings import HeartbeatSettings
 from qvdc.store import codec, keys
@@ -44,6 +45,25 @@ from qvdc.store import codec, keys
 log = logging.getLogger(__name__)
 
 NOT_REPORTED = "pool not reported by host"
+
+_MAX_CACHED_ASSIGNMENTS = 1_000_000
+
+
+class IncomingReport(ReportLike, Protocol):
+    """A pool report as a heartbeat carries it: a PoolReport or the wire message."""
+
+    @property
+    def pool_id(self) -> str: ...
+
+
+ReportConverter = Callable[[Any, PoolId], PoolReport]
+"""``to_report(report, pool_id)``: the PoolReport of an incoming report, under ``pool_id``."""
+
+
+def _as_pool_report(report: Any, pool_id: PoolId) -> PoolReport:
+    """The default converter: incoming reports already are PoolReports."""
+    assert isinstance(report, PoolReport), f"pass to_report= for {type(report).__name__}"
+    return report if report.pool_id == pool_id else replace(report, pool_id=pool_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +94,11 @@ class HeartbeatIntake:
         self._naive = naive
         # What we last wrote (or queued) per hoststatus key; the cache lags the committer.
         self._written: dict[str, PoolReport] = {}
+        # Per node, what assignment() last computed; dropped whenever a pool definition or
+        # an assignment changes (both rare), so every heartbeat answer does not rescan them.
+        self._assignments: dict[str, Assignment] = {}
+        # Pool ids known to exist (view.pool() decoded them); dropped on any pool change.
+        self._known_pools: set[str] = set()
         view.subscribe(self._on_change)
         #: Counters for tests and the benchmark.
         self.heartbeats = 0
@@ -82,8 +107,14 @@ class HeartbeatIntake:
         self.unknown_reports = 0
 
     def _on_change(self, key: str, old: object, new: object) -> None:
-        if new is None and key.startswith(keys.HOST_STATUS):
-            self._written.pop(key, None)
+        if key.startswith(keys.HOST_STATUS):
+            if new is None:
+                self._written.pop(key, None)
+        elif key.startswith(keys.POOLS):
+            self._assignments.clear()
+            self._known_pools.clear()
+        elif key.startswith(keys.ASSIGNMENTS):
+            self._assignments.clear()
 
     def require_node(self, node_id: str) -> None:
         if not node_id:
@@ -95,26 +126,36 @@ class HeartbeatIntake:
         self,
         *,
         node_id: str,
-        reports: Sequence[PoolReport],
+        reports: Sequence[IncomingReport],
         full: bool,
         removed: Iterable[str] = (),
+        to_report: ReportConverter | None = None,
     ) -> None:
-        """Take one heartbeat. Raises InvalidArgument/NotFound for a bad node id."""
+        """Take one heartbeat. Raises InvalidArgument/NotFound for a bad node id.
+
+        ``reports`` are :class:`PoolReport` values, or any objects with the same fields
+        (the API passes the wire reports themselves) plus ``to_report`` to turn one
+        into a PoolReport for a given pool id. Only reports that changed materially
+        are converted, so an unchanged report costs one comparison and no allocation.
+        """
         self.require_node(node_id)
         nid = NodeId(node_id)
         self._monitor.observe(nid)
         self.heartbeats += 1
         if not reports and not full and not removed:
             return
-        assigned = set(self._view.assigned_pool_ids(nid))
+        convert = to_report or _as_pool_report
+        assigned = set(self.assignment(nid).pool_ids)
         seen: set[str] = set()
         for report in reports:
             self.reports_seen += 1
-            resolved = self._resolve(report)
+            resolved = self._resolve(report.pool_id)
             if resolved is None:
                 continue
-            seen.add(resolved.pool_id)
-            self._record(nid, resolved)
+            seen.add(resolved)
+            key = keys.host_status(resolved, nid)
+            if self._is_material(key, resolved, nid, report):
+                self._write(key, nid, convert(report, resolved))
         if full:
             gone = (assigned | self._view.pools_with_rows_of(nid)) - seen
         else:
@@ -130,31 +171,40 @@ class HeartbeatIntake:
             else:
                 self._drop(nid, pool_id)
 
-    def _resolve(self, report: PoolReport) -> PoolReport | None:
-        if not report.pool_id:
+    def _resolve(self, pool_id: str) -> PoolId | None:
+        """The id of the pool a report names (by id, or by name as upstream agents do)."""
+        if not pool_id:
             self.unknown_reports += 1
             return None
-        if self._view.pool(report.pool_id) is not None:
-            return report
-        by_name = self._view.pool_id_by_name(report.pool_id)
+        if pool_id in self._known_pools:
+            return PoolId(pool_id)
+        if self._view.pool(pool_id) is not None:
+            self._known_pools.add(pool_id)
+            return PoolId(pool_id)
+        by_name = self._view.pool_id_by_name(pool_id)
         if by_name is not None:
-            return replace(report, pool_id=by_name)
+            return by_name
         self.unknown_reports += 1
         return None
 
-    def _record(self, node_id: NodeId, report: PoolReport) -> None:
-        key = keys.host_status(report.pool_id, node_id)
-        previous = self._written.get(key)
+    def _is_material(self, key: str, pool_id: str, node_id: NodeId, report: ReportLike) -> bool:
+        previous: ReportLike | None = self._written.get(key)
         if previous is None:
-            stored = self._view.host_status(report.pool_id, node_id)
+            stored = self._view.host_status(pool_id, node_id)
             previous = stored.report if stored is not None else None
-        if not self._naive and not is_material_change(
+        return self._naive or is_material_change(
             previous,
             report,
             fraction=self._settings.material_capacity_fraction,
             min_bytes=self._settings.material_capacity_bytes,
-        ):
-            return
+        )
+
+    def _record(self, node_id: NodeId, report: PoolReport) -> None:
+        key = keys.host_status(report.pool_id, node_id)
+        if self._is_material(key, report.pool_id, node_id, report):
+            self._write(key, node_id, report)
+
+    def _write(self, key: str, node_id: NodeId, report: PoolReport) -> None:
         self.material_changes += 1
         self._written[key] = report
         status = HostPoolStatus(node_id=node_id, report=report, changed_at=self._clock.time())
@@ -167,6 +217,13 @@ class HeartbeatIntake:
             self._committer.submit(key, None)
 
     def assignment(self, node_id: str) -> Assignment:
+        cached = self._assignments.get(node_id)
+        if cached is not None:
+            return cached
         pool_ids = tuple(sorted(self._view.assigned_pool_ids(node_id)))
         signature = tuple((p, self._view.mod_revision(keys.pool(p))) for p in pool_ids)
-        return Assignment(pool_ids=pool_ids, signature=signature)
+        assignment = Assignment(pool_ids=pool_ids, signature=signature)
+        if len(self._assignments) >= _MAX_CACHED_ASSIGNMENTS:
+            self._assignments.clear()
+        self._assignments[node_id] = assignment
+        return assignment

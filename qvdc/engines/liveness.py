@@ -229,14 +229,21 @@ class LivenessMonitor:
             )
 
     async def run(self) -> None:
+        # A pass over every node is O(nodes): run it once per check period, not on every
+        # wake-up (each registration or restored node wakes the loop to write its status;
+        # a pass per wake-up made bulk registration quadratic).
+        loop = asyncio.get_running_loop()
+        next_check = loop.time()
         while True:
             try:
-                async with asyncio.timeout(self._check_period):
+                async with asyncio.timeout_at(next_check):
                     await self._wakeup.wait()
             except TimeoutError:
                 pass
             self._wakeup.clear()
-            self.check()
+            if loop.time() >= next_check:
+                self.check()
+                next_check = loop.time() + self._check_period
             if self._dirty:
                 try:
                     await self._write_transitions()

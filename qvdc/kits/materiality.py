@@ -47,21 +47,26 @@ def is_material_change(
     fraction: float = DEFAULT_FRACTION,
     min_bytes: int = DEFAULT_MIN_BYTES,
 ) -> bool:
-    """True if ``new`` differs materially from ``old`` (always true when there is no ``old``)."""
+    """True if ``new`` differs materially from ``old`` (always true when there is no ``old``).
+
+    Runs once per report of every full heartbeat, so it is written flat: health
+    values are ints (IntEnums compare by value), and the threshold is
+    :func:`capacity_threshold` inlined.
+    """
     if old is None:
         return True
     if (
-        int(old.health) != int(new.health)
+        old.health != new.health
         or old.mount_path != new.mount_path
         or old.error_message != new.error_message
         or old.volume_count != new.volume_count
     ):
         return True
-    threshold = capacity_threshold(
-        max(old.total_bytes, new.total_bytes), fraction=fraction, min_bytes=min_bytes
-    )
+    old_total = old.total_bytes
+    new_total = new.total_bytes
+    threshold = min(int((old_total if old_total > new_total else new_total) * fraction), min_bytes)
     return (
-        abs(old.total_bytes - new.total_bytes) > threshold
+        abs(old_total - new_total) > threshold
         or abs(old.used_bytes - new.used_bytes) > threshold
         or abs(old.available_bytes - new.available_bytes) > threshold
     )

@@ -19,6 +19,7 @@ object, so one corrupt value never takes a controller down.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 from collections.abc import Mapping
 from typing import Any, TypeVar
@@ -64,8 +65,12 @@ def loads(value: bytes) -> dict[str, Any]:
     return doc
 
 
+@functools.lru_cache(maxsize=65_536)
 def format_time(ts: float) -> str:
-    """Unix seconds -> RFC 3339 UTC with millisecond precision ("" for 0)."""
+    """Unix seconds -> RFC 3339 UTC with millisecond precision ("" for 0).
+
+    Memoised: every pool-status write formats the unchanged times of all its host rows.
+    """
     if ts <= 0:
         return ""
     return (
