@@ -1,0 +1,1 @@
+"""Benchmarks of the Quantix control plane (run from the repository root)."""

@@ -1,0 +1,1 @@
+"""Heartbeat-throughput benchmark harness: ``python -m benchmarks.heartbeat --help``."""
