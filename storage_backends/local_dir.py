@@ -50,7 +50,6 @@ import functools
 import logging
 import os
 import posixpath
-import re
 import stat
 import threading
 import time
@@ -59,7 +58,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from storage_backends import _exec, base
+from storage_backends import _exec, _mounts, base
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +72,7 @@ PROBE_FILE: Final = ".quantix-probe"
 
 _PROBE_PAYLOAD: Final = b"quantix write probe\n" * 25  # 500 bytes: one block
 _GIB: Final = 1024**3
-_MOUNTINFO: Final = "/proc/self/mountinfo"
-_OCTAL_ESCAPE: Final = re.compile(r"\\([0-7]{3})")
+_MOUNTINFO: Final = _mounts.MOUNTINFO
 
 
 def _statvfs(path: str) -> os.statvfs_result:
@@ -550,32 +548,17 @@ class Mount:
 
 def read_mounts(mountinfo: str = _MOUNTINFO) -> list[Mount]:
     """Parse ``mountinfo``; returns mounts in file order (later lines mount on top)."""
-    try:
-        with open(mountinfo, encoding="utf-8", errors="surrogateescape") as f:
-            text = f.read()
-    except FileNotFoundError:
-        return []
-    return parse_mountinfo(text)
+    return parse_mountinfo(_mounts.read_text(mountinfo))
 
 
 def parse_mountinfo(text: str) -> list[Mount]:
     """Parse the text of a mountinfo file (see proc(5)); malformed lines are skipped."""
-    mounts = []
-    for line in text.splitlines():
-        fields = line.split(" ")
-        try:
-            sep = fields.index("-", 6)
-            mounts.append(
-                Mount(
-                    mount_point=_unescape(fields[4]),
-                    major_minor=fields[2],
-                    fstype=fields[sep + 1],
-                    source=_unescape(fields[sep + 2]),
-                )
-            )
-        except (ValueError, IndexError):
-            continue
-    return mounts
+    return [
+        Mount(
+            mount_point=e.mount_point, major_minor=e.major_minor, fstype=e.fstype, source=e.source
+        )
+        for e in _mounts.parse(text)
+    ]
 
 
 def find_mount(path: str, *, mounts: list[Mount]) -> Mount | None:
@@ -589,11 +572,6 @@ def find_mount(path: str, *, mounts: list[Mount]) -> Mount | None:
         if contains and (best is None or len(mp) >= len(best.mount_point)):
             best = mount
     return best
-
-
-def _unescape(field: str) -> str:
-    r"""Undo mountinfo's octal escapes (``\040`` space, ``\011`` tab, ``\012``, ``\134``)."""
-    return _OCTAL_ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), field)
 
 
 def _describe(exc: OSError) -> str:

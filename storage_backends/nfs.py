@@ -85,7 +85,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from storage_backends import _exec, _libnfs, base
+from storage_backends import _exec, _libnfs, _mounts, base
 
 logger = logging.getLogger(__name__)
 
@@ -115,8 +115,7 @@ _SERVER_MARGIN_MAX: Final = 0.2
 #: Longest TCP connect used to tell a refused connection from other failures.
 _CONNECT_CHECK_TIMEOUT: Final = 0.5
 
-_MOUNTINFO: Final = "/proc/self/mountinfo"
-_OCTAL_ESCAPE: Final = re.compile(r"\\([0-7]{3})")
+_MOUNTINFO: Final = _mounts.MOUNTINFO
 _HOST_LABEL: Final = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOST: Final = re.compile(rf"^{_HOST_LABEL}(?:\.{_HOST_LABEL})*$")
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
@@ -756,32 +755,15 @@ def _volume_entries(
 
 def read_mounts(mountinfo: str = _MOUNTINFO) -> list[Mount]:
     """Parse ``mountinfo``; returns mounts in file order (later lines mount on top)."""
-    try:
-        with open(mountinfo, encoding="utf-8", errors="surrogateescape") as f:
-            text = f.read()
-    except FileNotFoundError:
-        return []
-    return parse_mountinfo(text)
+    return parse_mountinfo(_mounts.read_text(mountinfo))
 
 
 def parse_mountinfo(text: str) -> list[Mount]:
     """Parse the text of a mountinfo file (see proc(5)); malformed lines are skipped."""
-    mounts = []
-    for line in text.splitlines():
-        fields = line.split(" ")
-        try:
-            sep = fields.index("-", 6)
-            mounts.append(
-                Mount(
-                    mount_point=_unescape(fields[4]),
-                    root=_unescape(fields[3]),
-                    fstype=fields[sep + 1],
-                    source=_unescape(fields[sep + 2]),
-                )
-            )
-        except (ValueError, IndexError):
-            continue
-    return mounts
+    return [
+        Mount(mount_point=e.mount_point, root=e.root, fstype=e.fstype, source=e.source)
+        for e in _mounts.parse(text)
+    ]
 
 
 def _top_mount(mount_point: str, *, mounts: list[Mount]) -> Mount | None:
@@ -797,11 +779,6 @@ def _top_mount(mount_point: str, *, mounts: list[Mount]) -> Mount | None:
         if mount.mount_point == resolved:
             found = mount
     return found
-
-
-def _unescape(field: str) -> str:
-    r"""Undo mountinfo's octal escapes (``\040`` space, ``\011`` tab, ``\012``, ``\134``)."""
-    return _OCTAL_ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), field)
 
 
 def _describe(exc: OSError) -> str:
