@@ -122,8 +122,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--naive-hosts",
         type=int,
         default=1000,
-        help="hosts driving the qvdc --naive baseline (default %(default)s); its writes per "
-        "heartbeat do not depend on the host count",
+        help="hosts driving the qvdc --naive baseline, measured once per run on its own etcd "
+        "(default %(default)s); its writes per heartbeat do not depend on the host count",
     )
     base.add_argument("--naive-duration", type=float, default=8.0)
     base.add_argument("--no-ceiling", action="store_true", help="skip the bare-server ceiling")
@@ -197,16 +197,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     config = config_from(args)
     progress = Progress(quiet=args.quiet)
-    doc = uvloop.run(runner.run(config, progress=progress))
+
+    def save(doc: dict[str, object]) -> None:  # after every size: a long sweep keeps its parts
+        if args.json is not None:
+            args.json.write_text(json.dumps(doc, indent=2) + "\n")
+
+    doc = uvloop.run(runner.run(config, progress=progress, on_result=save))
     print(report.table(doc))
     print()
     print(report.targets(doc))
     if args.json is not None:
-        args.json.write_text(json.dumps(doc, indent=2) + "\n")
+        save(doc)
         print(f"\nresults: {args.json}")
     if args.plot is not None:
         report.plot(doc, args.plot)
         print(f"plot: {args.plot}")
+    failed = [r["hosts"] for r in doc.get("sweep", []) if "error" in r]
+    if failed or "error" in doc.get("naive", {}):
+        print(f"\nFAILED: hosts {failed} (naive: {'error' in doc.get('naive', {})}); see the JSON")
+        return 1
     return 0
 
 

@@ -125,6 +125,16 @@ async def serve(host: str, port: int, fixture: Path, codec_name: str, interval: 
     await server.wait_closed()
 
 
+def tune_gc_like_the_controller() -> None:
+    """The controller process tunes CPython's collector (``qvdc.__main__.tune_gc``); so
+    does the ceiling, so that the two compare like with like."""
+    try:
+        from qvdc.__main__ import tune_gc
+    except ImportError:  # pragma: no cover - an older controller without it
+        return
+    tune_gc()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.heartbeat.ceiling",
@@ -136,6 +146,7 @@ def main() -> None:
     parser.add_argument("--interval", type=int, default=30)
     args = parser.parse_args()
     host, _, port = args.listen.rpartition(":")
+    tune_gc_like_the_controller()
     uvloop.run(serve(host, int(port), args.fixture, args.codec, args.interval))
 
 

@@ -66,7 +66,19 @@ def table(doc: Mapping[str, Any]) -> str:
         ]
         lines.append(label.ljust(label_width) + "".join(cells))
     lines.append("")
+    naive = doc.get("naive") or {}
+    if "error" in naive:
+        lines.append("naive baseline: FAILED (traceback in the JSON's 'naive.error')")
+    elif naive:
+        lines.append(
+            f"naive baseline (qvdc --naive, {naive.get('hosts', 0):,} hosts, full reports): "
+            f"{_fmt(naive.get('etcd_writes_per_heartbeat'), '.3f')} etcd writes per heartbeat "
+            f"at {_fmt(naive.get('heartbeats_per_s'), ',.0f')} heartbeats/s"
+        )
     for result in sweep:
+        if "error" in result:
+            lines.append(f"{result['hosts']:,} hosts: FAILED (traceback in the JSON's 'error')")
+            continue
         setup = result.get("setup") or {}
         lines.append(
             f"{result['hosts']:,} hosts: controller RSS peak "

@@ -1,12 +1,19 @@
 """Orchestration: one benchmark run, one host count after the other.
 
-For each host count of the sweep, on a fresh etcd (``qvdc.store.embedded``):
+First, once per run, the **naive baseline**: a ``qvdc --naive`` replica
+(every report written on every heartbeat, as upstream does) on its own etcd,
+driven by ``--naive-hosts`` hosts sending full reports as upstream nodes do.
+Its writes per heartbeat are the reports per heartbeat whatever the fleet
+size, so one measurement serves every size's write-amplification ratio.
+
+Then, for each host count of the sweep, on a fresh etcd (``qvdc.store.embedded``):
 
 1. **Set-up (not timed as throughput).** Start one ``qvdc`` replica in its own
    process. Register every simulated host with ``RegisterNode`` and create its
    cluster's pools with ``CreatePool`` (assigned to the cluster's hosts), both
    through the public API. Each generator opens one ``StreamHeartbeat`` per
-   host and sends the first, full heartbeat; wait until etcd is quiet.
+   host and sends the first, full heartbeat; wait until etcd and the
+   controller are quiet.
 2. **Idle** (``--idle`` s): delta heartbeats and no change at all. Any etcd
    write counts against the "no change, no write" rule.
 3. **Steady state** (warm-up + ``--duration`` s): delta heartbeats; each
@@ -15,14 +22,14 @@ For each host count of the sweep, on a fresh etcd (``qvdc.store.embedded``):
 4. **Full reports** (warm-up + ``--duration`` s): every heartbeat carries all
    reports (``delta=false`` on the stream, or ``UpdateHeartbeat`` with
    ``--mode unary``); same change rate.
-5. **Naive baseline**: a ``qvdc --naive`` replica (writes every report on
-   every heartbeat, as upstream does) on the same etcd, driven by up to
-   ``--naive-hosts`` hosts sending full reports, as upstream nodes do.
-6. **Ceiling**: the bare grpclib server (:mod:`benchmarks.heartbeat.ceiling`)
-   driven by the same generators with the same two workloads.
+5. **Ceiling**: the bare grpclib server (:mod:`benchmarks.heartbeat.ceiling`)
+   driven by the same generators with the same two workloads, with the
+   controller's codec (and, up to 10,000 hosts, with betterproto2's).
 
 etcd writes are counted exactly by revision range between quiet points
-(:mod:`benchmarks.heartbeat.observer`); CPU and RSS come from ``/proc``.
+(:mod:`benchmarks.heartbeat.observer`); CPU and RSS come from ``/proc``. A size
+that fails is recorded with its traceback and the next size still runs; the
+JSON is rewritten after every size.
 """
 
 from __future__ import annotations
@@ -44,7 +51,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+import traceback
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -443,13 +451,13 @@ class Harness:
     # ------------------------------------------------------------------ one size
 
     async def _setup(
-        self, shape: fleet.FleetShape, target: tuple[str, int]
+        self, shape: fleet.FleetShape, target: tuple[str, int], *, label: str = ""
     ) -> tuple[list[loadgen.HostPlan], dict[str, float]]:
         gens = self._gens
         timings: dict[str, float] = {}
         t0 = time.monotonic()
         chunks = split(range(shape.hosts), len(gens))
-        bar = self.progress.counter("register hosts", total=shape.hosts)
+        bar = self.progress.counter(f"{label}register hosts", total=shape.hosts)
         try:
             answers = await gens.call(
                 "register",
@@ -472,7 +480,7 @@ class Harness:
             pools.extend(
                 (fleet.pool_name(cluster, j), members) for j in range(shape.pools_per_host)
             )
-        bar = self.progress.counter("create pools", total=len(pools))
+        bar = self.progress.counter(f"{label}create pools", total=len(pools))
         try:
             answers = await gens.call(
                 "create_pools",
@@ -527,23 +535,24 @@ class Harness:
             "channels": sum(a["channels"] for a in answers),
         }
 
-    async def run_size(self, hosts: int) -> dict[str, Any]:
+    async def _in_fresh_etcd(
+        self,
+        shape: fleet.FleetShape,
+        label: str,
+        body: Callable[
+            [EmbeddedEtcd, EtcdObserver, Path, dict[str, Any]], Coroutine[Any, Any, None]
+        ],
+    ) -> dict[str, Any]:
+        """Run ``body`` against a fresh etcd in a fresh work dir; always clean up."""
         cfg = self.config
-        shape = fleet.FleetShape(
-            hosts=hosts, pools_per_host=cfg.pools_per_host, hosts_per_pool=cfg.hosts_per_pool
-        )
         base = cfg.workdir or Path(tempfile.gettempdir())
         base.mkdir(parents=True, exist_ok=True)
-        workdir = Path(tempfile.mkdtemp(prefix=f"hb-{hosts}-", dir=base))
-        self.progress.note(
-            f"== {hosts:,} hosts x {shape.pools_per_host} pools "
-            f"({shape.pools:,} pools, {shape.hosts_per_pool} hosts each); work dir {workdir}"
-        )
+        workdir = Path(tempfile.mkdtemp(prefix=f"hb-{label}-", dir=base))
         etcd_settings = EtcdSettings(
             embedded_quota_bytes=8 * 1024**3, embedded_compaction_retention="0"
         )
         result: dict[str, Any] = {
-            "hosts": hosts,
+            "hosts": shape.hosts,
             "pools_per_host": shape.pools_per_host,
             "hosts_per_pool": shape.hosts_per_pool,
             "pools": shape.pools,
@@ -555,16 +564,89 @@ class Harness:
                 observer = EtcdObserver(endpoint=etcd.endpoint)
                 await observer.connect()
                 try:
-                    await self._run_on(etcd, observer, shape, workdir, result)
+                    await body(etcd, observer, workdir, result)
                 finally:
                     await observer.close()
         finally:
             for child in list(self._children):
                 self._stop(child)
+            with contextlib.suppress(Exception):
+                await self._gens.call("close", [{}] * len(self._gens), timeout=120)
             if not cfg.keep:
                 shutil.rmtree(workdir, ignore_errors=True)
         result["load_average_end"] = load_average()
         return result
+
+    async def run_naive(self) -> dict[str, Any]:
+        """The upstream baseline: ``qvdc --naive``, full reports, on its own etcd.
+
+        Its writes per heartbeat are the reports per heartbeat whatever the fleet
+        size, so it is measured once per run, with ``--naive-hosts`` hosts.
+        """
+        cfg = self.config
+        shape = fleet.FleetShape(
+            hosts=max(1, min(cfg.naive_hosts, max(cfg.hosts))),
+            pools_per_host=cfg.pools_per_host,
+            hosts_per_pool=cfg.hosts_per_pool,
+        )
+        self.progress.note(f"== naive baseline: qvdc --naive, {shape.hosts:,} hosts")
+
+        async def body(
+            etcd: EmbeddedEtcd, observer: EtcdObserver, workdir: Path, result: dict[str, Any]
+        ) -> None:
+            ctrl = self._start_controller(workdir, etcd.endpoint, naive=True)
+            target = (HOST, ctrl.port)
+            plans, _ = await self._setup(shape, target, label="naive: ")
+            await self._attach_and_open(plans, target, "naive: open streams")
+            rev = await observer.quiesce(quiet=1.0, timeout=600, cpu=_cpu_of(ctrl))
+            observer.start(rev)
+            naive = await self._phase(
+                "naive baseline",
+                workload="full",
+                mode=cfg.mode,
+                duration=cfg.naive_duration,
+                warmup=1.0,
+                change_fraction=cfg.change_fraction,
+                track=False,
+                server=ctrl,
+                etcd_pid=etcd.pid,
+                observer=observer,
+            )
+            writes = naive.writes.get("hoststatus", 0)
+            result.update(
+                {
+                    "heartbeats": naive.heartbeats,
+                    "heartbeats_per_s": _round(naive.per_s),
+                    "etcd_writes": writes,
+                    "etcd_writes_by_family": naive.writes,
+                    "etcd_writes_per_heartbeat": _round(stats.ratio(writes, naive.heartbeats), 3),
+                    "reports_per_heartbeat": shape.pools_per_host,
+                    "controller_cpu_per_heartbeat_us": _round(
+                        _us(stats.ratio(naive.server_cpu_s, naive.heartbeats_in_window)), 1
+                    ),
+                    "errors": naive.errors,
+                    "first_error": naive.first_error,
+                }
+            )
+
+        return await self._in_fresh_etcd(shape, "naive", body)
+
+    async def run_size(self, hosts: int, naive: dict[str, Any]) -> dict[str, Any]:
+        cfg = self.config
+        shape = fleet.FleetShape(
+            hosts=hosts, pools_per_host=cfg.pools_per_host, hosts_per_pool=cfg.hosts_per_pool
+        )
+        self.progress.note(
+            f"== {hosts:,} hosts x {shape.pools_per_host} pools "
+            f"({shape.pools:,} pools, {shape.hosts_per_pool} hosts each)"
+        )
+
+        async def body(
+            etcd: EmbeddedEtcd, observer: EtcdObserver, workdir: Path, result: dict[str, Any]
+        ) -> None:
+            await self._run_on(etcd, observer, shape, workdir, result, naive)
+
+        return await self._in_fresh_etcd(shape, str(hosts), body)
 
     async def _run_on(
         self,
@@ -573,6 +655,7 @@ class Harness:
         shape: fleet.FleetShape,
         workdir: Path,
         result: dict[str, Any],
+        naive: dict[str, Any],
     ) -> None:
         cfg = self.config
         ctrl = self._start_controller(workdir, etcd.endpoint, naive=False)
@@ -636,26 +719,6 @@ class Harness:
         await self._gens.call("close", [{}] * len(self._gens), timeout=120)
         self._stop(ctrl)
 
-        # Naive baseline: upstream's behaviour on a bounded number of hosts.
-        naive_plans = plans[: min(len(plans), cfg.naive_hosts)]
-        nctrl = self._start_controller(workdir, etcd.endpoint, naive=True)
-        ntarget = (HOST, nctrl.port)
-        await self._attach_and_open(naive_plans, ntarget, "naive: open streams")
-        naive = await self._phase(
-            "naive baseline",
-            workload="full",
-            mode=cfg.mode,
-            duration=cfg.naive_duration,
-            warmup=1.0,
-            change_fraction=cfg.change_fraction,
-            track=False,
-            server=nctrl,
-            etcd_pid=etcd_pid,
-            observer=observer,
-        )
-        await self._gens.call("close", [{}] * len(self._gens), timeout=120)
-        self._stop(nctrl)
-
         ceilings: dict[str, dict[str, PhaseOutcome]] = {}
         if cfg.ceiling:
             fixture = workdir / "ceiling-fixture.pickle"
@@ -704,7 +767,7 @@ class Harness:
                 await self._gens.call("close", [{}] * len(self._gens), timeout=120)
                 self._stop(server)
 
-        naive_writes = stats.ratio(naive.writes.get("hoststatus", 0), naive.heartbeats)
+        naive_writes = naive.get("etcd_writes_per_heartbeat")
         rss = {
             "controller_rss_mb": round(final.peak_rss_bytes / 1024**2, 1),
             "controller_rss_steady_mb": round(final.rss_bytes / 1024**2, 1),
@@ -738,17 +801,7 @@ class Harness:
             "pools_per_host": shape.pools_per_host,
             "mode": cfg.mode,
         }
-        result["naive"] = {
-            "hosts": len(naive_plans),
-            "mode": cfg.mode,
-            "heartbeats": naive.heartbeats,
-            "heartbeats_per_s": _round(naive.per_s),
-            "etcd_writes": naive.writes.get("hoststatus", 0),
-            "etcd_writes_by_family": naive.writes,
-            "etcd_writes_per_heartbeat": _round(naive_writes, 3),
-            "reports_per_heartbeat": shape.pools_per_host,
-            "errors": naive.errors,
-        }
+        result["naive"] = naive
 
 
 def _cpu_of(child: procs.Child) -> Callable[[], float]:
@@ -841,7 +894,12 @@ def summarize(
     return out
 
 
-async def run(config: Config, *, progress: Progress) -> dict[str, Any]:
+async def run(
+    config: Config,
+    *,
+    progress: Progress,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
     """Run the whole benchmark; returns the JSON document (largest host count at the top)."""
     harness = Harness(config, progress=progress)
     main_task = asyncio.current_task()
@@ -851,25 +909,46 @@ async def run(config: Config, *, progress: Progress) -> dict[str, Any]:
     machine = machine_info()
     load_start = load_average()
     harness.gens = GeneratorPool(config.generators, seed=config.seed)
-    sweep = []
+    sweep: list[dict[str, Any]] = []
+    naive: dict[str, Any] = {}
+
+    def document() -> dict[str, Any]:
+        done = [r for r in sweep if "error" not in r] or sweep or [{"hosts": 0}]
+        top = max(done, key=lambda r: int(r["hosts"]))
+        return {
+            "command": "python -m benchmarks.heartbeat " + " ".join(sys.argv[1:]),
+            "machine": machine,
+            "load_average_start": load_start,
+            "load_average_end": load_average(),
+            "elapsed_s": round(time.monotonic() - started, 1),
+            "config": {
+                k: (str(v) if isinstance(v, Path) else v)
+                for k, v in dataclasses.asdict(config).items()
+            },
+            **top,
+            "naive": naive,
+            "sweep": sweep,
+        }
+
     try:
+        try:
+            naive = await harness.run_naive()
+        except Exception:  # noqa: BLE001 - recorded; the sizes are still measured
+            naive = {"error": traceback.format_exc()}
+            progress.note(f"naive baseline failed:\n{naive['error']}")
         for hosts in config.hosts:
-            sweep.append(await harness.run_size(hosts))
+            try:
+                sweep.append(await harness.run_size(hosts, naive))
+            except Exception:  # noqa: BLE001 - recorded; the next size still runs
+                sweep.append({"hosts": hosts, "error": traceback.format_exc()})
+                progress.note(f"{hosts:,} hosts failed:\n{sweep[-1]['error']}")
+            if on_result is not None:
+                partial = document()
+                partial["targets"] = stats.evaluate(partial)
+                on_result(stats.json_safe(partial))
     finally:
         harness.gens.stop()
-    top = max(sweep, key=lambda r: int(r["hosts"]))
-    doc: dict[str, Any] = {
-        "command": "python -m benchmarks.heartbeat " + " ".join(sys.argv[1:]),
-        "machine": machine,
-        "load_average_start": load_start,
-        "load_average_end": load_average(),
-        "elapsed_s": round(time.monotonic() - started, 1),
-        "config": {
-            k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(config).items()
-        },
-        **top,
-        "sweep": sweep,
-    }
+    doc = document()
     doc["targets"] = stats.evaluate(doc)
     safe: dict[str, Any] = stats.json_safe(doc)
     return safe
