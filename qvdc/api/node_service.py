@@ -256,7 +256,7 @@ class NodeService:
     async def _known_node(self, node_id: str) -> None:
         """A node registered moments ago through another replica may not be in
         this replica's view yet: catch up once before the intake says NOT_FOUND."""
-        if node_id and self._view.node(node_id) is None:
+        if node_id and not self._view.has_node(node_id):
             await self._catalog.catch_up()
 
     async def update_heartbeat(
@@ -285,6 +285,8 @@ class _StreamSession:
         self._stream = stream
         self._send_lock = asyncio.Lock()
         self._sent_signature: tuple[tuple[str, int], ...] | None = None
+        self._pusher: asyncio.Task[None] | None = None  # only while a push is being sent
+        self._push_due = False
         self.node_id = ""
 
     async def _send(self, response: compute.UpdateHeartbeatResponse) -> None:
@@ -307,23 +309,32 @@ class _StreamSession:
             full_sync=full_sync,
         )
 
-    async def _push(self, event: asyncio.Event) -> None:
-        while True:
-            await event.wait()
-            event.clear()
-            response = self._reply(sequence=0, unsolicited=True)
-            if response is not None:
-                await self._send(response)
+    def _wake(self) -> None:
+        """The hub's callback: the assignment may have changed; push it if it did."""
+        self._push_due = True
+        if self._pusher is None:
+            self._pusher = asyncio.create_task(self._push(), name=f"push-{self.node_id}")
+
+    async def _push(self) -> None:
+        try:
+            while self._push_due:
+                self._push_due = False
+                response = self._reply(sequence=0, unsolicited=True)
+                if response is not None:
+                    await self._send(response)
+        except Exception as exc:  # noqa: BLE001 - the stream's own loop reports its failure
+            log.info("push to node %s failed: %r", self.node_id, exc)
+        finally:
+            self._pusher = None
 
     async def serve(self) -> None:
-        pusher: asyncio.Task[None] | None = None
-        event: asyncio.Event | None = None
+        opened = False
         try:
             async for request in self._stream:
                 if not self.node_id:
                     await guarded("StreamHeartbeat", functools.partial(self._first, request))
-                    event = self._svc._hub.open(self.node_id)
-                    pusher = asyncio.create_task(self._push(event), name=f"push-{self.node_id}")
+                    self._svc._hub.open(self.node_id, self._wake)
+                    opened = True
                     continue
                 if request.node_id and request.node_id != self.node_id:
                     raise GRPCError(
@@ -337,10 +348,10 @@ class _StreamSession:
                 except Exception as exc:
                     raise to_grpc_error(exc, method="StreamHeartbeat") from exc
         finally:
-            if pusher is not None:
-                await cancel_and_wait(pusher)
-            if event is not None:
-                self._svc._hub.close(self.node_id, event)
+            if opened:
+                self._svc._hub.close(self.node_id, self._wake)
+            if self._pusher is not None:
+                await cancel_and_wait(self._pusher)
 
     async def _first(self, request: compute.UpdateHeartbeatRequest) -> None:
         await self._svc._known_node(request.node_id)

@@ -54,9 +54,9 @@ class Aggregator:
         self._coalesce = coalesce
         self._on_written = on_written
         self._dirty: set[str] = set()
-        # pool -> (mod_revision, aggregate) of our own last write: comparing with it spares
-        # decoding the stored JSON (the costliest step of a recompute) when nobody else wrote.
-        self._mine: dict[str, tuple[int, PoolAggregate]] = {}
+        # pool -> mod_revision of our own last write, to ignore it coming back through the
+        # watch. What we wrote is remember()ed in the view, so it is never decoded again.
+        self._mine: dict[str, int] = {}
         self._wakeup = asyncio.Event()
         self._active = False
         view.subscribe(self._on_change)
@@ -69,11 +69,10 @@ class Aggregator:
             return
         parts = key.split("/")
         kind = parts[0]
-        if kind == "poolstatus" and len(parts) == 2 and new is not None:
-            mine = self._mine.get(parts[1])
-            if mine is not None and mine[0] == new.mod_revision:
-                return  # our own write coming back through the watch: nothing to redo
         pool_keyed = kind in ("pools", "poolstatus") and len(parts) == 2
+        mine = self._mine.get(parts[1]) if kind == "poolstatus" and pool_keyed else None
+        if mine is not None and new is not None and mine == new.mod_revision:
+            return  # our own write coming back through the watch: nothing to redo
         if pool_keyed or (kind == "hoststatus" and len(parts) == 3):
             self._mark(parts[1])
         elif kind == "assignments" and len(parts) == 3:
@@ -104,7 +103,7 @@ class Aggregator:
                 live.add(NodeId(node_id))
         return aggregation.aggregate_pool(pool=pool, statuses=statuses, live_node_ids=live)
 
-    def _plan(self, pool_id: str) -> tuple[Compare, Op, PoolAggregate | None] | None:
+    def _plan(self, pool_id: str) -> tuple[Compare, Op, tuple[PoolAggregate, float] | None] | None:
         """The CAS write that brings ``poolstatus/<pool_id>`` up to date, or None."""
         self.recomputed += 1
         key = keys.pool_status(pool_id)
@@ -115,18 +114,17 @@ class Aggregator:
             if self._view.cache.get(key) is None:
                 return None
             return compare, Op.delete(key), None
-        mine = self._mine.get(pool_id)
-        if mine is not None and mine[0] == revision:
-            current: PoolAggregate | None = mine[1]
-        else:
-            stored = self._view.pool_status(pool_id)
-            current = stored[0] if stored is not None else None
-        if current is not None and current == agg:
+        stored = self._view.pool_status(pool_id)
+        if stored is not None and stored[0] == agg:
             return None
+        updated_at = self._clock.time()
         return (
             compare,
-            Op.put(key, codec.encode_pool_status(agg, updated_at=self._clock.time())),
-            agg,
+            Op.put(key, codec.encode_pool_status(agg, updated_at=updated_at)),
+            (
+                agg,
+                updated_at,
+            ),
         )
 
     async def _flush(self, pool_ids: list[str]) -> None:
@@ -148,13 +146,14 @@ class Aggregator:
             self.written += len(chunk)
             for pool_id, plan in chunk:
                 if plan[2] is not None:
-                    self._mine[pool_id] = (result.revision, plan[2])
+                    self._mine[pool_id] = result.revision
+                    self._view.remember(keys.pool_status(pool_id), result.revision, plan[2])
                 else:
                     self._mine.pop(pool_id, None)
             await self._view.wait_for_revision(result.revision, timeout=self._timeout)
             for pool_id, plan in chunk:
                 if self._on_written is not None and plan[2] is not None:
-                    self._on_written(pool_id, plan[2])
+                    self._on_written(pool_id, plan[2][0])
 
     async def run(self) -> None:
         """Aggregate until cancelled (while this replica leads)."""

@@ -41,6 +41,7 @@ from qvdc.kits.materiality import ReportLike, is_material_change
 from qvdc.kits.timing import Clock
 from qvdc.settings import HeartbeatSettings
 from qvdc.store import codec, keys
+from qvdc.store.etcd import KeyValue
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +93,10 @@ class HeartbeatIntake:
         self._settings = settings
         self._clock = clock
         self._naive = naive
-        # What we last wrote (or queued) per hoststatus key; the cache lags the committer.
-        self._written: dict[str, PoolReport] = {}
+        # What we wrote (or queued) per hoststatus key and the view has not seen yet: the
+        # cache lags the committer. Dropped once the watch brings those very bytes back, so
+        # in the steady state each row is held once, decoded, by the view.
+        self._written: dict[str, tuple[PoolReport, bytes]] = {}
         # Per node, what assignment() last computed; dropped whenever a pool definition or
         # an assignment changes (both rare), so every heartbeat answer does not rescan them.
         self._assignments: dict[str, Assignment] = {}
@@ -106,20 +109,26 @@ class HeartbeatIntake:
         self.material_changes = 0
         self.unknown_reports = 0
 
-    def _on_change(self, key: str, old: object, new: object) -> None:
+    def _on_change(self, key: str, old: KeyValue | None, new: KeyValue | None) -> None:
         if key.startswith(keys.HOST_STATUS):
-            if new is None:
-                self._written.pop(key, None)
+            written = self._written.get(key)
+            if written is not None and (new is None or new.value == written[1]):
+                del self._written[key]
         elif key.startswith(keys.POOLS):
             self._assignments.clear()
             self._known_pools.clear()
         elif key.startswith(keys.ASSIGNMENTS):
             self._assignments.clear()
 
+    @property
+    def unconfirmed_writes(self) -> int:
+        """Rows written (or queued) whose write the view has not seen come back yet."""
+        return len(self._written)
+
     def require_node(self, node_id: str) -> None:
         if not node_id:
             raise errors.InvalidArgument("node_id is required", field="node_id")
-        if self._view.node(node_id) is None:
+        if not self._view.has_node(node_id):
             raise errors.NotFound(f"node '{node_id}' not found; register it first", field="node_id")
 
     def accept(
@@ -188,8 +197,11 @@ class HeartbeatIntake:
         return None
 
     def _is_material(self, key: str, pool_id: str, node_id: NodeId, report: ReportLike) -> bool:
-        previous: ReportLike | None = self._written.get(key)
-        if previous is None:
+        written = self._written.get(key)
+        previous: ReportLike | None
+        if written is not None:
+            previous = written[0]
+        else:
             stored = self._view.host_status(pool_id, node_id)
             previous = stored.report if stored is not None else None
         return self._naive or is_material_change(
@@ -206,9 +218,10 @@ class HeartbeatIntake:
 
     def _write(self, key: str, node_id: NodeId, report: PoolReport) -> None:
         self.material_changes += 1
-        self._written[key] = report
         status = HostPoolStatus(node_id=node_id, report=report, changed_at=self._clock.time())
-        self._committer.submit(key, codec.encode_host_status(status))
+        value = codec.encode_host_status(status)
+        self._written[key] = (report, value)
+        self._committer.submit(key, value)
 
     def _drop(self, node_id: NodeId, pool_id: str) -> None:
         key = keys.host_status(pool_id, node_id)

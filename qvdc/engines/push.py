@@ -1,46 +1,52 @@
 """Assignment push: wake a node's heartbeat stream when what it must mount changes.
 
-Each open ``StreamHeartbeat`` registers an ``asyncio.Event`` for its node.
-When ``assignments/<node>/<pool>`` changes, or the definition of a pool the
-node is assigned changes (``pools/<pool>``), the node's events are set and the
-stream sends an unsolicited response at once, instead of on the next
-heartbeat up to an interval later.
+Each open ``StreamHeartbeat`` registers a wake-up callback for its node. When
+``assignments/<node>/<pool>`` changes, or the definition of a pool the node
+is assigned changes (``pools/<pool>``), the node's callbacks are called
+(synchronously, from the watch's change feed) and the stream sends an
+unsolicited response at once, instead of on the next heartbeat up to an
+interval later.
+
+A callback rather than a waiting task per stream: with 100,000 open streams
+an idle ``asyncio.Event`` and a task parked on it cost about 3 KB each
+(measured), for a push that happens a few times a day.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections import defaultdict
+from collections.abc import Callable
 
 from qvdc.engines.view import ClusterView
 from qvdc.store.etcd import KeyValue
+
+Wake = Callable[[], None]
+"""Called when the node's assignment may have changed; must not block or raise."""
 
 
 class PushHub:
     def __init__(self, *, view: ClusterView) -> None:
         self._view = view
-        self._sessions: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
+        self._sessions: dict[str, tuple[Wake, ...]] = {}  # usually one stream per node
         view.subscribe(self._on_change)
 
-    def open(self, node_id: str) -> asyncio.Event:
-        event = asyncio.Event()
-        self._sessions[node_id].add(event)
-        return event
+    def open(self, node_id: str, wake: Wake) -> None:
+        self._sessions[node_id] = (*self._sessions.get(node_id, ()), wake)
 
-    def close(self, node_id: str, event: asyncio.Event) -> None:
-        events = self._sessions.get(node_id)
-        if events is not None:
-            events.discard(event)
-            if not events:
-                del self._sessions[node_id]
+    def close(self, node_id: str, wake: Wake) -> None:
+        # == not "is": a bound method is a new object at every attribute access.
+        remaining = tuple(w for w in self._sessions.get(node_id, ()) if w != wake)
+        if remaining:
+            self._sessions[node_id] = remaining
+        else:
+            self._sessions.pop(node_id, None)
 
     @property
     def open_streams(self) -> int:
         return sum(len(v) for v in self._sessions.values())
 
     def _wake(self, node_id: str) -> None:
-        for event in self._sessions.get(node_id, ()):
-            event.set()
+        for wake in self._sessions.get(node_id, ()):
+            wake()
 
     def _on_change(self, key: str, old: KeyValue | None, new: KeyValue | None) -> None:
         parts = key.split("/")

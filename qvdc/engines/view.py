@@ -5,7 +5,11 @@ Every replica lists the whole prefix once and then follows etcd's watch
 which pools is it assigned? what did it last report?) never go to etcd.
 
 Decoding JSON on every read would dominate the heartbeat path, so decoded
-objects are memoised per key and revision. Two indexes that a key layout
+objects are memoised per key and revision. The families with a row per host
+and pool (``hoststatus/``, ``poolstatus/``) and the valueless ``assignments/``
+are decoded as they change and the watch cache keeps no raw value for them:
+one decoded copy per row, whose ids are interned (a node id or pool id is one
+string object however many rows name it). Two indexes that a key layout
 cannot answer by prefix are kept up to date from the change feed:
 ``node -> pools it has a hoststatus row in`` and ``pool -> nodes assigned``.
 
@@ -15,6 +19,7 @@ Listeners (the aggregator, the assignment push) subscribe to raw changes.
 from __future__ import annotations
 
 import logging
+import sys
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -38,11 +43,18 @@ _T = TypeVar("_T")
 
 Listener = Callable[[str, KeyValue | None, KeyValue | None], None]
 
+_DECODED_AS_CHANGED = (keys.HOST_STATUS, keys.POOL_STATUS, keys.ASSIGNMENTS)
+"""Key families the cache stores without values; see the module docstring."""
+
+
+def _keeps_value(key: str) -> bool:
+    return not key.startswith(_DECODED_AS_CHANGED)
+
 
 class ClusterView:
     def __init__(self, *, store: EtcdStore) -> None:
         self.store = store
-        self.cache = WatchCache(store, "", on_change=self._on_change)
+        self.cache = WatchCache(store, "", on_change=self._on_change, keep_value=_keeps_value)
         self._memo: dict[str, tuple[int, Any]] = {}
         self._listeners: list[Listener] = []
         # node -> pools where a hoststatus/<pool>/<node> row exists
@@ -56,16 +68,24 @@ class ClusterView:
         self._listeners.append(listener)
 
     def _on_change(self, key: str, old: KeyValue | None, new: KeyValue | None) -> None:
-        self._memo.pop(key, None)
+        memo = self._memo.pop(key, None)
         parts = key.split("/")
-        if len(parts) == 3 and parts[0] == "hoststatus":
-            _, pool_id, node_id = parts
+        kind = parts[0]
+        if len(parts) == 3 and kind == "hoststatus":
+            pool_id, node_id = sys.intern(parts[1]), sys.intern(parts[2])
             if new is None:
                 self._discard(self._rows_of_node, node_id, pool_id)
             else:
                 self._rows_of_node[node_id].add(pool_id)
-        elif len(parts) == 3 and parts[0] == "assignments":
-            _, node_id, pool_id = parts
+                self._decode_now(new, lambda v: codec.decode_host_status(pool_id, node_id, v))
+        elif len(parts) == 2 and kind == "poolstatus" and new is not None:
+            if memo is not None and memo[0] == new.mod_revision:
+                self._memo[key] = memo  # remember()ed by the aggregator that wrote it
+            else:
+                pool_id = sys.intern(parts[1])
+                self._decode_now(new, lambda v: codec.decode_pool_status(pool_id, v))
+        elif len(parts) == 3 and kind == "assignments":
+            node_id, pool_id = sys.intern(parts[1]), sys.intern(parts[2])
             if new is None:
                 self._discard(self._assigned_to_pool, pool_id, node_id)
             else:
@@ -97,6 +117,20 @@ class ClusterView:
     def revision(self) -> int:
         return self.cache.revision
 
+    def _decode_now(self, kv: KeyValue, decode: Callable[[bytes], Any]) -> None:
+        """Memoise a key whose raw value the cache does not keep (keyed by the cache's key)."""
+        try:
+            self._memo[kv.key] = (kv.mod_revision, decode(kv.value))
+        except codec.CodecError as exc:
+            log.error("ignoring undecodable value at %s: %s", kv.key, exc)
+
+    def remember(self, key: str, mod_revision: int, decoded: Any) -> None:
+        """Memoise what this replica just wrote at ``key`` (``mod_revision``), so its
+        own write coming back through the watch is not decoded again."""
+        current = self.cache.get(key)
+        if current is None or current.mod_revision <= mod_revision:
+            self._memo[key] = (mod_revision, decoded)
+
     # --- decoded reads ----------------------------------------------------------
 
     def _decoded(self, key: str, decode: Callable[[KeyValue], _T]) -> _T | None:
@@ -106,12 +140,16 @@ class ClusterView:
         memo = self._memo.get(key)
         if memo is not None and memo[0] == kv.mod_revision:
             return memo[1]  # type: ignore[no-any-return]
+        if not _keeps_value(key):
+            # Decoded as it changed (or remember()ed a moment before the cache saw the
+            # write, so newer than kv); no memo means the value did not decode.
+            return memo[1] if memo is not None else None
         try:
             obj = decode(kv)
         except codec.CodecError as exc:
             log.error("ignoring undecodable value at %s: %s", key, exc)
             return None
-        self._memo[key] = (kv.mod_revision, obj)
+        self._memo[kv.key] = (kv.mod_revision, obj)  # the cache's key string, not a copy
         return obj
 
     def mod_revision(self, key: str) -> int:
@@ -135,6 +173,10 @@ class ClusterView:
 
     def node(self, node_id: str) -> NodeRecord | None:
         return self._decoded(keys.node(node_id), lambda kv: codec.decode_node(kv.value))
+
+    def has_node(self, node_id: str) -> bool:
+        """Whether ``nodes/<node_id>`` exists (no decoding: the heartbeat path asks this)."""
+        return self.cache.get(keys.node(node_id)) is not None
 
     def node_id_by_hostname(self, hostname: str) -> NodeId | None:
         kv = self.cache.get(keys.node_name(hostname))

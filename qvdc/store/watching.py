@@ -39,6 +39,14 @@ for every pool and host), so keys are also kept in a chunked sorted list
 lines): finding the first key of a prefix is two bisections, inserting or
 removing a key moves at most one chunk of ~1,000 references, and a scan costs
 the number of keys it returns, never the size of the cache.
+
+Memory matters as much at that size, so a consumer that decodes a family of
+keys as they change (the cluster view does, for ``hoststatus/`` and
+``poolstatus/``) can tell the cache not to keep their values: ``keep_value``
+returning False for a key makes the cache store it with an empty value (and
+no create revision or version), while ``on_change`` still receives the full
+value to decode. Otherwise every such row would be held twice: as raw JSON
+here and decoded by the consumer.
 """
 
 from __future__ import annotations
@@ -61,7 +69,17 @@ _BARRIER_AFTER = 0.05
 """Seconds ``wait_for_revision`` waits for events before it writes a barrier."""
 
 OnChange = Callable[[str, etcd.KeyValue | None, etcd.KeyValue | None], None]
-"""``on_change(key, old, new)``: ``old`` None for a new key, ``new`` None for a deleted one."""
+"""``on_change(key, old, new)``: ``old`` None for a new key, ``new`` None for a deleted one.
+
+``new`` always carries the value; ``old`` is what the cache kept (an empty value
+for keys whose values it does not keep, see ``keep_value``)."""
+
+
+def _stripped(kv: etcd.KeyValue) -> etcd.KeyValue:
+    """``kv`` as a cache that does not keep its value stores it: key and mod_revision only."""
+    return etcd.KeyValue(
+        key=kv.key, value=b"", mod_revision=kv.mod_revision, create_revision=0, version=0
+    )
 
 
 def barrier_key(prefix: str) -> str:
@@ -135,6 +153,8 @@ class WatchCache:
     :meth:`get` and :meth:`scan`. ``on_change`` runs synchronously inside the
     apply step, after the cache is updated; if it raises, :meth:`run` fails
     (loudly, via its task guard) with the cache already consistent.
+    ``keep_value(key)`` False: store that key without its value (see the module
+    docstring); ``get`` and ``scan`` then return it with ``value == b""``.
     """
 
     def __init__(
@@ -143,12 +163,14 @@ class WatchCache:
         prefix: str,
         *,
         on_change: OnChange | None = None,
+        keep_value: Callable[[str], bool] | None = None,
         backoff_initial: float = 0.1,
         backoff_max: float = 5.0,
     ) -> None:
         self._store = store
         self._prefix = prefix
         self._on_change = on_change
+        self._keep_value = keep_value
         self._backoff = (backoff_initial, backoff_max)
         self._items: dict[str, etcd.KeyValue] = {}
         self._keys = _SortedKeys()
@@ -249,13 +271,17 @@ class WatchCache:
     def _apply_listing(self, listed: Listed) -> None:
         """Replace the whole state; report every difference to on_change."""
         old = self._items
-        new = {kv.key: kv for kv in listed.items if not is_barrier_key(kv.key)}
-        self._items = new
-        self._keys = _SortedKeys(sorted(new))
+        full = {kv.key: kv for kv in listed.items if not is_barrier_key(kv.key)}
+        keep = self._keep_value
+        if keep is None:
+            self._items = full
+        else:
+            self._items = {k: kv if keep(k) else _stripped(kv) for k, kv in full.items()}
+        self._keys = _SortedKeys(sorted(full))
         self._revision = listed.revision
         self._ready.set()
         if self._on_change is not None:
-            for key, before, after in _diff(old, new):
+            for key, before, after in _diff(old, full):
                 self._on_change(key, before, after)
         self._release_waiters()
 
@@ -281,7 +307,8 @@ class WatchCache:
                 create_revision=event.create_revision,
                 version=event.version,
             )
-            self._items[key] = after
+            keep = self._keep_value
+            self._items[key] = after if keep is None or keep(key) else _stripped(after)
             if before is None:
                 self._keys.add(key)
         self._revision = max(self._revision, event.mod_revision)

@@ -189,6 +189,33 @@ async def test_cache_get_scan_and_on_change(store: etcd.EtcdStore) -> None:
         assert changes[0][1] == before
 
 
+async def test_cache_without_values_hands_them_to_on_change(store: etcd.EtcdStore) -> None:
+    await store.put("k/listed", b"at listing")
+    await store.put("k/kept", b"kept")
+    changes: list[Change] = []
+    cache = watching.WatchCache(
+        store,
+        "k/",
+        on_change=lambda k, old, new: changes.append((k, old, new)),
+        keep_value=lambda key: key == "k/kept",
+    )
+    async with running(cache):
+        put_at = await store.put("k/listed", b"changed")
+        await cache.wait_for_revision(put_at, timeout=10)
+
+        stored = cache.get("k/listed")
+        assert stored is not None and stored.value == b"" and stored.mod_revision == put_at
+        assert [kv.value for kv in cache.scan("k/")] == [b"kept", b""]
+        kept = cache.get("k/kept")
+        assert kept is not None and kept.value == b"kept"
+    # on_change saw every value, from the listing and from the watch; "old" is what was kept.
+    assert [(k, old and old.value, new and new.value) for k, old, new in changes] == [
+        ("k/kept", None, b"kept"),
+        ("k/listed", None, b"at listing"),
+        ("k/listed", b"", b"changed"),
+    ]
+
+
 async def test_cache_relist_reports_every_difference(
     store: etcd.EtcdStore, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -196,7 +196,18 @@ async def test_only_material_changes_are_written(
     assert await beat(10.5) == first  # drift below 1 % of 100 GiB: no write
     moved = await beat(12)  # 2 GiB > min(1 GiB, 1 GiB): write
     assert moved > first
-    assert await beat(12, health=2) > moved  # health change: write
+    last = await beat(12, health=2)  # health change: write
+    assert last > moved
+
+    # Once the write comes back through the watch, the row is held once: decoded in the
+    # view, with no raw value in the watch cache and no copy left in the intake.
+    await controller.view.wait_for_revision(last, timeout=TIMEOUT)
+    assert controller.intake.unconfirmed_writes == 0
+    cached = controller.view.cache.get(key)
+    assert cached is not None and cached.mod_revision == last and cached.value == b""
+    status = controller.view.host_status(pool.id, node.id)
+    assert status is not None and status.report.health.name == "DEGRADED"
+    assert status.report.used_bytes == 12 << 30
 
 
 async def test_pool_aggregates_and_goes_unknown_when_its_only_host_goes_silent(
@@ -284,6 +295,7 @@ async def test_stream_answers_and_pushes_assignment_changes(
     channel: grpclib.client.Channel,
     nodes: compute.NodeServiceStub,
     pools: storage.StoragePoolServiceStub,
+    controller: Controller,
 ) -> None:
     node = await nodes.register_node(register_request("streamer"), timeout=TIMEOUT)
     pool = await pools.create_pool(create_request("pushed"), timeout=TIMEOUT)
@@ -318,6 +330,12 @@ async def test_stream_answers_and_pushes_assignment_changes(
             emptied = await stream.recv_message()
         assert emptied is not None and emptied.unsolicited and emptied.assigned_pool_ids == []
         await stream.end()
+
+    # The stream's push callback is unregistered when it ends.
+    async def open_streams() -> int:
+        return controller.hub.open_streams
+
+    await eventually(open_streams, lambda n: n == 0, what="stream unregistered")
 
 
 async def test_delta_first_on_a_new_stream_asks_for_full_sync(
