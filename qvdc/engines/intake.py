@@ -74,6 +74,7 @@ class Assignment:
 
     pool_ids: tuple[PoolId, ...]
     signature: tuple[tuple[str, int], ...]
+    pool_set: frozenset[PoolId]
 
 
 class HeartbeatIntake:
@@ -154,21 +155,22 @@ class HeartbeatIntake:
         if not reports and not full and not removed:
             return
         convert = to_report or _as_pool_report
-        assigned = set(self.assignment(nid).pool_ids)
+        assigned = self.assignment(nid).pool_set
         seen: set[str] = set()
-        for report in reports:
-            self.reports_seen += 1
-            resolved = self._resolve(report.pool_id)
+        known = self._known_pools
+        self.reports_seen += len(reports)
+        for report in reports:  # runs for every report of every full heartbeat: kept flat
+            pool_id = report.pool_id
+            resolved = PoolId(pool_id) if pool_id in known else self._resolve(pool_id)
             if resolved is None:
                 continue
             seen.add(resolved)
             key = keys.host_status(resolved, nid)
-            if self._is_material(key, resolved, nid, report):
+            if self._is_material(key, report):
                 self._write(key, nid, convert(report, resolved))
-        if full:
-            gone = (assigned | self._view.pools_with_rows_of(nid)) - seen
-        else:
-            gone = set(removed) - seen
+        # A full heartbeat omits what the host no longer has; a delta one says so.
+        everything = (assigned | self._view.rows_of(nid)) if full else set(removed)
+        gone = everything - seen
         for pool_id in gone:
             if pool_id in assigned:
                 self._record(
@@ -196,13 +198,13 @@ class HeartbeatIntake:
         self.unknown_reports += 1
         return None
 
-    def _is_material(self, key: str, pool_id: str, node_id: NodeId, report: ReportLike) -> bool:
+    def _is_material(self, key: str, report: ReportLike) -> bool:
         written = self._written.get(key)
         previous: ReportLike | None
         if written is not None:
             previous = written[0]
         else:
-            stored = self._view.host_status(pool_id, node_id)
+            stored = self._view.host_status_at(key)
             previous = stored.report if stored is not None else None
         return self._naive or is_material_change(
             previous,
@@ -213,7 +215,7 @@ class HeartbeatIntake:
 
     def _record(self, node_id: NodeId, report: PoolReport) -> None:
         key = keys.host_status(report.pool_id, node_id)
-        if self._is_material(key, report.pool_id, node_id, report):
+        if self._is_material(key, report):
             self._write(key, node_id, report)
 
     def _write(self, key: str, node_id: NodeId, report: PoolReport) -> None:
@@ -235,7 +237,9 @@ class HeartbeatIntake:
             return cached
         pool_ids = tuple(sorted(self._view.assigned_pool_ids(node_id)))
         signature = tuple((p, self._view.mod_revision(keys.pool(p))) for p in pool_ids)
-        assignment = Assignment(pool_ids=pool_ids, signature=signature)
+        assignment = Assignment(
+            pool_ids=pool_ids, signature=signature, pool_set=frozenset(pool_ids)
+        )
         if len(self._assignments) >= _MAX_CACHED_ASSIGNMENTS:
             self._assignments.clear()
         self._assignments[node_id] = assignment

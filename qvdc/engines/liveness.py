@@ -73,6 +73,9 @@ class LivenessMonitor:
         # only after such a change, not on every pass.
         self._adoption_due = True
         self._was_leader = False
+        # Live nodes whose nodestatus says live and owned by this replica, as of its last
+        # change: their heartbeats need no look at nodestatus (dropped when it changes).
+        self._confirmed: set[str] = set()
         view.subscribe(self._on_change)
 
     # --- hot path -------------------------------------------------------------
@@ -87,9 +90,13 @@ class LivenessMonitor:
         if previous is None or not previous.live or self.mass_outage:
             self._mark(node_id)
             return
+        if node_id in self._confirmed:
+            return  # nodestatus already says live, owned by us, and has not changed since
         state = self._view.node_state(node_id)
         if state is None or not state.live or state.owner_replica != self.replica_id:
             self._mark(node_id)
+        else:
+            self._confirmed.add(node_id)
 
     def last_heartbeat_wall(self, node_id: str) -> float | None:
         """Wall time of the last heartbeat this replica received from the node."""
@@ -102,10 +109,14 @@ class LivenessMonitor:
     def forget(self, node_id: NodeId) -> None:
         self._records.pop(node_id, None)
         self._last_wall.pop(node_id, None)
+        self._confirmed.discard(node_id)
         self._adoption_due = True  # a forgotten node may now be an orphan to adopt
 
     def _on_change(self, key: str, old: object, new: object) -> None:
-        if key.startswith(keys.REPLICAS) or key.startswith(keys.NODE_STATUS):
+        if key.startswith(keys.NODE_STATUS):
+            self._confirmed.discard(key[len(keys.NODE_STATUS) :])
+            self._adoption_due = True
+        elif key.startswith(keys.REPLICAS):
             self._adoption_due = True
 
     def _mark(self, node_id: NodeId) -> None:

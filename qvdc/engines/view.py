@@ -22,6 +22,7 @@ import logging
 import sys
 from collections import defaultdict
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from typing import Any, TypeVar
 
 from qvdc.domain.model import (
@@ -45,6 +46,9 @@ Listener = Callable[[str, KeyValue | None, KeyValue | None], None]
 
 _DECODED_AS_CHANGED = (keys.HOST_STATUS, keys.POOL_STATUS, keys.ASSIGNMENTS)
 """Key families the cache stores without values; see the module docstring."""
+
+
+_NO_ROWS: frozenset[str] = frozenset()
 
 
 def _keeps_value(key: str) -> bool:
@@ -204,23 +208,28 @@ class ClusterView:
         return out
 
     def host_status(self, pool_id: str, node_id: str) -> HostPoolStatus | None:
-        return self._decoded(
-            keys.host_status(pool_id, node_id),
-            lambda kv: codec.decode_host_status(pool_id, node_id, kv.value),
-        )
+        return self.host_status_at(keys.host_status(pool_id, node_id))
+
+    def host_status_at(self, key: str) -> HostPoolStatus | None:
+        """The row at ``hoststatus/<pool>/<node>`` (decoded as it changed: a dict lookup)."""
+        memo = self._memo.get(key)
+        return memo[1] if memo is not None else None
 
     def host_statuses(self, pool_id: str) -> dict[NodeId, HostPoolStatus]:
         prefix = keys.host_statuses_of(pool_id)
         out: dict[NodeId, HostPoolStatus] = {}
         for kv in self.cache.scan(prefix):
-            node_id = kv.key[len(prefix) :]
-            status = self.host_status(pool_id, node_id)
+            status = self.host_status_at(kv.key)
             if status is not None:
-                out[NodeId(node_id)] = status
+                out[status.node_id] = status
         return out
 
     def pools_with_rows_of(self, node_id: str) -> frozenset[str]:
         return frozenset(self._rows_of_node.get(node_id, ()))
+
+    def rows_of(self, node_id: str) -> AbstractSet[str]:
+        """Like :meth:`pools_with_rows_of` without the copy: read it, do not keep it."""
+        return self._rows_of_node.get(node_id, _NO_ROWS)
 
     def pool_status(self, pool_id: str) -> tuple[PoolAggregate, float] | None:
         return self._decoded(

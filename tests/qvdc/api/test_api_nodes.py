@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable
 
 import grpclib.client
@@ -150,6 +151,34 @@ async def test_heartbeat_errors(nodes: compute.NodeServiceStub) -> None:
         Status.NOT_FOUND,
         "ghost",
     )
+
+
+async def test_heartbeat_reclaims_a_node_whose_status_changed_underneath(
+    nodes: compute.NodeServiceStub, controller: Controller, store: EtcdStore
+) -> None:
+    """Heartbeats of a node already live and owned here skip reading its status; a change
+    of that status (here another replica claiming it) must end the skipping."""
+    node = await nodes.register_node(register_request("reclaimed"), timeout=TIMEOUT)
+    key = keys.node_status(node.id)
+
+    async def owner() -> str:
+        await nodes.update_heartbeat(
+            compute.UpdateHeartbeatRequest(node_id=node.id), timeout=TIMEOUT
+        )
+        kv = await store.get(key)
+        return str(json.loads(kv.value).get("ownerReplica", "")) if kv else ""
+
+    await eventually(owner, lambda o: o == controller.replica_id, what="owned here")
+    await owner()  # a heartbeat of a live node owned here: the skipping path
+
+    kv = await store.get(key)
+    assert kv is not None
+    doc = json.loads(kv.value)
+    doc["ownerReplica"] = "another-replica"
+    claimed = await store.put(key, json.dumps(doc).encode())
+    await controller.view.wait_for_revision(claimed, timeout=TIMEOUT)
+
+    await eventually(owner, lambda o: o == controller.replica_id, what="reclaimed")
 
 
 async def test_unary_heartbeat_returns_assignments_with_full_configs(
