@@ -54,9 +54,10 @@ class Aggregator:
         self._coalesce = coalesce
         self._on_written = on_written
         self._dirty: set[str] = set()
-        # pool -> mod_revision of our own last write, to ignore it coming back through the
-        # watch. What we wrote is remember()ed in the view, so it is never decoded again.
-        self._mine: dict[str, int] = {}
+        # pool -> the value we are writing, to ignore it coming back through the watch
+        # (whether that happens before or after the txn answers); the view does not decode
+        # it either (expect() in _plan). Dropped when it comes back or the write fails.
+        self._in_flight: dict[str, bytes] = {}
         self._wakeup = asyncio.Event()
         self._active = False
         view.subscribe(self._on_change)
@@ -70,9 +71,11 @@ class Aggregator:
         parts = key.split("/")
         kind = parts[0]
         pool_keyed = kind in ("pools", "poolstatus") and len(parts) == 2
-        mine = self._mine.get(parts[1]) if kind == "poolstatus" and pool_keyed else None
-        if mine is not None and new is not None and mine == new.mod_revision:
-            return  # our own write coming back through the watch: nothing to redo
+        if kind == "poolstatus" and pool_keyed and new is not None:
+            own = self._in_flight.get(parts[1])
+            if own is not None and own == new.value:
+                del self._in_flight[parts[1]]
+                return  # our own write coming back through the watch: nothing to redo
         if pool_keyed or (kind == "hoststatus" and len(parts) == 3):
             self._mark(parts[1])
         elif kind == "assignments" and len(parts) == 3:
@@ -103,7 +106,7 @@ class Aggregator:
                 live.add(NodeId(node_id))
         return aggregation.aggregate_pool(pool=pool, statuses=statuses, live_node_ids=live)
 
-    def _plan(self, pool_id: str) -> tuple[Compare, Op, tuple[PoolAggregate, float] | None] | None:
+    def _plan(self, pool_id: str) -> tuple[Compare, Op, PoolAggregate | None] | None:
         """The CAS write that brings ``poolstatus/<pool_id>`` up to date, or None."""
         self.recomputed += 1
         key = keys.pool_status(pool_id)
@@ -118,14 +121,10 @@ class Aggregator:
         if stored is not None and stored[0] == agg:
             return None
         updated_at = self._clock.time()
-        return (
-            compare,
-            Op.put(key, codec.encode_pool_status(agg, updated_at=updated_at)),
-            (
-                agg,
-                updated_at,
-            ),
-        )
+        value = codec.encode_pool_status(agg, updated_at=updated_at)
+        self._view.expect(key, value, (agg, updated_at))
+        self._in_flight[pool_id] = value
+        return compare, Op.put(key, value), agg
 
     async def _flush(self, pool_ids: list[str]) -> None:
         plans = [(p, plan) for p in pool_ids if (plan := self._plan(p)) is not None]
@@ -141,19 +140,14 @@ class Aggregator:
                 log.info("pool status compare failed for %d pools; recomputing", len(chunk))
                 await asyncio.sleep(0.05)
                 for pool_id, _ in chunk:
+                    self._in_flight.pop(pool_id, None)
                     self._mark(pool_id)
                 continue
             self.written += len(chunk)
-            for pool_id, plan in chunk:
-                if plan[2] is not None:
-                    self._mine[pool_id] = result.revision
-                    self._view.remember(keys.pool_status(pool_id), result.revision, plan[2])
-                else:
-                    self._mine.pop(pool_id, None)
             await self._view.wait_for_revision(result.revision, timeout=self._timeout)
             for pool_id, plan in chunk:
                 if self._on_written is not None and plan[2] is not None:
-                    self._on_written(pool_id, plan[2][0])
+                    self._on_written(pool_id, plan[2])
 
     async def run(self) -> None:
         """Aggregate until cancelled (while this replica leads)."""
@@ -184,3 +178,4 @@ class Aggregator:
                     backoff.reset()
         finally:
             self._active = False
+            self._in_flight.clear()

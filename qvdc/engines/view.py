@@ -9,8 +9,10 @@ objects are memoised per key and revision. The families with a row per host
 and pool (``hoststatus/``, ``poolstatus/``) and the valueless ``assignments/``
 are decoded as they change and the watch cache keeps no raw value for them:
 one decoded copy per row, whose ids are interned (a node id or pool id is one
-string object however many rows name it). Two indexes that a key layout
-cannot answer by prefix are kept up to date from the change feed:
+string object however many rows name it). What this replica writes itself is
+never decoded: the writer passes the decoded object along (``expect``). Two
+indexes that a key layout cannot answer by prefix are kept up to date from the
+change feed:
 ``node -> pools it has a hoststatus row in`` and ``pool -> nodes assigned``.
 
 Listeners (the aggregator, the assignment push) subscribe to raw changes.
@@ -60,6 +62,8 @@ class ClusterView:
         self.store = store
         self.cache = WatchCache(store, "", on_change=self._on_change, keep_value=_keeps_value)
         self._memo: dict[str, tuple[int, Any]] = {}
+        # key -> (bytes being written by this replica, what they decode to); see expect()
+        self._expected: dict[str, tuple[bytes, Any]] = {}
         self._listeners: list[Listener] = []
         # node -> pools where a hoststatus/<pool>/<node> row exists
         self._rows_of_node: defaultdict[str, set[str]] = defaultdict(set)
@@ -72,19 +76,20 @@ class ClusterView:
         self._listeners.append(listener)
 
     def _on_change(self, key: str, old: KeyValue | None, new: KeyValue | None) -> None:
-        memo = self._memo.pop(key, None)
+        self._memo.pop(key, None)
         parts = key.split("/")
         kind = parts[0]
         if len(parts) == 3 and kind == "hoststatus":
             pool_id, node_id = sys.intern(parts[1]), sys.intern(parts[2])
             if new is None:
                 self._discard(self._rows_of_node, node_id, pool_id)
+                self._expected.pop(key, None)
             else:
                 self._rows_of_node[node_id].add(pool_id)
                 self._decode_now(new, lambda v: codec.decode_host_status(pool_id, node_id, v))
-        elif len(parts) == 2 and kind == "poolstatus" and new is not None:
-            if memo is not None and memo[0] == new.mod_revision:
-                self._memo[key] = memo  # remember()ed by the aggregator that wrote it
+        elif len(parts) == 2 and kind == "poolstatus":
+            if new is None:
+                self._expected.pop(key, None)
             else:
                 pool_id = sys.intern(parts[1])
                 self._decode_now(new, lambda v: codec.decode_pool_status(pool_id, v))
@@ -123,17 +128,20 @@ class ClusterView:
 
     def _decode_now(self, kv: KeyValue, decode: Callable[[bytes], Any]) -> None:
         """Memoise a key whose raw value the cache does not keep (keyed by the cache's key)."""
+        expected = self._expected.pop(kv.key, None)
+        if expected is not None and expected[0] == kv.value:
+            self._memo[kv.key] = (kv.mod_revision, expected[1])
+            return
         try:
             self._memo[kv.key] = (kv.mod_revision, decode(kv.value))
         except codec.CodecError as exc:
             log.error("ignoring undecodable value at %s: %s", kv.key, exc)
 
-    def remember(self, key: str, mod_revision: int, decoded: Any) -> None:
-        """Memoise what this replica just wrote at ``key`` (``mod_revision``), so its
-        own write coming back through the watch is not decoded again."""
-        current = self.cache.get(key)
-        if current is None or current.mod_revision <= mod_revision:
-            self._memo[key] = (mod_revision, decoded)
+    def expect(self, key: str, value: bytes, decoded: Any) -> None:
+        """This replica is writing ``value`` at ``key`` and ``decoded`` is what it decodes
+        to: when those bytes come back through the watch, take ``decoded`` instead of
+        decoding them again (only for ``hoststatus/`` and ``poolstatus/``)."""
+        self._expected[key] = (value, decoded)
 
     # --- decoded reads ----------------------------------------------------------
 
@@ -145,9 +153,7 @@ class ClusterView:
         if memo is not None and memo[0] == kv.mod_revision:
             return memo[1]  # type: ignore[no-any-return]
         if not _keeps_value(key):
-            # Decoded as it changed (or remember()ed a moment before the cache saw the
-            # write, so newer than kv); no memo means the value did not decode.
-            return memo[1] if memo is not None else None
+            return None  # decoded as it changed: no memo means the value did not decode
         try:
             obj = decode(kv)
         except codec.CodecError as exc:
