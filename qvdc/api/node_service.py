@@ -7,7 +7,7 @@ Two heartbeat channels:
 * ``StreamHeartbeat`` (bidi, the node daemon's normal channel): the first
   heartbeat on a stream is full, later ones are deltas. Every heartbeat is
   answered (same ``sequence``). Full pool definitions are sent only when the
-  node's assignment *signature* (pool ids and their definitions' revisions)
+  node's assignment (pool ids and their definitions' revisions)
   changed since the last one sent on this stream; ``assigned_pool_ids`` is
   always there and is authoritative. When an assignment or an assigned pool's
   definition changes, an unsolicited response is pushed at once.
@@ -284,7 +284,7 @@ class _StreamSession:
         self._svc = service
         self._stream = stream
         self._send_lock = asyncio.Lock()
-        self._sent_signature: tuple[tuple[str, int], ...] | None = None
+        self._sent: Assignment | None = None  # what the node was last sent
         self._pusher: asyncio.Task[None] | None = None  # only while a push is being sent
         self._push_due = False
         self.node_id = ""
@@ -297,10 +297,10 @@ class _StreamSession:
         self, *, sequence: int, unsolicited: bool = False, full_sync: bool = False
     ) -> compute.UpdateHeartbeatResponse | None:
         assignment = self._svc._intake.assignment(self.node_id)
-        changed = assignment.signature != self._sent_signature
+        changed = assignment != self._sent
         if unsolicited and not changed:
             return None
-        self._sent_signature = assignment.signature
+        self._sent = assignment
         return self._svc._response(
             assignment,
             sequence=sequence,

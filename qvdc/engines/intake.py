@@ -69,12 +69,12 @@ def _as_pool_report(report: Any, pool_id: PoolId) -> PoolReport:
 
 @dataclass(frozen=True, slots=True)
 class Assignment:
-    """What a node must have mounted: pool ids and a signature that changes
-    whenever the set or any assigned pool's definition changes."""
+    """What a node must have mounted: pool ids (sorted) and the mod revisions of their
+    definitions. Two assignments are equal exactly when the set or a definition differs
+    (one is cached per node: ids and revisions are the view's own objects, shared)."""
 
     pool_ids: tuple[PoolId, ...]
-    signature: tuple[tuple[str, int], ...]
-    pool_set: frozenset[PoolId]
+    revisions: tuple[int, ...]
 
 
 class HeartbeatIntake:
@@ -155,7 +155,7 @@ class HeartbeatIntake:
         if not reports and not full and not removed:
             return
         convert = to_report or _as_pool_report
-        assigned = self.assignment(nid).pool_set
+        assigned = self.assignment(nid).pool_ids
         seen: set[str] = set()
         known = self._known_pools
         self.reports_seen += len(reports)
@@ -169,7 +169,7 @@ class HeartbeatIntake:
             if self._is_material(key, report):
                 self._write(key, nid, convert(report, resolved))
         # A full heartbeat omits what the host no longer has; a delta one says so.
-        everything = (assigned | self._view.rows_of(nid)) if full else set(removed)
+        everything = set(self._view.rows_of(nid)).union(assigned) if full else set(removed)
         gone = everything - seen
         for pool_id in gone:
             if pool_id in assigned:
@@ -223,6 +223,7 @@ class HeartbeatIntake:
         status = HostPoolStatus(node_id=node_id, report=report, changed_at=self._clock.time())
         value = codec.encode_host_status(status)
         self._written[key] = (report, value)
+        self._view.expect(key, value, status)
         self._committer.submit(key, value)
 
     def _drop(self, node_id: NodeId, pool_id: str) -> None:
@@ -236,10 +237,8 @@ class HeartbeatIntake:
         if cached is not None:
             return cached
         pool_ids = tuple(sorted(self._view.assigned_pool_ids(node_id)))
-        signature = tuple((p, self._view.mod_revision(keys.pool(p))) for p in pool_ids)
-        assignment = Assignment(
-            pool_ids=pool_ids, signature=signature, pool_set=frozenset(pool_ids)
-        )
+        revisions = tuple(self._view.mod_revision(keys.pool(p)) for p in pool_ids)
+        assignment = Assignment(pool_ids=pool_ids, revisions=revisions)
         if len(self._assignments) >= _MAX_CACHED_ASSIGNMENTS:
             self._assignments.clear()
         self._assignments[node_id] = assignment

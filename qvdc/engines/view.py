@@ -244,7 +244,7 @@ class ClusterView:
 
     def assigned_pool_ids(self, node_id: str) -> list[PoolId]:
         prefix = keys.assignments_of(node_id)
-        return [PoolId(kv.key[len(prefix) :]) for kv in self.cache.scan(prefix)]
+        return [PoolId(sys.intern(kv.key[len(prefix) :])) for kv in self.cache.scan(prefix)]
 
     def nodes_assigned_to(self, pool_id: str) -> frozenset[str]:
         return frozenset(self._assigned_to_pool.get(pool_id, ()))
