@@ -220,7 +220,16 @@ class HeartbeatIntake:
 
     def _write(self, key: str, node_id: NodeId, report: PoolReport) -> None:
         self.material_changes += 1
-        status = HostPoolStatus(node_id=node_id, report=report, changed_at=self._clock.time())
+        # The view keeps this very object (expect()): share its strings as decoding does.
+        report = replace(
+            report,
+            pool_id=PoolId(codec.shared(report.pool_id)),
+            mount_path=codec.shared(report.mount_path),
+            error_message=codec.shared(report.error_message),
+        )
+        status = HostPoolStatus(
+            node_id=NodeId(codec.shared(node_id)), report=report, changed_at=self._clock.time()
+        )
         value = codec.encode_host_status(status)
         self._written[key] = (report, value)
         self._view.expect(key, value, status)

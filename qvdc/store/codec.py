@@ -218,23 +218,23 @@ def _report_fields(report: PoolReport) -> dict[str, Any]:
     }
 
 
-def _shared(text: str) -> str:
-    """One string object for repeated short texts (a pool's mount path is reported by
-    every host that mounts it; error messages repeat): the controller holds one
-    decoded report per host and pool."""
+def shared(text: str) -> str:
+    """One string object for repeated short texts (ids, a pool's mount path reported by
+    every host that mounts it, repeated error messages): the controller holds one
+    report per host and pool, up to a million of them."""
     return sys.intern(text) if len(text) <= 256 else text
 
 
 def _report_from(pool_id: str, doc: Mapping[str, Any]) -> PoolReport:
     return PoolReport(
-        pool_id=PoolId(_shared(pool_id)),
+        pool_id=PoolId(shared(pool_id)),
         health=_enum(Health, doc.get("health")),
         total_bytes=_int(doc, "totalBytes"),
         used_bytes=_int(doc, "usedBytes"),
         available_bytes=_int(doc, "availableBytes"),
-        mount_path=_shared(str(doc.get("mountPath", ""))),
+        mount_path=shared(str(doc.get("mountPath", ""))),
         volume_count=_int(doc, "volumeCount"),
-        error_message=_shared(str(doc.get("errorMessage", ""))),
+        error_message=shared(str(doc.get("errorMessage", ""))),
     )
 
 
@@ -247,7 +247,7 @@ def encode_host_status(status: HostPoolStatus) -> bytes:
 def decode_host_status(pool_id: str, node_id: str, value: bytes) -> HostPoolStatus:
     doc = loads(value)
     return HostPoolStatus(
-        node_id=NodeId(_shared(node_id)),
+        node_id=NodeId(shared(node_id)),
         report=_report_from(pool_id, doc),
         changed_at=parse_time(doc.get("lastChanged")),
     )
@@ -291,7 +291,7 @@ def decode_pool_status(pool_id: str, value: bytes) -> tuple[PoolAggregate, float
     cap = doc.get("capacity") or {}
     rows = tuple(
         HostRow(
-            node_id=NodeId(_shared(str(r.get("nodeId", "")))),
+            node_id=NodeId(shared(str(r.get("nodeId", "")))),
             report=_report_from(pool_id, r),
             changed_at=parse_time(r.get("lastChanged")),
             assigned=bool(r.get("assigned", False)),
