@@ -169,7 +169,7 @@ class HeartbeatIntake:
             if self._is_material(key, report):
                 self._write(key, nid, convert(report, resolved))
         # A full heartbeat omits what the host no longer has; a delta one says so.
-        everything = set(self._view.rows_of(nid)).union(assigned) if full else set(removed)
+        everything = self._view.pools_with_rows_of(nid).union(assigned) if full else set(removed)
         gone = everything - seen
         for pool_id in gone:
             if pool_id in assigned:

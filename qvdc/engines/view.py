@@ -24,7 +24,6 @@ import logging
 import sys
 from collections import defaultdict
 from collections.abc import Callable
-from collections.abc import Set as AbstractSet
 from typing import Any, TypeVar
 
 from qvdc.domain.model import (
@@ -48,9 +47,6 @@ Listener = Callable[[str, KeyValue | None, KeyValue | None], None]
 
 _DECODED_AS_CHANGED = (keys.HOST_STATUS, keys.POOL_STATUS, keys.ASSIGNMENTS)
 """Key families the cache stores without values; see the module docstring."""
-
-
-_NO_ROWS: frozenset[str] = frozenset()
 
 
 def _keeps_value(key: str) -> bool:
@@ -146,14 +142,13 @@ class ClusterView:
     # --- decoded reads ----------------------------------------------------------
 
     def _decoded(self, key: str, decode: Callable[[KeyValue], _T]) -> _T | None:
+        """A key whose value the cache keeps, decoded on first read and memoised."""
         kv = self.cache.get(key)
         if kv is None:
             return None
         memo = self._memo.get(key)
         if memo is not None and memo[0] == kv.mod_revision:
             return memo[1]  # type: ignore[no-any-return]
-        if not _keeps_value(key):
-            return None  # decoded as it changed: no memo means the value did not decode
         try:
             obj = decode(kv)
         except codec.CodecError as exc:
@@ -216,10 +211,16 @@ class ClusterView:
     def host_status(self, pool_id: str, node_id: str) -> HostPoolStatus | None:
         return self.host_status_at(keys.host_status(pool_id, node_id))
 
-    def host_status_at(self, key: str) -> HostPoolStatus | None:
-        """The row at ``hoststatus/<pool>/<node>`` (decoded as it changed: a dict lookup)."""
+    def _decoded_as_changed(self, key: str) -> Any:
+        """A key of a family decoded as it changes: its memo is the truth (None: absent,
+        or its value did not decode)."""
         memo = self._memo.get(key)
         return memo[1] if memo is not None else None
+
+    def host_status_at(self, key: str) -> HostPoolStatus | None:
+        """The row at ``hoststatus/<pool>/<node>`` (a dict lookup)."""
+        status: HostPoolStatus | None = self._decoded_as_changed(key)
+        return status
 
     def host_statuses(self, pool_id: str) -> dict[NodeId, HostPoolStatus]:
         prefix = keys.host_statuses_of(pool_id)
@@ -233,14 +234,11 @@ class ClusterView:
     def pools_with_rows_of(self, node_id: str) -> frozenset[str]:
         return frozenset(self._rows_of_node.get(node_id, ()))
 
-    def rows_of(self, node_id: str) -> AbstractSet[str]:
-        """Like :meth:`pools_with_rows_of` without the copy: read it, do not keep it."""
-        return self._rows_of_node.get(node_id, _NO_ROWS)
-
     def pool_status(self, pool_id: str) -> tuple[PoolAggregate, float] | None:
-        return self._decoded(
-            keys.pool_status(pool_id), lambda kv: codec.decode_pool_status(pool_id, kv.value)
+        status: tuple[PoolAggregate, float] | None = self._decoded_as_changed(
+            keys.pool_status(pool_id)
         )
+        return status
 
     def assigned_pool_ids(self, node_id: str) -> list[PoolId]:
         prefix = keys.assignments_of(node_id)

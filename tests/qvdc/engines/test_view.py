@@ -49,12 +49,12 @@ async def test_rows_are_decoded_as_they_change_and_held_once(store: EtcdStore) -
         # No raw JSON kept next to the decoded row, and one string object per mount path.
         assert all(kv.value == b"" for kv in view.cache.scan(keys.host_statuses_of("p1")))
         assert rows[NodeId("n1")].report.mount_path is rows[NodeId("n2")].report.mount_path
-        assert view.rows_of("n1") == {"p1"}
+        assert view.pools_with_rows_of("n1") == {"p1"}
 
         await store.delete(keys.host_status("p1", "n1"))
         deleted = await store.revision()
         await view.wait_for_revision(deleted, timeout=10)
-        assert view.host_status("p1", "n1") is None and view.rows_of("n1") == set()
+        assert view.host_status("p1", "n1") is None and view.pools_with_rows_of("n1") == set()
 
 
 async def test_own_writes_are_not_decoded_again(store: EtcdStore) -> None:
