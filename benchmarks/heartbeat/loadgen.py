@@ -33,7 +33,7 @@ import random
 import resource
 import time
 import traceback
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
@@ -56,6 +56,19 @@ UNARY_CONNECTIONS = 4
 
 RPC_TIMEOUT = 30.0
 """Seconds one heartbeat may wait for its acknowledgement before it counts as failed."""
+
+
+@contextlib.contextmanager
+def _setup_channels(
+    target: tuple[str, int], count: int = 4
+) -> Iterator[list[grpclib.client.Channel]]:
+    """A few channels for the set-up RPCs (RegisterNode, CreatePool), closed afterwards."""
+    channels = [grpclib.client.Channel(*target) for _ in range(count)]
+    try:
+        yield channels
+    finally:
+        for channel in channels:
+            channel.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,8 +169,7 @@ class Generator:
         self, *, target: tuple[str, int], hosts: list[int], concurrency: int, timeout: float
     ) -> dict[str, Any]:
         """RegisterNode for each host index; returns ``{"node_ids": [...]}`` in order."""
-        channels = [grpclib.client.Channel(*target) for _ in range(4)]
-        try:
+        with _setup_channels(target) as channels:
 
             async def one(index: int) -> str:
                 stub = compute.NodeServiceStub(channels[index % len(channels)])
@@ -175,9 +187,6 @@ class Generator:
             ids = await self._bounded(
                 hosts, one, concurrency=concurrency, deadline=time.monotonic() + timeout
             )
-        finally:
-            for channel in channels:
-                channel.close()
         return {"node_ids": ids}
 
     async def create_pools(
@@ -189,8 +198,7 @@ class Generator:
         timeout: float,
     ) -> dict[str, Any]:
         """CreatePool (NFS, assigned to the given node ids) for each ``(name, node_ids)``."""
-        channels = [grpclib.client.Channel(*target) for _ in range(4)]
-        try:
+        with _setup_channels(target) as channels:
 
             async def one(item: tuple[str, list[str]]) -> str:
                 name, node_ids = item
@@ -218,9 +226,6 @@ class Generator:
             ids = await self._bounded(
                 pools, one, concurrency=concurrency, deadline=time.monotonic() + timeout
             )
-        finally:
-            for channel in channels:
-                channel.close()
         return {"pool_ids": ids}
 
     async def attach(self, *, hosts: list[HostPlan]) -> dict[str, Any]:
