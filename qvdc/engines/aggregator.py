@@ -86,7 +86,7 @@ class Aggregator:
                 self._mark(pool_id)
 
     def _pools_of_node(self, node_id: str) -> set[str]:
-        return set(self._view.assigned_pool_ids(node_id)) | self._view.pools_with_rows_of(node_id)
+        return set(self._view.assigned_pool_ids(node_id)).union(self._view.rows_of(node_id))
 
     def _mark(self, pool_id: str) -> None:
         self._dirty.add(pool_id)

@@ -28,7 +28,7 @@ exists only as the benchmark's baseline.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -94,10 +94,11 @@ class HeartbeatIntake:
         self._settings = settings
         self._clock = clock
         self._naive = naive
-        # What we wrote (or queued) per hoststatus key and the view has not seen yet: the
-        # cache lags the committer. Dropped once the watch brings those very bytes back, so
-        # in the steady state each row is held once, decoded, by the view.
-        self._written: dict[str, tuple[PoolReport, bytes]] = {}
+        # node -> pool -> what we wrote (or queued) at hoststatus/<pool>/<node> and the
+        # view has not seen yet: the cache lags the committer. Dropped once the watch brings
+        # those very bytes back, so in the steady state each row is held once, decoded, by
+        # the view, and this table is nearly empty.
+        self._written: dict[str, dict[str, tuple[PoolReport, bytes]]] = {}
         # Per node, what assignment() last computed; dropped whenever a pool definition or
         # an assignment changes (both rare), so every heartbeat answer does not rescan them.
         self._assignments: dict[str, Assignment] = {}
@@ -112,9 +113,11 @@ class HeartbeatIntake:
 
     def _on_change(self, key: str, old: KeyValue | None, new: KeyValue | None) -> None:
         if key.startswith(keys.HOST_STATUS):
-            written = self._written.get(key)
+            pool_id, _, node_id = key[len(keys.HOST_STATUS) :].partition("/")
+            ours = self._written.get(node_id)
+            written = ours.get(pool_id) if ours is not None else None
             if written is not None and (new is None or new.value == written[1]):
-                del self._written[key]
+                self._forget_written(node_id, pool_id)
         elif key.startswith(keys.POOLS):
             self._assignments.clear()
             self._known_pools.clear()
@@ -124,7 +127,14 @@ class HeartbeatIntake:
     @property
     def unconfirmed_writes(self) -> int:
         """Rows written (or queued) whose write the view has not seen come back yet."""
-        return len(self._written)
+        return sum(len(pools) for pools in self._written.values())
+
+    def _forget_written(self, node_id: str, pool_id: str) -> None:
+        ours = self._written.get(node_id)
+        if ours is not None:
+            ours.pop(pool_id, None)
+            if not ours:
+                del self._written[node_id]
 
     def require_node(self, node_id: str) -> None:
         if not node_id:
@@ -158,6 +168,7 @@ class HeartbeatIntake:
         assigned = self.assignment(nid).pool_ids
         seen: set[str] = set()
         known = self._known_pools
+        rows = self._view.rows_of(nid)
         self.reports_seen += len(reports)
         for report in reports:  # runs for every report of every full heartbeat: kept flat
             pool_id = report.pool_id
@@ -165,11 +176,10 @@ class HeartbeatIntake:
             if resolved is None:
                 continue
             seen.add(resolved)
-            key = keys.host_status(resolved, nid)
-            if self._is_material(key, report):
-                self._write(key, nid, convert(report, resolved))
+            if self._is_material(rows, nid, resolved, report):
+                self._write(nid, convert(report, resolved))
         # A full heartbeat omits what the host no longer has; a delta one says so.
-        everything = self._view.pools_with_rows_of(nid).union(assigned) if full else set(removed)
+        everything = set(rows).union(assigned) if full else set(removed)
         gone = everything - seen
         for pool_id in gone:
             if pool_id in assigned:
@@ -198,13 +208,22 @@ class HeartbeatIntake:
         self.unknown_reports += 1
         return None
 
-    def _is_material(self, key: str, report: ReportLike) -> bool:
-        written = self._written.get(key)
+    def _is_material(
+        self,
+        rows: Mapping[str, HostPoolStatus | None],
+        node_id: str,
+        pool_id: str,
+        report: ReportLike,
+    ) -> bool:
+        """Whether ``report`` differs materially from the last one written for the row:
+        ours if still in flight, else the view's (``rows``: the node's rows)."""
+        ours = self._written.get(node_id) if self._written else None
+        written = ours.get(pool_id) if ours is not None else None
         previous: ReportLike | None
         if written is not None:
             previous = written[0]
         else:
-            stored = self._view.host_status_at(key)
+            stored = rows.get(pool_id)
             previous = stored.report if stored is not None else None
         return self._naive or is_material_change(
             previous,
@@ -214,11 +233,10 @@ class HeartbeatIntake:
         )
 
     def _record(self, node_id: NodeId, report: PoolReport) -> None:
-        key = keys.host_status(report.pool_id, node_id)
-        if self._is_material(key, report):
-            self._write(key, node_id, report)
+        if self._is_material(self._view.rows_of(node_id), node_id, report.pool_id, report):
+            self._write(node_id, report)
 
-    def _write(self, key: str, node_id: NodeId, report: PoolReport) -> None:
+    def _write(self, node_id: NodeId, report: PoolReport) -> None:
         self.material_changes += 1
         # The view keeps this very object (expect()): share its strings as decoding does.
         report = replace(
@@ -231,13 +249,14 @@ class HeartbeatIntake:
             node_id=NodeId(codec.shared(node_id)), report=report, changed_at=self._clock.time()
         )
         value = codec.encode_host_status(status)
-        self._written[key] = (report, value)
+        key = keys.host_status(report.pool_id, status.node_id)
+        self._written.setdefault(status.node_id, {})[report.pool_id] = (report, value)
         self._view.expect(key, value, status)
         self._committer.submit(key, value)
 
     def _drop(self, node_id: NodeId, pool_id: str) -> None:
         key = keys.host_status(pool_id, node_id)
-        self._written.pop(key, None)
+        self._forget_written(node_id, pool_id)
         if self._view.cache.get(key) is not None:
             self._committer.submit(key, None)
 

@@ -14,7 +14,8 @@ from grpclib.const import Status
 from protos.limiquantix.compute import v1 as compute
 from protos.limiquantix.storage import v1 as storage
 from qvdc.app import Controller
-from qvdc.store import keys
+from qvdc.engines.intake import NOT_REPORTED
+from qvdc.store import codec, keys
 from qvdc.store.etcd import EtcdStore
 from tests.qvdc.api.helpers import (
     TIMEOUT,
@@ -377,4 +378,60 @@ async def test_delta_first_on_a_new_stream_asks_for_full_sync(
         )
         resp = await stream.recv_message()
         assert resp is not None and resp.request_full_sync and resp.sequence == 7
+        await stream.end()
+
+
+async def test_every_row_of_a_host_is_accounted_for(
+    channel: grpclib.client.Channel,
+    nodes: compute.NodeServiceStub,
+    pools: storage.StoragePoolServiceStub,
+    controller: Controller,
+    store: EtcdStore,
+) -> None:
+    """Full heartbeats report everything the host has, deltas what changed or went."""
+    node = await nodes.register_node(register_request("accounted"), timeout=TIMEOUT)
+    a = await pools.create_pool(create_request("acc-a", nodes=[node.id]), timeout=TIMEOUT)
+    b = await pools.create_pool(create_request("acc-b", nodes=[node.id]), timeout=TIMEOUT)
+    c = await pools.create_pool(create_request("acc-c"), timeout=TIMEOUT)  # not assigned
+
+    async def rows() -> dict[str, tuple[str, str]]:
+        await controller.committer.flushed(timeout=TIMEOUT)
+        found = {}
+        for pool in (a, b, c):
+            kv = await store.get(keys.host_status(pool.id, node.id))
+            if kv is not None:
+                status = codec.decode_host_status(pool.id, node.id, kv.value)
+                found[pool.name] = (status.report.health.name, status.report.error_message)
+        return found
+
+    # An unassigned pool named by its *name*, as upstream agents report discovered pools.
+    full = [report(a.id), report(b.id), report("acc-c")]
+    await nodes.update_heartbeat(
+        compute.UpdateHeartbeatRequest(node_id=node.id, storage_pools=full), timeout=TIMEOUT
+    )
+    healthy = ("HEALTHY", "")
+    assert await rows() == {"acc-a": healthy, "acc-b": healthy, "acc-c": healthy}
+
+    # A full heartbeat without B (assigned) and C (not assigned): B is not mounted there
+    # any more, and the host let go of C.
+    await nodes.update_heartbeat(
+        compute.UpdateHeartbeatRequest(node_id=node.id, storage_pools=[report(a.id)]),
+        timeout=TIMEOUT,
+    )
+    assert await rows() == {"acc-a": healthy, "acc-b": ("UNMOUNTED", NOT_REPORTED)}
+
+    async with await _open_stream(channel) as stream:
+        await stream.send_message(
+            compute.UpdateHeartbeatRequest(node_id=node.id, sequence=1, storage_pools=full[:2])
+        )
+        assert await stream.recv_message() is not None
+        assert await rows() == {"acc-a": healthy, "acc-b": healthy}
+        # A delta lists nothing unchanged; what it removes is gone as in a full one.
+        await stream.send_message(
+            compute.UpdateHeartbeatRequest(
+                node_id=node.id, sequence=2, delta=True, removed_pool_ids=[b.id]
+            )
+        )
+        assert await stream.recv_message() is not None
+        assert await rows() == {"acc-a": healthy, "acc-b": ("UNMOUNTED", NOT_REPORTED)}
         await stream.end()

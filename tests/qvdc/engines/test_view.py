@@ -49,12 +49,12 @@ async def test_rows_are_decoded_as_they_change_and_held_once(store: EtcdStore) -
         # No raw JSON kept next to the decoded row, and one string object per mount path.
         assert all(kv.value == b"" for kv in view.cache.scan(keys.host_statuses_of("p1")))
         assert rows[NodeId("n1")].report.mount_path is rows[NodeId("n2")].report.mount_path
-        assert view.pools_with_rows_of("n1") == {"p1"}
+        assert view.rows_of("n1") == {"p1": status("n1", 10)}
 
         await store.delete(keys.host_status("p1", "n1"))
         deleted = await store.revision()
         await view.wait_for_revision(deleted, timeout=10)
-        assert view.host_status("p1", "n1") is None and view.pools_with_rows_of("n1") == set()
+        assert view.host_status("p1", "n1") is None and view.rows_of("n1") == {}
 
 
 async def test_own_writes_are_not_decoded_again(store: EtcdStore) -> None:
@@ -66,12 +66,40 @@ async def test_own_writes_are_not_decoded_again(store: EtcdStore) -> None:
         view.expect(key, value, mine)
         at = await store.put(key, value)
         await view.wait_for_revision(at, timeout=10)
-        assert view.host_status_at(key) is mine  # the writer's object, not a decoded copy
+        assert view.host_status("p1", "n1") is mine  # the writer's object, not a decoded copy
 
         # Bytes other than the expected ones (someone else's write) are decoded.
         view.expect(key, value, mine)
         other = status("n1", 50)
         at = await store.put(key, codec.encode_host_status(other))
         await view.wait_for_revision(at, timeout=10)
-        row = view.host_status_at(key)
+        row = view.host_status("p1", "n1")
         assert row == other and row is not other
+
+
+async def test_node_ids_follow_the_node_keys(store: EtcdStore) -> None:
+    await store.put(keys.node("listed"), b"{}")
+    view = ClusterView(store=store)
+    async with following(view):
+        assert view.has_node("listed") and not view.has_node("later")
+        at = await store.put(keys.node("later"), b"{}")
+        await view.wait_for_revision(at, timeout=10)
+        assert view.has_node("later")
+        # A node's other keys are not the node.
+        at = await store.put(keys.node_status("ghost"), b"{}")
+        await view.wait_for_revision(at, timeout=10)
+        assert not view.has_node("ghost")
+        await store.delete(keys.node("listed"))
+        await view.wait_for_revision(await store.revision(), timeout=10)
+        assert not view.has_node("listed") and view.has_node("later")
+
+
+async def test_an_undecodable_row_is_indexed_but_never_read_as_a_report(store: EtcdStore) -> None:
+    view = ClusterView(store=store)
+    async with following(view):
+        at = await store.put(keys.host_status("p1", "n1"), b"not json")
+        await view.wait_for_revision(at, timeout=10)
+        # The intake still sees that the host has a row there (and may delete it) ...
+        assert dict(view.rows_of("n1")) == {"p1": None}
+        # ... but nothing reads it as a report.
+        assert view.host_status("p1", "n1") is None and view.host_statuses("p1") == {}
