@@ -23,6 +23,7 @@ that stopped the loop for long (``SLOW_PAUSE``).
 
 from __future__ import annotations
 
+import atexit
 import gc
 import logging
 import time
@@ -53,6 +54,8 @@ class CollectorPolicy:
     def install(self) -> None:
         if self._on_collection not in gc.callbacks:
             gc.callbacks.append(self._on_collection)
+            # The interpreter's last collections at exit stop no event loop: do not report them.
+            atexit.register(self.uninstall)
 
     def uninstall(self) -> None:
         while self._on_collection in gc.callbacks:
