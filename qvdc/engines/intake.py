@@ -38,6 +38,7 @@ from qvdc.engines.committer import GroupCommitter
 from qvdc.engines.liveness import LivenessMonitor
 from qvdc.engines.view import ClusterView
 from qvdc.kits.materiality import ReportLike, is_material_change
+from qvdc.kits.nested import discard_nested
 from qvdc.kits.timing import Clock
 from qvdc.settings import HeartbeatSettings
 from qvdc.store import codec, keys
@@ -117,7 +118,7 @@ class HeartbeatIntake:
             ours = self._written.get(node_id)
             written = ours.get(pool_id) if ours is not None else None
             if written is not None and (new is None or new.value == written[1]):
-                self._forget_written(node_id, pool_id)
+                discard_nested(self._written, node_id, pool_id)
         elif key.startswith(keys.POOLS):
             self._assignments.clear()
             self._known_pools.clear()
@@ -128,13 +129,6 @@ class HeartbeatIntake:
     def unconfirmed_writes(self) -> int:
         """Rows written (or queued) whose write the view has not seen come back yet."""
         return sum(len(pools) for pools in self._written.values())
-
-    def _forget_written(self, node_id: str, pool_id: str) -> None:
-        ours = self._written.get(node_id)
-        if ours is not None:
-            ours.pop(pool_id, None)
-            if not ours:
-                del self._written[node_id]
 
     def require_node(self, node_id: str) -> None:
         if not node_id:
@@ -184,6 +178,7 @@ class HeartbeatIntake:
         for pool_id in gone:
             if pool_id in assigned:
                 self._record(
+                    rows,
                     nid,
                     PoolReport(
                         pool_id=PoolId(pool_id), health=Health.UNMOUNTED, error_message=NOT_REPORTED
@@ -232,8 +227,10 @@ class HeartbeatIntake:
             min_bytes=self._settings.material_capacity_bytes,
         )
 
-    def _record(self, node_id: NodeId, report: PoolReport) -> None:
-        if self._is_material(self._view.rows_of(node_id), node_id, report.pool_id, report):
+    def _record(
+        self, rows: Mapping[str, HostPoolStatus | None], node_id: NodeId, report: PoolReport
+    ) -> None:
+        if self._is_material(rows, node_id, report.pool_id, report):
             self._write(node_id, report)
 
     def _write(self, node_id: NodeId, report: PoolReport) -> None:
@@ -256,7 +253,7 @@ class HeartbeatIntake:
 
     def _drop(self, node_id: NodeId, pool_id: str) -> None:
         key = keys.host_status(pool_id, node_id)
-        self._forget_written(node_id, pool_id)
+        discard_nested(self._written, node_id, pool_id)
         if self._view.cache.get(key) is not None:
             self._committer.submit(key, None)
 

@@ -42,6 +42,7 @@ from qvdc.domain.model import (
     PoolId,
     PoolRecord,
 )
+from qvdc.kits.nested import discard_nested
 from qvdc.store import codec, keys
 from qvdc.store.etcd import EtcdStore, KeyValue
 from qvdc.store.watching import WatchCache
@@ -88,11 +89,7 @@ class ClusterView:
         if len(parts) == 3 and kind == "hoststatus":
             pool_id, node_id = sys.intern(parts[1]), sys.intern(parts[2])
             if new is None:
-                rows = self._rows_of_node.get(node_id)
-                if rows is not None:
-                    rows.pop(pool_id, None)
-                    if not rows:
-                        del self._rows_of_node[node_id]
+                discard_nested(self._rows_of_node, node_id, pool_id)
                 self._expected.pop(key, None)
             else:
                 row = self._decode_now(new, lambda v: codec.decode_host_status(pool_id, node_id, v))
@@ -113,7 +110,7 @@ class ClusterView:
         elif len(parts) == 3 and kind == "assignments":
             node_id, pool_id = sys.intern(parts[1]), sys.intern(parts[2])
             if new is None:
-                self._discard(self._assigned_to_pool, pool_id, node_id)
+                discard_nested(self._assigned_to_pool, pool_id, node_id)
             else:
                 self._assigned_to_pool[pool_id].add(node_id)
         for listener in self._listeners:
@@ -121,14 +118,6 @@ class ClusterView:
                 listener(key, old, new)
             except Exception:
                 log.exception("cluster view listener failed on %s", key)
-
-    @staticmethod
-    def _discard(index: defaultdict[str, set[str]], outer: str, inner: str) -> None:
-        members = index.get(outer)
-        if members is not None:
-            members.discard(inner)
-            if not members:
-                del index[outer]
 
     async def run(self) -> None:
         await self.cache.run()
