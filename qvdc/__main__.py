@@ -12,6 +12,7 @@ from pathlib import Path
 import uvloop
 
 from qvdc import app
+from qvdc.kits import lean_grpclib
 from qvdc.kits.collector import CollectorPolicy
 from qvdc.settings import (
     ControllerSettings,
@@ -91,8 +92,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     except SettingsError as exc:
         print(f"qvdc: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
-    tune_gc()
+    tune_process()
     uvloop.run(app.main(settings))
+
+
+def tune_process() -> None:
+    """What a replica's process sets before it starts: the collector (``tune_gc``) and
+    grpclib's per-stream primitives (``qvdc.kits.lean_grpclib``: 6 KB less per host)."""
+    tune_gc()
+    lean_grpclib.install()
 
 
 def tune_gc() -> None:

@@ -14,6 +14,10 @@ coroutine tests: it is then set up before the test's other fixtures and torn
 down after them, inside the test's own event loop (pytest-asyncio 1.x gives
 each test a function-scoped loop), and sync tests pay nothing.
 
+The controller process runs grpclib with ``qvdc.kits.lean_grpclib`` installed
+(``qvdc.__main__.tune_process``); so does the suite, so that every in-process
+server and client in it exercises the primitives production uses.
+
 Subdirectories add their own ``conftest.py`` files for their fixtures.
 """
 
@@ -24,6 +28,10 @@ import inspect
 from collections.abc import AsyncIterator
 
 import pytest
+
+from qvdc.kits import lean_grpclib
+
+assert lean_grpclib.install(), "grpclib.protocol changed: review qvdc.kits.lean_grpclib"
 
 pytest_plugins = ("tests.fixtures.etcd",)
 

@@ -125,14 +125,13 @@ async def serve(host: str, port: int, fixture: Path, codec_name: str, interval: 
     await server.wait_closed()
 
 
-def tune_gc_like_the_controller() -> None:
-    """The controller process tunes CPython's collector (``qvdc.__main__.tune_gc``); so
-    does the ceiling, so that the two compare like with like."""
-    try:
-        from qvdc.__main__ import tune_gc
-    except ImportError:  # pragma: no cover - an older controller without it
-        return
-    tune_gc()
+def tune_like_the_controller() -> None:
+    """The controller process tunes CPython's collector and grpclib's per-stream
+    primitives (``qvdc.__main__.tune_process``); so does the ceiling, so that the two
+    compare like with like."""
+    from qvdc.__main__ import tune_process
+
+    tune_process()
 
 
 def main() -> None:
@@ -146,7 +145,7 @@ def main() -> None:
     parser.add_argument("--interval", type=int, default=30)
     args = parser.parse_args()
     host, _, port = args.listen.rpartition(":")
-    tune_gc_like_the_controller()
+    tune_like_the_controller()
     uvloop.run(serve(host, int(port), args.fixture, args.codec, args.interval))
 
 
