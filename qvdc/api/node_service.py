@@ -24,7 +24,7 @@ import functools
 import ipaddress
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 import grpclib.const
@@ -267,18 +267,21 @@ class NodeService:
         assignment = self._intake.assignment(request.node_id)
         return self._response(assignment, sequence=request.sequence, with_pools=True)
 
-    async def stream_heartbeat(
+    def stream_heartbeat(
         self,
         stream: grpclib.server.Stream[
             compute.UpdateHeartbeatRequest, compute.UpdateHeartbeatResponse
         ],
-    ) -> None:
-        session = _StreamSession(self, stream)
-        await session.serve()
+    ) -> Coroutine[Any, Any, None]:
+        """The handler grpclib awaits: the session's own coroutine, not one wrapping it
+        (a suspended coroutine is a quarter of a KB, and every host keeps a stream open)."""
+        return _StreamSession(self, stream).serve()
 
 
 class _StreamSession:
     """One open StreamHeartbeat: answers heartbeats and pushes assignment changes."""
+
+    __slots__ = ("_push_due", "_pusher", "_send_lock", "_sent", "_stream", "_svc", "node_id")
 
     def __init__(self, service: NodeService, stream: grpclib.server.Stream[Any, Any]) -> None:
         self._svc = service
@@ -290,8 +293,12 @@ class _StreamSession:
         self.node_id = ""
 
     async def _send(self, response: compute.UpdateHeartbeatResponse) -> None:
-        async with self._send_lock:
+        lock = self._send_lock  # a push and a reply must not interleave their frames
+        await lock.acquire()
+        try:
             await self._stream.send_message(response)
+        finally:
+            lock.release()
 
     def _reply(
         self, *, sequence: int, unsolicited: bool = False, full_sync: bool = False
@@ -329,24 +336,20 @@ class _StreamSession:
 
     async def serve(self) -> None:
         opened = False
+        recv = self._stream.recv_message
         try:
-            async for request in self._stream:
+            while (request := await recv()) is not None:
                 if not self.node_id:
                     await guarded("StreamHeartbeat", functools.partial(self._first, request))
                     self._svc._hub.open(self.node_id, self._wake)
                     opened = True
-                    continue
-                if request.node_id and request.node_id != self.node_id:
+                elif request.node_id and request.node_id != self.node_id:
                     raise GRPCError(
                         Status.INVALID_ARGUMENT, "node_id: must not change on an open stream"
                     )
-                # guarded(), inlined: this runs for every heartbeat of every node.
-                try:
+                else:
                     await self._heartbeat(request)
-                except (GRPCError, asyncio.CancelledError):
-                    raise
-                except Exception as exc:
-                    raise to_grpc_error(exc, method="StreamHeartbeat") from exc
+                del request  # waiting for the next one must not keep this one (per host)
         finally:
             if opened:
                 self._svc._hub.close(self.node_id, self._wake)
@@ -363,7 +366,13 @@ class _StreamSession:
     async def _heartbeat(
         self, request: compute.UpdateHeartbeatRequest, first: bool = False
     ) -> None:
-        self._svc._accept(request, full=not request.delta)
-        response = self._reply(sequence=request.sequence, full_sync=first and request.delta)
-        assert response is not None
-        await self._send(response)
+        # guarded(), inlined: this runs for every heartbeat of every node.
+        try:
+            self._svc._accept(request, full=not request.delta)
+            response = self._reply(sequence=request.sequence, full_sync=first and request.delta)
+            assert response is not None
+            await self._send(response)
+        except (GRPCError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            raise to_grpc_error(exc, method="StreamHeartbeat") from exc

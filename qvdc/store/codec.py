@@ -126,7 +126,7 @@ def decode_pool(value: bytes) -> PoolRecord:
         id=PoolId(str(doc.get("id", ""))),
         name=str(doc.get("name", "")),
         backend=_enum(BackendType, backend.get("type")),
-        assigned_node_ids=tuple(NodeId(n) for n in spec.get("assignedNodeIds") or ()),
+        assigned_node_ids=tuple(NodeId(shared(str(n))) for n in spec.get("assignedNodeIds") or ()),
         deleting=False,
         document=doc,
     )
