@@ -166,7 +166,8 @@ class EtcdObserver:
 
 
 def etcd_metrics(endpoint: str, names: tuple[str, ...]) -> dict[str, float]:
-    """Selected counters from etcd's Prometheus ``/metrics`` (plain ``name value`` lines)."""
+    """Selected samples from etcd's Prometheus ``/metrics`` (``name value`` lines; a
+    histogram bucket's name includes its label, as in ``METRICS``)."""
     host, _, port = endpoint.rpartition(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=10)
     try:
@@ -184,9 +185,19 @@ def etcd_metrics(endpoint: str, names: tuple[str, ...]) -> dict[str, float]:
     return out
 
 
+SLOW_S = "0.128"
+"""A WAL fsync or backend commit above this many seconds counts as an etcd stall (an
+upper bound of etcd's histogram buckets; etcd itself logs applies above 100 ms)."""
+
 METRICS = (
     "etcd_mvcc_put_total",
     "etcd_mvcc_delete_total",
     "etcd_mvcc_txn_total",
     "etcd_debugging_mvcc_total_put_size_in_bytes",
+    # etcd stalls, which the aggregation lag waits behind twice (host row, then aggregate):
+    "etcd_server_slow_apply_total",
+    "etcd_disk_wal_fsync_duration_seconds_count",
+    f'etcd_disk_wal_fsync_duration_seconds_bucket{{le="{SLOW_S}"}}',
+    "etcd_disk_backend_commit_duration_seconds_count",
+    f'etcd_disk_backend_commit_duration_seconds_bucket{{le="{SLOW_S}"}}',
 )

@@ -36,6 +36,7 @@ ROWS: tuple[tuple[str, str, str], ...] = (
     ("aggregation lag p50 (ms)", "aggregation_lag_p50_ms", ".1f"),
     ("aggregation lag p99 (ms)", "aggregation_lag_p99_ms", ".1f"),
     ("lag samples / unobserved", "_lag_samples", ""),
+    ("etcd stalls: apply / fsync / commit", "_etcd_stalls", ""),
     ("errors", "errors", ",d"),
 )
 
@@ -44,6 +45,9 @@ def _cell(result: Mapping[str, Any], key: str, spec: str) -> str:
     if key == "_lag_samples":
         seen = result.get("aggregation_lag_samples", 0)
         return f"{seen}/{result.get('aggregation_lag_unobserved', 0)}"
+    if key == "_etcd_stalls":
+        kinds = ("etcd_slow_applies", "etcd_slow_fsyncs", "etcd_slow_commits")
+        return "/".join(_fmt(result.get(k), ",d") for k in kinds)
     return _fmt(result.get(key), spec)
 
 

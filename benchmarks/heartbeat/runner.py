@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.heartbeat import fleet, loadgen, procs, stats
-from benchmarks.heartbeat.observer import METRICS, EtcdObserver, etcd_metrics
+from benchmarks.heartbeat.observer import METRICS, SLOW_S, EtcdObserver, etcd_metrics
 from benchmarks.heartbeat.progress import Progress
 from qvdc.settings import EtcdSettings
 from qvdc.store.embedded import EmbeddedEtcd
@@ -866,6 +866,7 @@ def summarize(
         "etcd_writes_by_family": phase.writes,
         "etcd_puts_total": int(phase.metrics.get("etcd_mvcc_put_total", 0)),
         "etcd_txns_total": int(phase.metrics.get("etcd_mvcc_txn_total", 0)),
+        **stats.etcd_stalls(phase.metrics, slow=SLOW_S),
         "aggregation_lag_p50_ms": _round(stats.ms(stats.percentile(lags, 50)), 1),
         "aggregation_lag_p99_ms": _round(stats.ms(stats.percentile(lags, 99)), 1),
         "aggregation_lag_samples": len(lags),

@@ -71,6 +71,23 @@ class Observation:
     rows: Mapping[str, tuple[str, int]]  # node id -> (health name, used bytes)
 
 
+def etcd_stalls(delta: Mapping[str, float], *, slow: str) -> dict[str, int]:
+    """Stalls in one phase, from the difference of two ``/metrics`` scrapes: applies etcd
+    counted as slow (over 100 ms), and WAL fsyncs and backend commits above ``slow``
+    seconds (the histogram's count less its ``le=slow`` bucket)."""
+
+    def above(histogram: str) -> int:
+        total = delta.get(f"{histogram}_count", 0.0)
+        fast = delta.get(f'{histogram}_bucket{{le="{slow}"}}', 0.0)
+        return int(total - fast)
+
+    return {
+        "etcd_slow_applies": int(delta.get("etcd_server_slow_apply_total", 0.0)),
+        "etcd_slow_fsyncs": above("etcd_disk_wal_fsync_duration_seconds"),
+        "etcd_slow_commits": above("etcd_disk_backend_commit_duration_seconds"),
+    }
+
+
 def rows_of_pool_status(value: bytes) -> dict[str, tuple[str, int]]:
     """``{node_id: (health, used_bytes)}`` from a stored ``poolstatus`` JSON value."""
     doc = json.loads(value)

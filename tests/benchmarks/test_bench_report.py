@@ -40,6 +40,11 @@ def test_summarize_arithmetic() -> None:
         writes={"hoststatus": 790, "poolstatus": 700},
         server_cpu_s=9.0,
         lag=stats.LagResult(lags=[0.05, 0.10, 0.20], unobserved=2),
+        metrics={
+            "etcd_server_slow_apply_total": 1.0,
+            "etcd_disk_wal_fsync_duration_seconds_count": 50.0,
+            'etcd_disk_wal_fsync_duration_seconds_bucket{le="0.128"}': 46.0,
+        },
     )
     ceiling = _phase(heartbeats_in_window=120_000, server_cpu_s=8.0)
     out = runner.summarize(phase, ceiling, None, naive_writes=8.0)
@@ -58,6 +63,12 @@ def test_summarize_arithmetic() -> None:
     assert out["controller_cpu_per_heartbeat_us"] == 100.0
     assert out["ceiling_cpu_per_heartbeat_us"] == pytest.approx(66.7, abs=0.1)
     assert out["cpu_ratio_to_ceiling"] == pytest.approx(0.667, abs=0.001)
+    assert (out["etcd_slow_applies"], out["etcd_slow_fsyncs"], out["etcd_slow_commits"]) == (
+        1,
+        4,
+        0,
+    )
+    assert "1/4/0" in report.table({**out, "hosts": 10, "full_reports": out})
     assert out["controller_cpu_utilisation"] == 0.9
     for key in REQUIRED:
         assert key in out

@@ -169,3 +169,24 @@ def test_json_safe_replaces_non_finite_numbers() -> None:
     doc = {"a": math.inf, "b": [1.0, math.nan], "c": {"d": -math.inf, "e": 2}}
     assert stats.json_safe(doc) == {"a": None, "b": [1.0, None], "c": {"d": None, "e": 2}}
     json.dumps(stats.json_safe(doc), allow_nan=False)
+
+
+def test_etcd_stalls_from_two_scrapes() -> None:
+    slow = "0.128"
+    delta = {
+        "etcd_server_slow_apply_total": 2.0,
+        "etcd_disk_wal_fsync_duration_seconds_count": 900.0,
+        'etcd_disk_wal_fsync_duration_seconds_bucket{le="0.128"}': 897.0,
+        "etcd_disk_backend_commit_duration_seconds_count": 300.0,
+        'etcd_disk_backend_commit_duration_seconds_bucket{le="0.128"}': 300.0,
+    }
+    assert stats.etcd_stalls(delta, slow=slow) == {
+        "etcd_slow_applies": 2,
+        "etcd_slow_fsyncs": 3,
+        "etcd_slow_commits": 0,
+    }
+    assert stats.etcd_stalls({}, slow=slow) == {
+        "etcd_slow_applies": 0,
+        "etcd_slow_fsyncs": 0,
+        "etcd_slow_commits": 0,
+    }
