@@ -22,10 +22,10 @@ that stopped the loop for long (``SLOW_PAUSE``).
 
 Freezing alone does not bound a full collection: CPython starts one only after
 ten middle-generation collections, and only once the old generation has grown
-by a quarter of what the last one found. When a whole fleet connects (100,000
-streams, measured) that let 12 million objects pile up unfrozen, and the next
-full collection stopped the loop for 7.3 s, long enough for the replica's
-10 s leader lease to expire. So after every middle-generation collection the
+by a quarter of what the last one found. At 100,000 hosts that let 10 million
+objects pile up unfrozen while the fleet connected, and the next full
+collection stopped the loop for 7.3 s (measured; a pause that long costs a
+leader its 10 s lease, refreshed every 3.3 s). So after every middle-generation collection the
 policy counts the old generation's unfrozen objects, and past ``full_budget``
 it schedules a full collection on the running event loop (a collection cannot
 start one from inside its own callback): each full collection then visits at
