@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 
 from qvdc.domain import staleness
 from qvdc.domain.model import NodeCondition, NodeId, NodePhase, NodeState
@@ -76,6 +77,11 @@ class LivenessMonitor:
         # Live nodes whose nodestatus says live and owned by this replica, as of its last
         # change: their heartbeats need no look at nodestatus (dropped when it changes).
         self._confirmed: set[str] = set()
+        # A monotonic time before which no live node's grace can run out: the oldest live
+        # last_seen plus the grace, as of the last scan, lowered whenever a node becomes
+        # live. Heartbeats only move last_seen forward, so until then a pass needs no scan
+        # of every node (40 ms at 100,000 nodes, profiled, every check period).
+        self._no_expiry_before = -math.inf
         view.subscribe(self._on_change)
 
     # --- hot path -------------------------------------------------------------
@@ -88,6 +94,7 @@ class LivenessMonitor:
         )
         self._last_wall[node_id] = self._clock.time()
         if previous is None or not previous.live or self.mass_outage:
+            self._expires_no_earlier_than(self._records[node_id].last_seen)
             self._mark(node_id)
             return
         if node_id in self._confirmed:
@@ -119,6 +126,10 @@ class LivenessMonitor:
         elif key.startswith(keys.REPLICAS):
             self._adoption_due = True
 
+    def _expires_no_earlier_than(self, last_seen: float) -> None:
+        """A node became live with this last_seen: its grace may run out before the bound."""
+        self._no_expiry_before = min(self._no_expiry_before, last_seen + self._grace)
+
     def _mark(self, node_id: NodeId) -> None:
         self._dirty.add(node_id)
         self._wakeup.set()
@@ -132,15 +143,22 @@ class LivenessMonitor:
             self._adoption_due = False
             self._adopt_orphans(now=now)
         self._was_leader = self.leader
-        grace = self._grace
-        if not self.mass_outage and not any(
-            r.live and now - r.last_seen > grace for r in self._records.values()
-        ):
-            # Nothing expired and no outage to leave: classify() would find nothing to do.
-            # This pre-check is a tight loop; classify() sorts every node id (113 ms at
-            # 100,000 nodes, measured) and would stall the event loop every pass.
-            return
-        result = staleness.classify(records=self._records, now=now, grace=self._grace)
+        if not self.mass_outage:
+            if now <= self._no_expiry_before:
+                return  # no live node can have expired yet
+            oldest = min((r.last_seen for r in self._records.values() if r.live), default=None)
+            self._no_expiry_before = math.inf if oldest is None else oldest + self._grace
+            if now <= self._no_expiry_before:
+                # Nothing expired and no outage to leave: classify() would find nothing to
+                # do, and it sorts every node id (113 ms at 100,000 nodes, measured).
+                return
+        self._no_expiry_before = -math.inf  # whatever classify() changes, scan next pass
+        result = staleness.classify(
+            records=self._records,
+            now=now,
+            grace=self._grace,
+            mass_outage_fraction=self._mass_fraction,
+        )
         if result.mass_outage:
             if not self.mass_outage:
                 log.warning(
@@ -180,9 +198,11 @@ class LivenessMonitor:
                 self._startup_grace,
             )
             # A fresh grace: pretend we heard from it startup_grace - grace ago.
+            last_seen = now + self._startup_grace - self._grace
             self._records[state.node_id] = staleness.Liveness(
-                node_id=state.node_id, last_seen=now + self._startup_grace - self._grace, live=True
+                node_id=state.node_id, last_seen=last_seen, live=True
             )
+            self._expires_no_earlier_than(last_seen)
             self._mark(state.node_id)
 
     def desired_state(self, node_id: NodeId, current: NodeState | None) -> NodeState | None:
