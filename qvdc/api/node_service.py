@@ -304,7 +304,7 @@ class _StreamSession:
         self, *, sequence: int, unsolicited: bool = False, full_sync: bool = False
     ) -> compute.UpdateHeartbeatResponse | None:
         assignment = self._svc._intake.assignment(self.node_id)
-        changed = assignment != self._sent
+        changed = assignment is not self._sent and assignment != self._sent
         if unsolicited and not changed:
             return None
         self._sent = assignment
