@@ -355,8 +355,11 @@ class Heartbeater:
         await self.ensure_registered()
         self._unary_sequence += 1
         heartbeat, served = self._compose(sequence=self._unary_sequence, force_full=True)
-        self._unary_endpoint = None
-        reply = await self._client.update_heartbeat(heartbeat)
+        try:
+            reply = await self._client.update_heartbeat(heartbeat)
+        except BaseException:
+            self._unary_endpoint = None  # the last call failed: connected to nothing
+            raise
         self._unary_endpoint = self._client.endpoint
         self._count_sent(heartbeat)
         self._apply_reply(reply)
