@@ -25,11 +25,11 @@ ten middle-generation collections, and only once the old generation has grown
 by a quarter of what the last one found. At 100,000 hosts that let 10 million
 objects pile up unfrozen while the fleet connected, and the next full
 collection stopped the loop for 7.3 s (measured; a pause that long costs a
-leader its 10 s lease, refreshed every 3.3 s). So after every middle-generation collection the
-policy counts the old generation's unfrozen objects, and past ``full_budget``
-it schedules a full collection on the running event loop (a collection cannot
-start one from inside its own callback): each full collection then visits at
-most about that many objects.
+leader its 10 s lease, refreshed every 3.3 s). So after every middle-generation
+collection the policy counts the old generation's unfrozen objects, and past
+``full_budget`` it schedules a full collection on the running event loop (a
+collection cannot start one from inside its own callback): each full collection
+then visits at most about that many objects, plus one middle collection's.
 """
 
 from __future__ import annotations
