@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages: etcd for the controller; libvirt headers for libvirt-python;
-# the real storage servers and userspace clients the test suite runs (STORAGE_LAB).
+# the real storage servers and userspace clients the test suite runs (docs/lab.md).
 debs=(etcd-server etcd-client libvirt-dev pkg-config gcc
       e2fsprogs xfsprogs uuid-runtime
       nfs-ganesha nfs-ganesha-vfs libnfs13 libnfs-utils

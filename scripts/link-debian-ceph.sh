@@ -3,7 +3,7 @@
 #
 # Ceph publishes no rados/rbd bindings on PyPI. Debian's python3-rados and
 # python3-rbd are C extensions built for the system Python 3.11; they load in
-# any CPython 3.11 (same ABI), e.g. a pyenv 3.11.x venv (STORAGE_LAB §4).
+# any CPython 3.11 (same ABI), e.g. a pyenv 3.11.x venv (docs/lab.md, Ceph RBD).
 # Adding all of /usr/lib/python3/dist-packages to the venv would drag in every
 # Debian Python package, so only the two extension modules are linked into a
 # directory of their own (VENV/debian-ceph/) and a .pth file names it.
