@@ -1,4 +1,5 @@
 """etcd access: the only package that talks to etcd.
 
-``store.etcd`` is the only module that imports the etcd client.
+``store.etcd`` is the only package that imports the etcd client; ``store.records``
+holds the values its API takes and returns.
 """

@@ -1,0 +1,60 @@
+"""Client errors to store errors, in one table.
+
+gRPC ``UNAVAILABLE``/``CANCELLED``/``ABORTED`` (the channel closed), an unusable
+client and etcd's "too many requests" become :class:`StoreUnavailable`;
+``DEADLINE_EXCEEDED`` and our own deadline become :class:`StoreTimeout`;
+everything else etcd rejects becomes :class:`StoreError` with etcd's reason.
+Two rejections a caller inside this package handles itself get their own
+private types. Exceptions that are not from the client (programming errors)
+are returned unchanged, so they propagate as they are.
+"""
+
+from __future__ import annotations
+
+import aetcd
+from aetcd import rpc
+
+from qvdc.store import records
+
+
+class RevisionCompacted(records.StoreError):
+    """A read or compaction named a compacted revision (handled inside this package)."""
+
+
+class LeaseNotFound(records.StoreError):
+    """etcd does not know the lease (turned into LeaseExpired by the caller)."""
+
+
+_UNAVAILABLE_CODES = frozenset({"UNAVAILABLE", "CANCELLED", "ABORTED"})
+
+
+def map_exception(exc: Exception, *, endpoint: str, what: str, limit: float | None) -> Exception:
+    """The StoreError for a client exception; other exceptions are returned as they are."""
+    if isinstance(exc, records.StoreError):
+        return exc
+    if isinstance(exc, TimeoutError):
+        return records.StoreTimeout(f"{what}: etcd {endpoint} did not answer within {limit} s")
+    if isinstance(exc, rpc.AioRpcError):
+        code = exc.code().name
+        details = exc.details() or ""
+        message = f"{what}: etcd {endpoint}: {code}: {details}"
+        if code == "DEADLINE_EXCEEDED":
+            return records.StoreTimeout(message)
+        if code in _UNAVAILABLE_CODES or "too many requests" in details:
+            return records.StoreUnavailable(message)
+        if code == "OUT_OF_RANGE" and "compacted" in details:
+            return RevisionCompacted(message)
+        if code == "NOT_FOUND" and "lease not found" in details:
+            return LeaseNotFound(message)
+        return records.StoreError(message)
+    if isinstance(exc, rpc.BaseError):  # e.g. UsageError: the channel was closed under us
+        return records.StoreUnavailable(f"{what}: etcd {endpoint}: client unusable: {exc!r}")
+    if isinstance(exc, aetcd.RevisionCompactedError):
+        return records.Compacted(exc.compacted_revision)
+    if isinstance(exc, aetcd.ConnectionTimeoutError):
+        return records.StoreTimeout(f"{what}: etcd {endpoint}: {exc}")
+    if isinstance(exc, aetcd.ConnectionFailedError):
+        return records.StoreUnavailable(f"{what}: etcd {endpoint}: {exc}")
+    if isinstance(exc, aetcd.ClientError):
+        return records.StoreError(f"{what}: etcd {endpoint}: {exc!r}")
+    return exc
