@@ -2,14 +2,18 @@
 
 The scripted FakeBackend honours its timeout (like a good backend); the
 ``Rogue`` backend below ignores both the timeout and cancellation, which is
-what our own limits exist for. Assertions are on outcomes and counts, not on
-durations.
+what our own limits exist for. The prober's own test runs on looptime's
+virtual clock (nothing in it waits for real I/O), so it uses the node's real
+probe bound and asserts how long a round takes; the one that needs a real
+controller connection asserts outcomes and counts only.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+
+import pytest
 
 from node import app, probing
 from storage_backends import base, fake
@@ -44,7 +48,13 @@ def spec(pool_id: str) -> base.PoolSpec:
     return base.PoolSpec(pool_id=pool_id, kind="local_dir", config={})
 
 
+PROBE_TIMEOUT = 2.0
+"""The node's default probe bound (NodeSettings.probe_timeout); free on virtual time."""
+
+
+@pytest.mark.looptime
 async def test_each_probe_is_bounded_and_failures_become_reports():
+    loop = asyncio.get_running_loop()
     backend = Rogue(kind="local_dir")
     backend.rogue_ids.add("rogue")
     gate = backend.hang_probe("hung")
@@ -52,11 +62,15 @@ async def test_each_probe_is_bounded_and_failures_become_reports():
     backend.script("failing", probe_error=base.ProbeError("stale file handle"))
     backend.script("buggy", probe_error=ZeroDivisionError("oops"))
     backend.script("full", health=base.PoolHealth.DEGRADED, error_message="nearly full: 2% free")
-    prober = probing.Prober(timeout=0.2, logger=LOG)
+    prober = probing.Prober(timeout=PROBE_TIMEOUT, logger=LOG)
     ids = ["fine", "full", "hung", "hung2", "failing", "buggy", "rogue"]
     targets = {pid: (backend, spec(pid)) for pid in ids}
     try:
+        started = loop.time()
         results = await prober.probe_all(targets)
+        # One round costs about one bound: the hung probes wait side by side, and the
+        # rogue one is abandoned at the prober's own limit, a little past the bound.
+        assert PROBE_TIMEOUT <= loop.time() - started < 2 * PROBE_TIMEOUT
         assert set(results) == set(ids)
         health = {k: v.health for k, v in results.items()}
         assert health == {
@@ -68,8 +82,8 @@ async def test_each_probe_is_bounded_and_failures_become_reports():
             "buggy": base.PoolHealth.ERROR,
             "rogue": base.PoolHealth.ERROR,
         }
-        assert results["hung"].error_message == "probe timed out after 0.2s"
-        assert results["rogue"].error_message == "probe timed out after 0.2s"
+        assert results["hung"].error_message == "probe timed out after 2s"
+        assert results["rogue"].error_message == "probe timed out after 2s"
         assert results["failing"].error_message == "probe failed: stale file handle"
         assert results["buggy"].error_message == "probe failed: ZeroDivisionError: oops"
         assert results["full"].error_message == "nearly full: 2% free"
@@ -78,7 +92,10 @@ async def test_each_probe_is_bounded_and_failures_become_reports():
 
         # The rogue probe is still running: it is not started again, only reported.
         assert prober.stragglers == {"rogue"}
+        started = loop.time()
         again = await prober.probe_all(targets)
+        # Without a rogue to wait for, the round ends when the honest hung probes time out.
+        assert loop.time() - started == pytest.approx(PROBE_TIMEOUT)
         assert backend.rogue_started == 1
         assert again["rogue"].health is base.PoolHealth.ERROR
         assert "previous probe still running" in again["rogue"].error_message
