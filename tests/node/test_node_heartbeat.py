@@ -5,12 +5,19 @@ baseline moving only on acknowledgement), full syncs (after reconnecting,
 on request, on an unsolicited request), interval adoption, unsolicited
 pushes, the immediate heartbeat on a health change, and the unary fallback.
 Pools come from a FakeBackend so tests can change a pool's health at will.
+
+The module runs on looptime's virtual clock: the node, the scripted controller
+and the sockets between them all live in this process, so the loop idles only
+when timers are all that is left, and intervals, rpc timeouts and the tests'
+deadlines are exact and cost no real time, however loaded the machine.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+import pytest
 
 from node import app
 from protos.limiquantix.compute import v1 as compute
@@ -21,6 +28,8 @@ GIB = 1024**3
 HEALTHY = compute.StoragePoolStatusReportHealthStatus.HEALTH_HEALTHY
 DEGRADED = compute.StoragePoolStatusReportHealthStatus.HEALTH_DEGRADED
 ERROR = compute.StoragePoolStatusReportHealthStatus.HEALTH_ERROR
+
+pytestmark = pytest.mark.looptime
 
 
 def pools_of(request: compute.UpdateHeartbeatRequest) -> dict[str, compute.StoragePoolStatusReport]:

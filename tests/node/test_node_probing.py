@@ -2,10 +2,10 @@
 
 The scripted FakeBackend honours its timeout (like a good backend); the
 ``Rogue`` backend below ignores both the timeout and cancellation, which is
-what our own limits exist for. The prober's own test runs on looptime's
-virtual clock (nothing in it waits for real I/O), so it uses the node's real
-probe bound and asserts how long a round takes; the one that needs a real
-controller connection asserts outcomes and counts only.
+what our own limits exist for. The module runs on looptime's virtual clock
+(everything, the scripted controller included, is in this process), so the
+prober's test uses the node's real probe bound and asserts how long a round
+takes.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from node import app, probing
 from storage_backends import base, fake
 
 LOG = logging.getLogger("test")
+
+pytestmark = pytest.mark.looptime
 
 
 class Rogue(fake.FakeBackend):
@@ -52,7 +54,6 @@ PROBE_TIMEOUT = 2.0
 """The node's default probe bound (NodeSettings.probe_timeout); free on virtual time."""
 
 
-@pytest.mark.looptime
 async def test_each_probe_is_bounded_and_failures_become_reports():
     loop = asyncio.get_running_loop()
     backend = Rogue(kind="local_dir")
