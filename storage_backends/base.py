@@ -22,9 +22,13 @@ import contextlib
 import enum
 import errno
 import subprocess
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+from storage_backends import configs
+
+_C = TypeVar("_C")
 
 
 class PoolHealth(enum.IntEnum):
@@ -108,6 +112,16 @@ class ProbeError(BackendError):
 
 class InvalidConfig(BackendError):
     """The pool's configuration cannot work; retrying will not help."""
+
+
+def parse_config(parse: Callable[..., _C], config: Mapping[str, Any], /, **options: Any) -> _C:
+    """``parse(config, **options)`` (one of the :mod:`storage_backends.configs` parsers),
+    its :class:`~storage_backends.configs.ConfigError` raised as :class:`InvalidConfig`
+    with the same message (``"nfs.server is required"``)."""
+    try:
+        return parse(config, **options)
+    except configs.ConfigError as exc:
+        raise InvalidConfig(str(exc)) from exc
 
 
 @runtime_checkable

@@ -79,11 +79,9 @@ import dataclasses
 import errno
 import functools
 import importlib
-import ipaddress
 import json
 import logging
 import math
-import re
 import threading
 import time
 import uuid
@@ -93,7 +91,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Final, Generic, TypeGuard, TypeVar
 
-from storage_backends import _exec, base
+from storage_backends import _exec, base, configs
 
 logger = logging.getLogger(__name__)
 
@@ -101,8 +99,8 @@ T = TypeVar("T")
 
 KIND: Final = base.BackendKind.CEPH_RBD.value
 
-DEFAULT_MON_PORT: Final = 6789
-DEFAULT_USER: Final = "admin"
+DEFAULT_MON_PORT: Final = configs.CEPH_DEFAULT_MON_PORT
+DEFAULT_USER: Final = configs.CEPH_DEFAULT_USER
 DEFAULT_PROBE_TIMEOUT: Final = 2.0
 
 BINDINGS_MISSING: Final = (
@@ -120,160 +118,25 @@ MIN_DIAGNOSIS: Final = 0.01
 MIN_SILENCE_EVIDENCE: Final = 0.25
 
 _IDLE: Final = "idle"
-_HOSTNAME: Final = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
-_FORBIDDEN_IN_NAMES: Final = frozenset("/@\0")
 
 
 # -- configuration ----------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Monitor:
-    """One monitor address from ``ceph.monitors``."""
-
-    host: str
-    port: int = DEFAULT_MON_PORT
-
-    def __str__(self) -> str:
-        if ":" in self.host:  # IPv6
-            return f"[{self.host}]:{self.port}"
-        return f"{self.host}:{self.port}"
-
-
-@dataclass(frozen=True, slots=True)
-class CephPoolConfig:
-    """A validated ``ceph`` pool config (the proto's CephConfig, snake_case keys)."""
-
-    pool_name: str
-    monitors: tuple[Monitor, ...] = ()
-    user: str = DEFAULT_USER
-    keyring_path: str = ""
-    namespace: str = ""
-    secret_uuid: str = ""
-    cluster_id: str = ""
-
-    @property
-    def location(self) -> str:
-        """``rbd:<pool>[/<namespace>]``: the pool's ``mount_path``."""
-        suffix = f"/{self.namespace}" if self.namespace else ""
-        return f"rbd:{self.pool_name}{suffix}"
-
-    @property
-    def client_name(self) -> str:
-        return f"client.{self.user}"
+#: One monitor address from ``ceph.monitors``.
+Monitor = configs.Monitor
+#: A validated ``ceph`` pool config (the proto's CephConfig).
+CephPoolConfig = configs.CephRbdConfig
 
 
 def parse_config(config: Mapping[str, Any], *, have_conf_file: bool) -> CephPoolConfig:
     """Validate a pool's ``ceph`` config; raises InvalidConfig naming the field.
 
-    ``have_conf_file`` says whether the backend reads a ceph.conf, which may
-    name the monitors instead of ``ceph.monitors``.
+    The rules are :func:`storage_backends.configs.parse_ceph_rbd`, the ones the controller
+    applies. ``have_conf_file`` says whether the backend reads a ceph.conf, which may name
+    the monitors instead of ``ceph.monitors``.
     """
-    pool_name = _string(config, "pool_name")
-    if not pool_name:
-        raise base.InvalidConfig("ceph.pool_name is required")
-    _check_name("pool_name", pool_name)
-
-    raw_monitors = config.get("monitors") or []
-    if isinstance(raw_monitors, str) or not isinstance(raw_monitors, Sequence):
-        raise base.InvalidConfig(
-            f"ceph.monitors must be a list of host[:port], got {raw_monitors!r}"
-        )
-    monitors = tuple(
-        parse_monitor(entry, field=f"ceph.monitors[{i}]") for i, entry in enumerate(raw_monitors)
-    )
-    if not monitors and not have_conf_file:
-        raise base.InvalidConfig(
-            "ceph.monitors needs at least one monitor (host[:port]) "
-            "when the ceph_rbd backend has no conf_path"
-        )
-
-    user = _string(config, "user") or DEFAULT_USER
-    if user.startswith("client."):
-        raise base.InvalidConfig(
-            f"ceph.user is the client id without the 'client.' prefix (e.g. 'admin'), got {user!r}"
-        )
-    if any(c.isspace() for c in user) or _FORBIDDEN_IN_NAMES & set(user):
-        raise base.InvalidConfig(f"ceph.user must be a plain client id, got {user!r}")
-
-    keyring_path = _string(config, "keyring_path")
-    if keyring_path and not keyring_path.startswith("/"):
-        raise base.InvalidConfig(
-            f"ceph.keyring_path must be an absolute path, got {keyring_path!r}"
-        )
-    if "\0" in keyring_path:
-        raise base.InvalidConfig(f"ceph.keyring_path must not contain NUL, got {keyring_path!r}")
-
-    namespace = _string(config, "namespace")
-    if namespace:
-        _check_name("namespace", namespace)
-
-    secret_uuid = _string(config, "secret_uuid")
-    if secret_uuid:
-        try:
-            uuid.UUID(secret_uuid)
-        except ValueError:
-            raise base.InvalidConfig(
-                f"ceph.secret_uuid must be a UUID (the libvirt secret), got {secret_uuid!r}"
-            ) from None
-
-    return CephPoolConfig(
-        pool_name=pool_name,
-        monitors=monitors,
-        user=user,
-        keyring_path=keyring_path,
-        namespace=namespace,
-        secret_uuid=secret_uuid,
-        cluster_id=_string(config, "cluster_id"),
-    )
-
-
-def parse_monitor(entry: object, *, field: str = "ceph.monitors[0]") -> Monitor:
-    """``host``, ``host:port``, ``[v6]`` or ``[v6]:port``; the port defaults to 6789."""
-    wanted = f"{field} must be host[:port] with port 1-65535, got {entry!r}"
-    if not isinstance(entry, str):
-        raise base.InvalidConfig(wanted)
-    text = entry.strip()
-    port_text = ""
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep or (rest and not rest.startswith(":")):
-            raise base.InvalidConfig(wanted)
-        port_text = rest[1:] if rest else ""
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise base.InvalidConfig(wanted) from None
-    else:
-        host, sep, port_text = text.partition(":")
-        if sep and not port_text:
-            raise base.InvalidConfig(wanted)
-        if ":" in port_text:  # a bare IPv6 address: ambiguous with a port
-            raise base.InvalidConfig(f"{wanted} (write IPv6 addresses as [addr]:port)")
-        if not _HOSTNAME.match(host):
-            raise base.InvalidConfig(wanted)
-    port = DEFAULT_MON_PORT
-    if port_text:
-        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-            raise base.InvalidConfig(wanted)
-        port = int(port_text)
-    return Monitor(host=host, port=port)
-
-
-def _string(config: Mapping[str, Any], key: str) -> str:
-    value = config.get(key)
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise base.InvalidConfig(f"ceph.{key} must be a string, got {value!r}")
-    return value.strip()
-
-
-def _check_name(key: str, value: str) -> None:
-    if _FORBIDDEN_IN_NAMES & set(value) or any(c.isspace() for c in value):
-        raise base.InvalidConfig(
-            f"ceph.{key} must not contain '/', '@' or whitespace, got {value!r}"
-        )
+    return base.parse_config(configs.parse_ceph_rbd, config, monitors_from_conf=have_conf_file)
 
 
 # -- interpreting the cluster's answers (pure) ------------------------------------------

@@ -80,7 +80,6 @@ import functools
 import ipaddress
 import logging
 import os
-import re
 import shutil
 import threading
 import time
@@ -88,7 +87,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, TypeVar, runtime_checkable
 
-from storage_backends import _exec, _libiscsi, base
+from storage_backends import _exec, _libiscsi, base, configs
 
 logger = logging.getLogger(__name__)
 
@@ -99,21 +98,9 @@ DEFAULT_INITIATOR_NAME: Final = "iqn.2026-01.io.quantix:node"
 #: Where open-iscsi keeps the host's initiator name.
 HOST_INITIATOR_NAME_FILE = "/etc/iscsi/initiatorname.iscsi"
 #: The iSCSI port (IANA), used when ``portal`` names no port.
-DEFAULT_PORT: Final = 3260
+DEFAULT_PORT: Final = configs.ISCSI_DEFAULT_PORT
 #: Upper bound of LUN numbers (SAM flat space addressing).
-MAX_LUN: Final = 16383
-
-_MAX_NAME_LENGTH: Final = 223  # RFC 7143 §4.2.7.1
-_IQN: Final = re.compile(
-    r"^iqn\.\d{4}-(0[1-9]|1[0-2])\.[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*"
-    r"(:[^\s]+)?$",
-    re.IGNORECASE,
-)
-_EUI: Final = re.compile(r"^eui\.[0-9a-f]{16}$", re.IGNORECASE)
-_NAA: Final = re.compile(r"^naa\.([0-9a-f]{16}|[0-9a-f]{32})$", re.IGNORECASE)
-_HOSTNAME: Final = re.compile(
-    r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$", re.I
-)
+MAX_LUN: Final = configs.ISCSI_MAX_LUN
 
 T = TypeVar("T")
 
@@ -134,100 +121,26 @@ class IscsiConfig:
 
 
 def parse_config(spec: base.PoolSpec) -> IscsiConfig:
-    """The pool's configuration; raises InvalidConfig naming the bad field."""
-    config = spec.config
-    portal = normalize_portal(_string(config, "portal"))
-    target = _string(config, "target")
-    if not target:
-        raise base.InvalidConfig(
-            "iscsi.target is required (an IQN such as iqn.2026-01.com.example:pool1)"
-        )
-    if not _is_iscsi_name(target):
-        raise base.InvalidConfig(
-            "iscsi.target must be an iSCSI name: iqn.YYYY-MM.naming-authority[:id], "
-            f"eui.<16 hex digits> or naa.<16 or 32 hex digits>; got {target!r}"
-        )
-    lun = config.get("lun", 0)
-    if lun is None:
-        lun = 0
-    if isinstance(lun, bool) or not isinstance(lun, int) or not 0 <= lun <= MAX_LUN:
-        raise base.InvalidConfig(f"iscsi.lun must be an integer in [0, {MAX_LUN}], got {lun!r}")
-    chap_enabled = config.get("chap_enabled", False)
-    if chap_enabled is None:
-        chap_enabled = False
-    if not isinstance(chap_enabled, bool):
-        raise base.InvalidConfig(f"iscsi.chap_enabled must be true or false, got {chap_enabled!r}")
-    chap_user = _string(config, "chap_user")
-    chap_password = _string(config, "chap_password", secret=True)
-    volume_group = config.get("volume_group", "")
-    if volume_group is not None and not isinstance(volume_group, str):
-        raise base.InvalidConfig("iscsi.volume_group must be a string (it is ignored)")
-    chap = None
-    if chap_enabled:
-        if not chap_user:
-            raise base.InvalidConfig("iscsi.chap_user is required when chap_enabled is true")
-        if not chap_password:
-            raise base.InvalidConfig("iscsi.chap_password is required when chap_enabled is true")
-        if any(c.isspace() for c in chap_user):
-            raise base.InvalidConfig(
-                f"iscsi.chap_user must not contain whitespace, got {chap_user!r}"
-            )
-        chap = _libiscsi.Credentials(user=chap_user, password=chap_password)
-    return IscsiConfig(portal=portal, target=target, lun=lun, chap=chap)
+    """The pool's configuration; raises InvalidConfig naming the bad field.
 
-
-def _is_iscsi_name(name: str) -> bool:
-    """Whether ``name`` is an iqn., eui. or naa. name of at most 223 bytes."""
-    if len(name.encode()) > _MAX_NAME_LENGTH:
-        return False
-    return any(pattern.match(name) for pattern in (_IQN, _EUI, _NAA))
+    The rules are :func:`storage_backends.configs.parse_iscsi`, the ones the controller
+    applies; this only turns the CHAP fields into libiscsi credentials.
+    """
+    parsed = base.parse_config(configs.parse_iscsi, spec.config)
+    chap = (
+        _libiscsi.Credentials(user=parsed.chap_user, password=parsed.chap_password)
+        if parsed.chap_enabled
+        else None
+    )
+    return IscsiConfig(portal=parsed.portal, target=parsed.target, lun=parsed.lun, chap=chap)
 
 
 def normalize_portal(raw: str) -> str:
     """``host[:port]`` -> ``host:port`` (port 3260 when omitted); raises InvalidConfig."""
-    example = "e.g. 10.0.0.5:3260 or [fd00::5]:3260"
-    if not raw:
-        raise base.InvalidConfig(f"iscsi.portal is required ({example})")
-    if any(c.isspace() for c in raw) or "/" in raw or "," in raw:
-        raise base.InvalidConfig(f"iscsi.portal must be host:port ({example}), got {raw!r}")
-    if raw.startswith("["):
-        end = raw.find("]")
-        host, rest = (raw[1:end], raw[end + 1 :]) if end > 0 else ("", "")
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise base.InvalidConfig(
-                f"iscsi.portal has an invalid bracketed IPv6 address ({example}), got {raw!r}"
-            ) from None
-        if rest and not rest.startswith(":"):
-            raise base.InvalidConfig(f"iscsi.portal must be host:port ({example}), got {raw!r}")
-        shown, port = f"[{host}]", rest[1:] if rest else str(DEFAULT_PORT)
-    else:
-        if raw.count(":") > 1:
-            raise base.InvalidConfig(
-                f"iscsi.portal: IPv6 addresses must be in brackets ({example}), got {raw!r}"
-            )
-        host, _, port = raw.partition(":")
-        if ":" not in raw:
-            port = str(DEFAULT_PORT)
-        if not host or len(host) > 253 or not _HOSTNAME.match(host):
-            raise base.InvalidConfig(f"iscsi.portal has an invalid host ({example}), got {raw!r}")
-        shown = host
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise base.InvalidConfig(
-            f"iscsi.portal port must be in [1, 65535] ({example}), got {raw!r}"
-        )
-    return f"{shown}:{int(port)}"
-
-
-def _string(config: Any, key: str, *, secret: bool = False) -> str:
-    value = config.get(key, "")
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        shown = "a non-string value" if secret else repr(value)
-        raise base.InvalidConfig(f"iscsi.{key} must be a string, got {shown}")
-    return value
+    try:
+        return configs.normalize_portal(raw)
+    except configs.ConfigError as exc:
+        raise base.InvalidConfig(str(exc)) from exc
 
 
 def host_initiator_name(path: str | None = None) -> str | None:
@@ -653,14 +566,18 @@ class IscsiBackend:
         initiator_name: str | None = None,
     ) -> None:
         if initiator_name is not None:
-            if not _is_iscsi_name(initiator_name):
+            if not configs.is_iscsi_name(initiator_name):
                 raise base.InvalidConfig(
                     f"iscsi initiator_name must be an iSCSI name, got {initiator_name!r}"
                 )
             name = initiator_name
         else:
             host_name = host_initiator_name()
-            name = host_name if host_name and _is_iscsi_name(host_name) else DEFAULT_INITIATOR_NAME
+            name = (
+                host_name
+                if host_name and configs.is_iscsi_name(host_name)
+                else DEFAULT_INITIATOR_NAME
+            )
         self.initiator_name = name
         self.initiator: Initiator = (
             initiator if initiator is not None else default_initiator(initiator_name=name)

@@ -58,7 +58,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from storage_backends import _exec, _mounts, base
+from storage_backends import _exec, _mounts, base, configs
 
 logger = logging.getLogger(__name__)
 
@@ -150,23 +150,13 @@ class LocalDirBackend:
         return path
 
     def _parse(self, spec: base.PoolSpec) -> tuple[str, int]:
-        """Returns ``(pool path, quota in bytes or 0)``; raises InvalidConfig."""
-        raw_path = spec.config.get("path", "") or ""
-        if not isinstance(raw_path, str):
-            raise base.InvalidConfig(f"local_dir.path must be a string, got {raw_path!r}")
-        if raw_path:
-            if not raw_path.startswith("/"):
-                raise base.InvalidConfig(
-                    f"local_dir.path must be an absolute path, got {raw_path!r}"
-                )
-            if "\0" in raw_path:
-                raise base.InvalidConfig(f"local_dir.path must not contain NUL, got {raw_path!r}")
-            if posixpath.normpath(raw_path) != raw_path or raw_path.startswith("//"):
-                raise base.InvalidConfig(
-                    f"local_dir.path must be normalised (no '..', '.', '//' or trailing '/'), "
-                    f"got {raw_path!r}"
-                )
-            path = raw_path
+        """Returns ``(pool path, quota in bytes or 0)``; raises InvalidConfig.
+
+        The config rules are :func:`storage_backends.configs.parse_local_dir`, the ones the
+        controller applies; only the default path depends on this node."""
+        config = base.parse_config(configs.parse_local_dir, spec.config)
+        if config.path:
+            path = config.path
         else:
             if not spec.pool_id or "/" in spec.pool_id or spec.pool_id in {".", ".."}:
                 raise base.InvalidConfig(
@@ -174,15 +164,7 @@ class LocalDirBackend:
                     "cannot name a directory under the pools root"
                 )
             path = str(self._pools_root / spec.pool_id)
-
-        raw_capacity = spec.config.get("capacity_gib", 0) or 0
-        if isinstance(raw_capacity, bool) or not isinstance(raw_capacity, int):
-            raise base.InvalidConfig(
-                f"local_dir.capacity_gib must be an integer, got {raw_capacity!r}"
-            )
-        if raw_capacity < 0:
-            raise base.InvalidConfig(f"local_dir.capacity_gib must be >= 0, got {raw_capacity}")
-        return path, raw_capacity * _GIB
+        return path, config.capacity_gib * _GIB
 
     # -- StorageBackend ----------------------------------------------------
 

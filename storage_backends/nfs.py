@@ -70,6 +70,7 @@ in the mount point, counted live on every probe.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import functools
 import logging
@@ -80,20 +81,20 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from storage_backends import _exec, _libnfs, _mounts, base
+from storage_backends import _exec, _libnfs, _mounts, base, configs
 
 logger = logging.getLogger(__name__)
 
 KIND: Final = base.BackendKind.NFS.value
 
 #: Protocol versions a pool may ask for; ``""`` (the proto default) means 4.1.
-VERSIONS: Final = frozenset({"3", "4", "4.0", "4.1", "4.2"})
-DEFAULT_VERSION: Final = "4.1"
+VERSIONS: Final = configs.NFS_VERSIONS
+DEFAULT_VERSION: Final = configs.NFS_DEFAULT_VERSION
 
 #: File extensions counted as volumes (compared lower-case).
 VOLUME_EXTENSIONS: Final = frozenset({".qcow2", ".raw", ".img", ".iso"})
@@ -116,8 +117,6 @@ _SERVER_MARGIN_MAX: Final = 0.2
 _CONNECT_CHECK_TIMEOUT: Final = 0.5
 
 _MOUNTINFO: Final = _mounts.MOUNTINFO
-_HOST_LABEL: Final = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_HOST: Final = re.compile(rf"^{_HOST_LABEL}(?:\.{_HOST_LABEL})*$")
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -126,28 +125,13 @@ def _statvfs(path: str) -> os.statvfs_result:
     return os.statvfs(path)
 
 
-@dataclass(frozen=True, slots=True)
-class NfsConfig:
-    """A validated ``nfs`` pool configuration (the proto's ``NfsConfig``)."""
+#: A validated ``nfs`` pool configuration; :meth:`NfsBackend.parse` fills in the mount point.
+NfsConfig = configs.NfsConfig
 
-    server: str
-    export_path: str
-    #: One of :data:`VERSIONS` (the default filled in).
-    version: str
-    #: Extra mount options, in order, without empty items.
-    options: tuple[str, ...]
-    #: Where the export is mounted (the default filled in).
-    mount_point: str
 
-    @property
-    def source(self) -> str:
-        """``server:/export``, as ``mount`` takes it and mountinfo shows it."""
-        return f"{self.server}:{self.export_path}"
-
-    @property
-    def libnfs_version(self) -> int:
-        """The protocol family libnfs speaks for this pool (3 or 4)."""
-        return _libnfs.NFS_V3 if self.version == "3" else _libnfs.NFS_V4
+def libnfs_version(cfg: NfsConfig) -> int:
+    """The protocol family libnfs speaks for this pool (3 or 4)."""
+    return _libnfs.NFS_V3 if cfg.version == "3" else _libnfs.NFS_V4
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,68 +231,20 @@ class NfsBackend:
         self.parse(spec)
 
     def parse(self, spec: base.PoolSpec) -> NfsConfig:
-        """``spec.config`` validated, with defaults filled in; raises InvalidConfig."""
-        config = spec.config
-        server = _string(config, "server")
-        if not server:
-            raise base.InvalidConfig("nfs.server is required")
-        if not _HOST.match(server) or len(server) > 253:
+        """``spec.config`` validated, with defaults filled in; raises InvalidConfig.
+
+        The config rules are :func:`storage_backends.configs.parse_nfs`, the ones the
+        controller applies; only the default mount point depends on this node."""
+        cfg = base.parse_config(configs.parse_nfs, spec.config)
+        if cfg.mount_point:
+            return cfg
+        pool_id = spec.pool_id
+        if not pool_id or "/" in pool_id or pool_id in {".", ".."} or _CONTROL.search(pool_id):
             raise base.InvalidConfig(
-                f"nfs.server must be a hostname or IPv4 address (no port, path or spaces), "
-                f"got {server!r}"
+                f"nfs.mount_point is empty and pool id {pool_id!r} cannot name a "
+                "directory under the mount root"
             )
-        export_path = _string(config, "export_path")
-        if not export_path:
-            raise base.InvalidConfig("nfs.export_path is required")
-        if not export_path.startswith("/") or _CONTROL.search(export_path):
-            raise base.InvalidConfig(
-                f"nfs.export_path must be an absolute path without control characters, "
-                f"got {export_path!r}"
-            )
-        version = _string(config, "version") or DEFAULT_VERSION
-        if version not in VERSIONS:
-            raise base.InvalidConfig(
-                f"nfs.version must be one of {', '.join(sorted(VERSIONS))}, got {version!r}"
-            )
-        options = tuple(item for item in _string(config, "options").split(",") if item)
-        for option in options:
-            if _CONTROL.search(option) or any(c.isspace() for c in option):
-                raise base.InvalidConfig(
-                    f"nfs.options must be a comma-separated list without spaces, got {option!r}"
-                )
-            if option.split("=", 1)[0] in {"vers", "nfsvers"}:
-                raise base.InvalidConfig(
-                    f"nfs.options must not set the protocol version ({option!r}); "
-                    "set nfs.version instead"
-                )
-        mount_point = _string(config, "mount_point")
-        if mount_point:
-            if (
-                not mount_point.startswith("/")
-                or posixpath.normpath(mount_point) != mount_point
-                or mount_point.startswith("//")
-                or mount_point == "/"
-                or _CONTROL.search(mount_point)
-            ):
-                raise base.InvalidConfig(
-                    "nfs.mount_point must be a normalised absolute path other than '/' "
-                    f"(no '..', '.', '//' or trailing '/'), got {mount_point!r}"
-                )
-        else:
-            pool_id = spec.pool_id
-            if not pool_id or "/" in pool_id or pool_id in {".", ".."} or _CONTROL.search(pool_id):
-                raise base.InvalidConfig(
-                    f"nfs.mount_point is empty and pool id {pool_id!r} cannot name a "
-                    "directory under the mount root"
-                )
-            mount_point = str(self._mount_root / f"nfs-{pool_id}")
-        return NfsConfig(
-            server=server,
-            export_path=export_path,
-            version=version,
-            options=options,
-            mount_point=mount_point,
-        )
+        return dataclasses.replace(cfg, mount_point=str(self._mount_root / f"nfs-{pool_id}"))
 
     def mount_argv(self, spec: base.PoolSpec) -> list[str]:
         """The exact command :meth:`attach` runs to mount ``spec`` (validated)."""
@@ -594,7 +530,7 @@ class NfsBackend:
             return _libnfs.fsstat(
                 server=cfg.server,
                 export=cfg.export_path,
-                version=cfg.libnfs_version,
+                version=libnfs_version(cfg),
                 nfs_port=self._nfs_port,
                 mount_port=self._mount_port,
                 deadline=deadline,
@@ -605,7 +541,7 @@ class NfsBackend:
 
     def _first_port(self, cfg: NfsConfig) -> int:
         """The port libnfs contacts first: NFS for v4, MOUNT or portmapper for v3."""
-        if cfg.libnfs_version == _libnfs.NFS_V4:
+        if libnfs_version(cfg) == _libnfs.NFS_V4:
             return self._nfs_port or NFS_PORT
         return self._mount_port or PORTMAPPER_PORT
 
@@ -666,16 +602,6 @@ class NfsBackend:
 
 
 # -- helpers ---------------------------------------------------------------------
-
-
-def _string(config: Mapping[str, Any], name: str) -> str:
-    """``config[name]`` as a string ("" when absent); InvalidConfig for another type."""
-    value = config.get(name, "")
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise base.InvalidConfig(f"nfs.{name} must be a string, got {value!r}")
-    return value
 
 
 def _left(deadline: float) -> float:

@@ -98,7 +98,7 @@ def test_validate_accepts(config: dict[str, Any]) -> None:
     ("config", "message"),
     [
         ({"monitors": ["10.0.0.1"]}, r"^ceph\.pool_name is required$"),
-        ({"pool_name": "  ", "monitors": ["10.0.0.1"]}, r"^ceph\.pool_name is required$"),
+        ({"pool_name": "  ", "monitors": ["10.0.0.1"]}, r"^ceph\.pool_name must not contain"),
         ({"pool_name": 7, "monitors": ["10.0.0.1"]}, r"^ceph\.pool_name must be a string"),
         ({"pool_name": "a/b", "monitors": ["10.0.0.1"]}, r"^ceph\.pool_name must not contain"),
         ({"pool_name": "rbd"}, r"^ceph\.monitors needs at least one monitor"),
@@ -111,6 +111,7 @@ def test_validate_accepts(config: dict[str, Any]) -> None:
         ({"pool_name": "rbd", "monitors": ["fd00::1"]}, r"^ceph\.monitors\[0\] .*\[addr\]:port"),
         ({"pool_name": "rbd", "monitors": ["[nope]:1"]}, r"^ceph\.monitors\[0\] must be"),
         ({"pool_name": "rbd", "monitors": ["bad host"]}, r"^ceph\.monitors\[0\] must be"),
+        ({"pool_name": "rbd", "monitors": [" 10.0.0.2"]}, r"^ceph\.monitors\[0\] must be"),
         ({"pool_name": "rbd", "monitors": [6789]}, r"^ceph\.monitors\[0\] must be"),
         ({**GOOD, "keyring_path": "ceph.keyring"}, r"^ceph\.keyring_path must be an absolute"),
         ({**GOOD, "secret_uuid": "not-a-uuid"}, r"^ceph\.secret_uuid must be a UUID"),
@@ -131,7 +132,7 @@ def test_monitors_may_come_from_the_conf_file() -> None:
 
 def test_monitor_port_defaults_to_6789() -> None:
     config = ceph_rbd.parse_config(
-        {"pool_name": "rbd", "monitors": ["10.0.0.1", " 10.0.0.2:3300 ", "[fd00::1]"]},
+        {"pool_name": "rbd", "monitors": ["10.0.0.1", "10.0.0.2:3300", "[fd00::1]"]},
         have_conf_file=False,
     )
     assert [str(m) for m in config.monitors] == ["10.0.0.1:6789", "10.0.0.2:3300", "[fd00::1]:6789"]

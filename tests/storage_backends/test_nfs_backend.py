@@ -79,9 +79,11 @@ def test_defaults_are_filled_in() -> None:
         pytest.param({"version": "5"}, r"^nfs\.version must be one of 3, 4, 4\.0", id="v5"),
         pytest.param({"options": "ro, hard"}, r"^nfs\.options must be a comma", id="space"),
         pytest.param({"options": "hard,nfsvers=3"}, r"^nfs\.options must not set", id="vers"),
-        pytest.param({"mount_point": "mnt/x"}, r"^nfs\.mount_point must be a normalised", id="rel"),
+        pytest.param({"mount_point": "mnt/x"}, r"^nfs\.mount_point must be an absolute", id="rel"),
         pytest.param({"mount_point": "/mnt/../x"}, r"^nfs\.mount_point must be", id="dotdot"),
-        pytest.param({"mount_point": "/"}, r"^nfs\.mount_point must be", id="root"),
+        pytest.param(
+            {"mount_point": "/"}, r"^nfs\.mount_point must not be the filesystem root", id="root"
+        ),
     ],
 )
 def test_validate_rejects_naming_the_field(config: dict[str, object], message: str) -> None:
@@ -161,8 +163,8 @@ def test_libnfs_url_carries_version_and_ports(
 
 def test_nfs_versions_map_to_libnfs_protocol_families() -> None:
     backend = nfs.NfsBackend()
-    assert backend.parse(spec(version="3")).libnfs_version == 3
-    assert {backend.parse(spec(version=v)).libnfs_version for v in ("4", "4.1", "4.2")} == {4}
+    assert nfs.libnfs_version(backend.parse(spec(version="3"))) == 3
+    assert {nfs.libnfs_version(backend.parse(spec(version=v))) for v in ("4", "4.1", "4.2")} == {4}
 
 
 def test_parse_mountinfo_unescapes_and_keeps_root() -> None:
