@@ -58,11 +58,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="seconds without heartbeat before a node is OFFLINE (default 3 x interval + 10)",
     )
     p.add_argument("--replica-id", default="", help="replica name (default host-pid)")
-    p.add_argument(
-        "--naive",
-        action="store_true",
-        help="benchmark baseline: write every report on every heartbeat",
-    )
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p.parse_args(argv)
 
@@ -78,11 +73,14 @@ def settings_from(args: argparse.Namespace) -> ControllerSettings:
         grpc=GrpcSettings(host=host, port=int(port)),
         state_dir=args.state_dir,
         replica_id=args.replica_id,
-        naive=args.naive,
     )
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(
+    argv: Sequence[str] | None = None, *, factory: app.ControllerFactory = app.Controller
+) -> None:
+    """Parse ``argv``, run one replica built by ``factory`` and exit with its code
+    (``qvdc.app``: 0 stopped, 1 failed, 3 forced; 2 here for invalid settings)."""
     args = parse_args(argv)
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -93,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"qvdc: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
     tune_process()
-    uvloop.run(app.main(settings))
+    raise SystemExit(uvloop.run(app.main(settings, factory=factory)))
 
 
 def tune_process() -> None:

@@ -1,11 +1,32 @@
 """Composition root of a QvDC replica.
 
 Builds the store, the watch-fed view, the engines and the grpclib server, and
-runs the root loops as named, guarded tasks in one ``asyncio.TaskGroup``: if
-any of them ends, the replica shuts down cleanly instead of running
-half-broken (kopf's ``run_tasks``). SIGTERM/SIGINT close the server and wait
-for it (grpclib's graceful exit), then the tasks are cancelled and the store
-and embedded etcd are closed.
+supervises the root loops as the node daemon does (``node.app``): named, guarded
+tasks in one ``asyncio.TaskGroup``. :meth:`Controller.run`, stage by stage:
+
+1. the root tasks start: the view (list, then watch), the host-status committer,
+   the liveness monitor and the election (which runs the aggregator while leading);
+2. once the view has listed the keyspace, the replica binds its socket and serves;
+3. it serves until ``stop`` is set or a root task ends;
+4. shutdown, in this order: the server closes and waits for its handlers (bounded),
+   then the root tasks are cancelled; the committer first writes every pending
+   write, bounded by ``HeartbeatSettings.shutdown_flush_timeout``, and logs the
+   count of those it could not (``qvdc.engines.committer``).
+
+``stop`` is honoured at every stage: set during the initial listing, the replica
+never serves. A root task that ends is a failure even if it returned: its guard
+logs a crash once, with its traceback; the others are stopped as above; ``run``
+raises :class:`RootTaskEnded` (kopf's ``run_tasks``, ``stop`` and ``reraise``).
+
+:func:`main` is the process around it. The first SIGTERM or SIGINT sets ``stop``
+(while the embedded etcd starts or etcd is being connected to, it abandons the
+start-up); a second one during the shutdown cancels it. Exit codes: 0 stopped by
+a signal, 1 failed (a root task ended, or the start-up failed), 3 forced by a
+second signal; ``qvdc.__main__`` adds 2 for invalid settings.
+
+The gRPC server pings every connection (``GrpcSettings.keepalive_time``) and
+closes those that do not answer, so a host that vanished without closing its
+connection does not hold a stream for the kernel's two hours.
 """
 
 from __future__ import annotations
@@ -17,9 +38,10 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import AsyncIterator
-from typing import cast
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any, Protocol
 
+from grpclib.config import Configuration
 from grpclib.server import Server
 
 from qvdc.api import convert
@@ -27,15 +49,16 @@ from qvdc.api.node_service import NodeService
 from qvdc.api.pool_service import StoragePoolService
 from qvdc.engines.aggregator import Aggregator
 from qvdc.engines.catalog import Catalog
-from qvdc.engines.committer import GroupCommitter
+from qvdc.engines.committer import GroupCommitter, WriteBuffer
 from qvdc.engines.election import Election
-from qvdc.engines.intake import HeartbeatIntake
+from qvdc.engines.intake import HeartbeatIntake, MaterialityRule
 from qvdc.engines.liveness import LivenessMonitor
 from qvdc.engines.push import PushHub
 from qvdc.engines.view import ClusterView
-from qvdc.kits.tasks import cancel_and_wait, create_guarded_task
+from qvdc.kits import materiality
+from qvdc.kits.tasks import cancel_and_wait, create_guarded_task, first_of
 from qvdc.kits.timing import Clock, SystemClock
-from qvdc.settings import ControllerSettings
+from qvdc.settings import ControllerSettings, GrpcSettings
 from qvdc.store.embedded import EmbeddedEtcd
 from qvdc.store.etcd import EtcdStore
 
@@ -46,12 +69,69 @@ log = logging.getLogger(__name__)
 #: a million keys took longer than 30 s on a loaded 2-core machine.
 READY_TIMEOUT = 600.0
 
+#: Seconds the gRPC handlers get to finish once the server is closed.
+SERVER_CLOSE_TIMEOUT = 5.0
+
+EXIT_STOPPED = 0
+EXIT_FAILED = 1
+EXIT_FORCED = 3
+
+
+class RootTaskEnded(Exception):
+    """A root task ended, so the replica stopped (its guard logged a crash's traceback)."""
+
+
+def server_configuration(settings: GrpcSettings) -> Configuration:
+    """grpclib's server keepalive: ping every connection, idle or not, every
+    ``keepalive_time`` s; close it when a ping is not acknowledged within
+    ``keepalive_timeout`` s. (grpclib marks these fields experimental: the tests
+    in tests/qvdc/test_app.py fail if they change.)"""
+    return Configuration(
+        _keepalive_time=settings.keepalive_time,
+        _keepalive_timeout=settings.keepalive_timeout,
+        # A node between two unary calls has no stream open: ping it all the same.
+        _keepalive_permit_without_calls=True,
+        # grpclib stops after 2 pings without data sent by default: never stop.
+        _http2_max_pings_without_data=0,
+        # grpclib skips a ping sooner than this after the last one (default 300 s).
+        # Half the interval, so that a timer firing a little early still pings.
+        _http2_min_sent_ping_interval_without_data=settings.keepalive_time / 2,
+    )
+
+
+async def bind_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to the first address ``host`` resolves to, for the server to
+    listen on; its port is the one bound (``port`` 0: any free one)."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
 
 class Controller:
-    """One replica's engines and gRPC services around a connected store."""
+    """One replica's engines and gRPC services around a connected store.
+
+    Run it once: ``await run(stop=event)`` (the process), or ``start()`` then
+    ``stop()`` (tests). ``write_buffer`` and ``materiality_rule`` replace the
+    committer's coalescing and the intake's materiality rule; only the
+    benchmark's naive baseline passes them (``benchmarks/heartbeat/naive_server.py``).
+    """
 
     def __init__(
-        self, *, store: EtcdStore, settings: ControllerSettings, clock: Clock | None = None
+        self,
+        *,
+        store: EtcdStore,
+        settings: ControllerSettings,
+        clock: Clock | None = None,
+        write_buffer: WriteBuffer | None = None,
+        materiality_rule: MaterialityRule = materiality.is_material_change,
     ) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
@@ -64,7 +144,8 @@ class Controller:
             delay=settings.heartbeat.commit_delay,
             max_ops=settings.heartbeat.commit_max_ops,
             timeout=timeout,
-            coalesce=not settings.naive,  # the naive baseline writes every report, as upstream
+            flush_timeout=settings.heartbeat.shutdown_flush_timeout,
+            buffer=write_buffer,
         )
         self.monitor = LivenessMonitor(
             store=store,
@@ -83,7 +164,7 @@ class Controller:
             monitor=self.monitor,
             settings=settings.heartbeat,
             clock=self.clock,
-            naive=settings.naive,
+            materiality_rule=materiality_rule,
         )
         self.aggregator = Aggregator(store=store, view=self.view, clock=self.clock, timeout=timeout)
         self.hub = PushHub(view=self.view)
@@ -94,7 +175,9 @@ class Controller:
             store=store, view=self.view, replica_id=self.replica_id, timeout=timeout
         )
         self.pool_service = StoragePoolService(
-            catalog=self.catalog, view=self.view, clock=self.clock
+            catalog=self.catalog,
+            view=self.view,
+            clock=self.clock,
         )
         self.node_service = NodeService(
             catalog=self.catalog,
@@ -106,16 +189,24 @@ class Controller:
             clock=self.clock,
             interval=settings.heartbeat.interval,
         )
-        self.server = Server([self.node_service, self.pool_service], codec=convert.server_codec())
-        self._tasks: list[asyncio.Task[None]] = []
+        self.server = Server(
+            [self.node_service, self.pool_service],
+            codec=convert.server_codec(),
+            config=server_configuration(settings.grpc),
+        )
+        #: The bound port (``GrpcSettings.port`` 0 picks a free one); 0 until serving.
         self.port = 0
+        #: Set while the server accepts calls.
+        self.serving = asyncio.Event()
+        self._listening = False
+        self._runner: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
 
     def _on_lead_change(self, leading: bool) -> None:
         self.monitor.leader = leading
 
-    async def start(self) -> None:
-        """Start the loops, wait until the view is loaded, then listen."""
-        spawn = [
+    def _root_loops(self) -> list[tuple[Coroutine[Any, Any, None], str]]:
+        return [
             (self.view.run(), "view"),
             (self.committer.run(), "host-status-committer"),
             (self.monitor.run(), "liveness-monitor"),
@@ -124,29 +215,102 @@ class Controller:
                 "election",
             ),
         ]
-        self._tasks = [create_guarded_task(c, name=n, logger=log) for c, n in spawn]
-        await self.view.wait_ready(timeout=READY_TIMEOUT)
+
+    async def run(self, *, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` is set, then shut down (see the module docstring).
+
+        Raises :class:`RootTaskEnded` if a root task ended first, and what the
+        start-up raised (the initial listing timed out, the port is taken).
+        """
+        roots: list[asyncio.Task[None]] = []
+        try:
+            async with asyncio.TaskGroup() as group:
+                ended = asyncio.Event()
+                for coro, name in self._root_loops():
+                    root = create_guarded_task(coro, name=name, logger=log, group=group)
+                    root.add_done_callback(lambda _task: ended.set())
+                    roots.append(root)
+                try:
+                    await first_of(
+                        self.view.wait_ready(timeout=READY_TIMEOUT), stop.wait(), ended.wait()
+                    )
+                    if not (stop.is_set() or ended.is_set()):
+                        await self._serve()
+                        await first_of(stop.wait(), ended.wait())
+                finally:
+                    log.info("QvDC replica %s stopping", self.replica_id)
+                    await self._close_server()
+                    for root in roots:
+                        root.cancel()
+        except BaseExceptionGroup as errors:
+            failed = [
+                t.get_name() for t in roots if t.done() and not t.cancelled() and t.exception()
+            ]
+            if failed:
+                raise RootTaskEnded(f"root task {', '.join(failed)} crashed") from errors
+            if len(errors.exceptions) == 1:  # the start-up's own error, unwrapped
+                raise errors.exceptions[0] from None
+            raise
+        returned = [t.get_name() for t in roots if not t.cancelled()]
+        if returned:
+            raise RootTaskEnded(f"root task {', '.join(returned)} returned")
+
+    async def _serve(self) -> None:
         grpc = self.settings.grpc
-        await self.server.start(grpc.host, grpc.port)
-        # grpclib has no public accessor for the bound port (needed with port 0).
-        listener = cast("asyncio.Server | None", self.server._server)
-        sockets = listener.sockets if listener is not None else ()
-        self.port = int(sockets[0].getsockname()[1]) if sockets else grpc.port
+        sock = await bind_socket(grpc.host, grpc.port)
+        try:
+            await self.server.start(sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+        self._listening = True
+        self.port = int(sock.getsockname()[1])
+        self.serving.set()
         log.info("QvDC replica %s serving on %s:%d", self.replica_id, grpc.host, self.port)
 
-    async def wait_failed(self) -> None:
-        """Return (or raise) as soon as any root task ends."""
-        done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
-        for task in done:
-            task.result()
+    async def _close_server(self) -> None:
+        """Stop accepting calls, cancel the running handlers and wait for them (bounded)."""
+        if not self._listening:
+            return
+        self._listening = False
+        self.serving.clear()
+        self.server.close()
+        try:
+            async with asyncio.timeout(SERVER_CLOSE_TIMEOUT):
+                await self.server.wait_closed()
+        except TimeoutError:
+            log.warning("gRPC handlers still running %g s after close", SERVER_CLOSE_TIMEOUT)
+
+    async def start(self) -> None:
+        """Run the replica in a background task; return once it serves, or raise what
+        it failed with before that."""
+        if self._runner is not None:
+            raise RuntimeError("the replica is already running")
+        runner = self._runner = asyncio.create_task(
+            self.run(stop=self._stop), name=f"replica-{self.replica_id}"
+        )
+        serving = asyncio.create_task(self.serving.wait(), name="wait-serving")
+        try:
+            await asyncio.wait({runner, serving}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # cancelled while starting: stop what started
+            self._runner = None
+            await cancel_and_wait(runner)
+            raise
+        finally:
+            await cancel_and_wait(serving)
+        if runner.done():
+            self._runner = None
+            runner.result()
+            raise RuntimeError("the replica stopped before it served")
 
     async def stop(self) -> None:
-        self.server.close()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(5):
-                await self.server.wait_closed()
-        await cancel_and_wait(*self._tasks)
-        self._tasks = []
+        """Stop what :meth:`start` started and wait for the shutdown; raise what the
+        replica failed with meanwhile. Idempotent."""
+        runner, self._runner = self._runner, None
+        if runner is None:
+            return
+        self._stop.set()
+        await runner
 
 
 @contextlib.asynccontextmanager
@@ -166,20 +330,57 @@ async def running_store(settings: ControllerSettings) -> AsyncIterator[EtcdStore
         yield store
 
 
-async def main(settings: ControllerSettings) -> None:
-    """Run one replica until SIGTERM/SIGINT or a root task fails."""
-    stop = asyncio.Event()
+class ControllerFactory(Protocol):
+    """Builds the replica around a connected store (``Controller`` itself, by default)."""
+
+    def __call__(self, *, store: EtcdStore, settings: ControllerSettings) -> Controller: ...
+
+
+async def main(settings: ControllerSettings, *, factory: ControllerFactory = Controller) -> int:
+    """Run one replica until SIGTERM/SIGINT or a failure; returns the exit code."""
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    async with running_store(settings) as store:
-        controller = Controller(store=store, settings=settings)
-        await controller.start()
-        failed = asyncio.create_task(controller.wait_failed(), name="watch-root-tasks")
-        stopping = asyncio.create_task(stop.wait(), name="wait-for-signal")
-        try:
-            await asyncio.wait({failed, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            log.info("QvDC replica %s stopping", controller.replica_id)
-            await cancel_and_wait(failed, stopping)
-            await controller.stop()
+    stop = asyncio.Event()
+    running = asyncio.Event()  # the replica's run() has started: it honours ``stop`` itself
+    forced = False
+
+    async def serve() -> None:
+        async with running_store(settings) as store:
+            controller = factory(store=store, settings=settings)
+            running.set()
+            await controller.run(stop=stop)
+
+    replica = asyncio.create_task(serve(), name="replica")
+
+    def on_signal(signum: signal.Signals) -> None:
+        nonlocal forced
+        if not stop.is_set():
+            log.info("received %s: stopping", signum.name)
+            stop.set()
+            if not running.is_set():
+                replica.cancel()  # starting etcd or connecting to it: abandon the start-up
+        else:
+            log.warning("received %s while stopping: forcing exit", signum.name)
+            forced = True
+            replica.cancel()
+
+    handled = (signal.SIGTERM, signal.SIGINT)
+    for signum in handled:
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        await asyncio.wait({replica})
+    finally:
+        for signum in handled:
+            loop.remove_signal_handler(signum)
+        await cancel_and_wait(replica)  # still running only if main() itself is cancelled
+    if replica.cancelled():
+        log.info("QvDC replica %s", "stopped (forced)" if forced else "stopped")
+        return EXIT_FORCED if forced else EXIT_STOPPED
+    exc = replica.exception()
+    if exc is None:
+        log.info("QvDC replica stopped")
+        return EXIT_STOPPED
+    if isinstance(exc, RootTaskEnded):
+        log.error("QvDC replica stopped: %s (see the traceback above)", exc)
+    else:
+        log.error("QvDC replica failed", exc_info=exc)
+    return EXIT_FAILED

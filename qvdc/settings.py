@@ -68,6 +68,12 @@ class HeartbeatSettings:
     commit_max_ops: int = 128
     """Puts per etcd transaction (etcd's default ``--max-txn-ops`` is 128)."""
 
+    shutdown_flush_timeout: float = 10.0
+    """Seconds a stopping replica may spend writing the host-status changes still
+    queued (all of them, ``commit_max_ops`` per transaction, retried). What is left
+    after that is logged with its count; nodes re-send full reports when they
+    reconnect. 10 s leaves room within a 30 s termination grace period."""
+
     def __post_init__(self) -> None:
         _require(
             0.05 <= self.interval <= 3600,
@@ -79,6 +85,10 @@ class HeartbeatSettings:
         _require(self.material_capacity_bytes >= 0, "material_capacity_bytes must be >= 0")
         _require(0 <= self.commit_delay <= 1, "commit_delay must be in [0, 1] s")
         _require(1 <= self.commit_max_ops <= 128, "commit_max_ops must be in [1, 128]")
+        _require(
+            0 < self.shutdown_flush_timeout <= 600,
+            f"shutdown_flush_timeout must be in (0, 600] s: {self.shutdown_flush_timeout}",
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,8 +123,27 @@ class GrpcSettings:
     port: int = 7443
     """Port of the gRPC server (0 = any free port)."""
 
+    keepalive_time: float = 30.0
+    """Seconds between the server's HTTP/2 pings on each connection (idle ones too).
+    With ``keepalive_timeout`` it bounds how long a half-open connection (a host
+    that vanished without closing it) holds its stream and memory: about 50 s by
+    default, instead of the kernel's two hours."""
+
+    keepalive_timeout: float = 20.0
+    """Seconds a ping may wait for its acknowledgement before the server closes the
+    connection. Generous enough for a loaded host; grpclib clients answer pings
+    without any code of theirs."""
+
     def __post_init__(self) -> None:
         _require(0 <= self.port <= 65535, f"port out of range: {self.port}")
+        _require(
+            0 < self.keepalive_time <= 7200,
+            f"keepalive_time must be in (0, 7200] s: {self.keepalive_time}",
+        )
+        _require(
+            0 < self.keepalive_timeout <= 600,
+            f"keepalive_timeout must be in (0, 600] s: {self.keepalive_timeout}",
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,9 +158,6 @@ class ControllerSettings:
 
     replica_id: str = ""
     """This replica's name in ``replicas/`` and ``nodestatus`` (default: host:pid)."""
-
-    naive: bool = False
-    """Benchmark baseline: write every report on every heartbeat, as upstream does."""
 
     def __post_init__(self) -> None:
         self.validate()

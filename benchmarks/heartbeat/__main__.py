@@ -5,7 +5,7 @@ processes that simulate HOSTS hosts with POOLS pools each over StreamHeartbeat
 (or UpdateHeartbeat), and measures, in one run: accepted heartbeats/s and RPC
 latency for the steady-state and full-report workloads, the same against a
 bare grpclib server (the ceiling), etcd writes per heartbeat against the
-materially changed reports and against a ``qvdc --naive`` replica,
+materially changed reports and against a naive replica (``naive_server``),
 aggregation lag, and the controller's CPU and memory. See
 ``benchmarks/RESULTS.md`` for the method and the numbers.
 """
@@ -122,7 +122,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--naive-hosts",
         type=int,
         default=1000,
-        help="hosts driving the qvdc --naive baseline, measured once per run on its own etcd "
+        help="hosts driving the naive baseline (every report written), measured once per run "
+        "on its own etcd "
         "(default %(default)s); its writes per heartbeat do not depend on the host count",
     )
     base.add_argument("--naive-duration", type=float, default=8.0)

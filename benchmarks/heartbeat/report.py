@@ -75,7 +75,8 @@ def table(doc: Mapping[str, Any]) -> str:
         lines.append("naive baseline: FAILED (traceback in the JSON's 'naive.error')")
     elif naive:
         lines.append(
-            f"naive baseline (qvdc --naive, {naive.get('hosts', 0):,} hosts, full reports): "
+            f"naive baseline (every report written, {naive.get('hosts', 0):,} hosts, "
+            "full reports): "
             f"{_fmt(naive.get('etcd_writes_per_heartbeat'), '.3f')} etcd writes per heartbeat "
             f"at {_fmt(naive.get('heartbeats_per_s'), ',.0f')} heartbeats/s"
         )

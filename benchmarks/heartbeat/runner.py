@@ -1,7 +1,7 @@
 """Orchestration: one benchmark run, one host count after the other.
 
-First, once per run, the **naive baseline**: a ``qvdc --naive`` replica
-(every report written on every heartbeat, as upstream does) on its own etcd,
+First, once per run, the **naive baseline**: a replica that writes every report
+of every heartbeat, as upstream does (:mod:`benchmarks.heartbeat.naive_server`), on its own etcd,
 driven by ``--naive-hosts`` hosts sending full reports as upstream nodes do.
 Its writes per heartbeat are the reports per heartbeat whatever the fleet
 size, so one measurement serves every size's write-amplification ratio.
@@ -278,10 +278,10 @@ class Harness:
             "--log-level",
             "WARNING",
         ]
-        if naive:
-            args.append("--naive")
+        # The naive baseline: the same replica with every report written (naive_server).
+        module = "benchmarks.heartbeat.naive_server" if naive else "qvdc"
         child = procs.Child(
-            name=name, module="qvdc", args=args, log_path=workdir / f"{name}.log", port=port
+            name=name, module=module, args=args, log_path=workdir / f"{name}.log", port=port
         )
         self._children.append(child)
         try:
@@ -588,7 +588,7 @@ class Harness:
         return result
 
     async def run_naive(self) -> dict[str, Any]:
-        """The upstream baseline: ``qvdc --naive``, full reports, on its own etcd.
+        """The upstream baseline: ``naive_server``, full reports, on its own etcd.
 
         Its writes per heartbeat are the reports per heartbeat whatever the fleet
         size, so it is measured once per run, with ``--naive-hosts`` hosts.
@@ -599,7 +599,7 @@ class Harness:
             pools_per_host=cfg.pools_per_host,
             hosts_per_pool=cfg.hosts_per_pool,
         )
-        self.progress.note(f"== naive baseline: qvdc --naive, {shape.hosts:,} hosts")
+        self.progress.note(f"== naive baseline: every report written, {shape.hosts:,} hosts")
 
         async def body(
             etcd: EmbeddedEtcd, observer: EtcdObserver, workdir: Path, result: dict[str, Any]

@@ -4,20 +4,25 @@ Heartbeats from thousands of hosts produce a trickle of *material* changes;
 writing each in its own etcd request would cost one round trip and one fsync
 per change. Instead the intake ``submit()``s the new value of a key (sync,
 cheap) and one background task commits whatever accumulated in a single
-multi-op transaction (at most ``commit_max_ops`` puts/deletes, etcd's default
-limit being 128) after a short ``commit_delay``.
+multi-op transaction (at most ``max_ops`` puts/deletes, etcd's default limit
+being 128) after a short ``delay``.
+
+What waits to be written lives in a :class:`WriteBuffer`. The default,
+:class:`CoalescingBuffer`, keeps the latest value per key, so a key submitted
+twice before a commit is written once, with its last value. (The benchmark's
+naive baseline passes a buffer that keeps every submission.)
 
 Cases:
 
-* the same key submitted twice before a commit -> only the last value is written;
 * a commit fails (etcd down, timeout) -> the batch is put back (newer submits
   for the same key win) and retried with capped backoff; nothing is dropped;
-* cancellation -> the pending batch is flushed once more, bounded, then given up
-  (a restarted node re-sends full reports, so nothing is lost for good).
-
-``coalesce=False`` (only for the ``--naive`` benchmark baseline) writes every
-submission, in order, as upstream does: a key submitted twice is written twice
-(in two transactions, since etcd rejects a key twice in one).
+* the task is cancelled (shutdown) -> a batch in flight is put back (its fate
+  is unknown; writing it again is harmless), then **every** pending write is
+  committed in batches of ``max_ops``, retried, for at most ``flush_timeout``
+  seconds. Whatever is still pending after that is logged with its count (a
+  restarted node re-sends full reports, so it is not lost for good);
+* cancelled again during that flush (a forced exit) -> the flush stops, the
+  count of what is left is logged, and the cancellation propagates.
 """
 
 from __future__ import annotations
@@ -25,11 +30,68 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+from typing import Protocol
 
 from qvdc.kits.backoff import Backoff
 from qvdc.store.etcd import EtcdStore, Op, StoreError
 
 log = logging.getLogger(__name__)
+
+Write = tuple[str, bytes | None]
+"""``(key, value)``: a put of ``value``, or a delete when ``value`` is None."""
+
+
+class WriteBuffer(Protocol):
+    """The writes waiting to be committed."""
+
+    def add(self, key: str, value: bytes | None) -> None:
+        """Queue a put (``value``) or a delete (``None``) of ``key``."""
+
+    def take(self, limit: int) -> list[Write]:
+        """Remove and return at most ``limit`` writes, oldest first, no key twice."""
+
+    def put_back(self, batch: list[Write]) -> None:
+        """Return a batch taken by :meth:`take` that was not committed, to be taken first."""
+
+    def __len__(self) -> int:
+        """Writes waiting."""
+
+
+class CoalescingBuffer:
+    """The latest value per key, in the order keys were first submitted."""
+
+    def __init__(self) -> None:
+        # Batches are taken from the order, never by iterating the dict: iteration would
+        # walk every slot the dict ever filled, and after a fleet's first full reports
+        # (hundreds of thousands of keys) that cost every later commit about a millisecond.
+        self._pending: dict[str, bytes | None] = {}
+        self._order: collections.deque[str] = collections.deque()
+
+    def add(self, key: str, value: bytes | None) -> None:
+        if key not in self._pending:
+            self._order.append(key)
+        self._pending[key] = value
+
+    def take(self, limit: int) -> list[Write]:
+        pending, order = self._pending, self._order
+        batch: list[Write] = []
+        for _ in range(min(limit, len(order))):
+            key = order.popleft()
+            batch.append((key, pending.pop(key)))
+        if not pending:
+            # A dict does not shrink as keys are popped: start a fresh one once drained,
+            # so nothing keeps a burst's table.
+            self._pending = {}
+        return batch
+
+    def put_back(self, batch: list[Write]) -> None:
+        for key, value in reversed(batch):
+            if key not in self._pending:  # else a newer value was submitted meanwhile
+                self._pending[key] = value
+                self._order.appendleft(key)
+
+    def __len__(self) -> int:
+        return len(self._pending)
 
 
 class GroupCommitter:
@@ -40,21 +102,15 @@ class GroupCommitter:
         delay: float,
         max_ops: int,
         timeout: float,
-        coalesce: bool = True,
+        flush_timeout: float,
+        buffer: WriteBuffer | None = None,
     ) -> None:
         self._store = store
         self._delay = delay
         self._max_ops = max_ops
         self._timeout = timeout
-        self._coalesce = coalesce
-        # Coalescing: the latest value per key, and the keys in submission order. Batches
-        # are taken from the order, never by iterating the dict: iteration would walk
-        # every slot the dict ever filled, and after a fleet's first full reports
-        # (hundreds of thousands of keys) that cost every later commit about a
-        # millisecond (profiled at 100,000 hosts: 1.5 % of the replica's CPU).
-        self._pending: dict[str, bytes | None] = {}
-        self._order: collections.deque[str] = collections.deque()
-        self._queue: collections.deque[tuple[str, bytes | None]] = collections.deque()
+        self._flush_timeout = flush_timeout
+        self._buffer: WriteBuffer = CoalescingBuffer() if buffer is None else buffer
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -64,72 +120,42 @@ class GroupCommitter:
 
     def submit(self, key: str, value: bytes | None) -> None:
         """Queue a put (``value``) or a delete (``None``) of ``key``."""
-        if self._coalesce:
-            if key not in self._pending:
-                self._order.append(key)
-            self._pending[key] = value
-        else:
-            self._queue.append((key, value))
+        self._buffer.add(key, value)
         self._idle.clear()
         self._wakeup.set()
 
     @property
     def backlog(self) -> int:
-        return len(self._pending) + len(self._queue)
+        """Writes submitted and not yet committed (a batch in flight excluded)."""
+        return len(self._buffer)
 
     async def flushed(self, *, timeout: float) -> None:
         """Wait until everything submitted so far is committed."""
         async with asyncio.timeout(timeout):
             await self._idle.wait()
 
-    def _take_batch(self) -> list[tuple[str, bytes | None]]:
-        batch: list[tuple[str, bytes | None]] = []
-        if not self._coalesce:
-            keys: set[str] = set()
-            while self._queue and len(batch) < self._max_ops and self._queue[0][0] not in keys:
-                key, value = self._queue.popleft()
-                keys.add(key)
-                batch.append((key, value))
-            return batch
-        pending, order = self._pending, self._order
-        for _ in range(min(self._max_ops, len(order))):
-            key = order.popleft()
-            batch.append((key, pending.pop(key)))
-        if not pending:
-            # A dict does not shrink as keys are popped: start a fresh one once drained,
-            # so nothing keeps a burst's table.
-            self._pending = {}
-        return batch
-
-    def _put_back(self, batch: list[tuple[str, bytes | None]]) -> None:
-        if not self._coalesce:
-            self._queue.extendleft(reversed(batch))
-            return
-        for key, value in reversed(batch):
-            if key not in self._pending:  # else a newer value was submitted meanwhile
-                self._pending[key] = value
-                self._order.appendleft(key)
-
-    async def _commit(self, batch: list[tuple[str, bytes | None]]) -> None:
+    async def _commit(self, batch: list[Write], *, timeout: float) -> None:
         ops = [Op.put(k, v) if v is not None else Op.delete(k) for k, v in batch]
-        await self._store.txn(compares=(), success=ops, timeout=self._timeout)
+        await self._store.txn(compares=(), success=ops, timeout=timeout)
         self.ops_committed += len(ops)
         self.txns_committed += 1
 
     async def run(self) -> None:
+        """Commit what is submitted until cancelled; then flush it all (module docstring)."""
         backoff = Backoff(initial=0.05, maximum=2.0)
+        buffer = self._buffer
         try:
             while True:
                 await self._wakeup.wait()
                 self._wakeup.clear()
                 if self._delay:
                     await asyncio.sleep(self._delay)
-                while self._pending or self._queue:
-                    batch = self._take_batch()
+                while buffer:
+                    batch = buffer.take(self._max_ops)
                     try:
-                        await self._commit(batch)
+                        await self._commit(batch, timeout=self._timeout)
                     except StoreError as exc:
-                        self._put_back(batch)
+                        buffer.put_back(batch)
                         delay = backoff.next()
                         log.warning(
                             "host-status commit of %d ops failed (%s); retrying in %.2fs",
@@ -138,23 +164,50 @@ class GroupCommitter:
                             delay,
                         )
                         await asyncio.sleep(delay)
+                    except BaseException:
+                        buffer.put_back(batch)  # cancelled mid-commit: write it again below
+                        raise
                     else:
                         backoff.reset()
-                if not self._pending and not self._queue:
+                if not buffer:
                     self._idle.set()
         finally:
-            await self._final_flush()
+            await self._flush_all()
 
-    async def _final_flush(self) -> None:
-        # Best effort on shutdown: one bounded attempt, shielded from our own cancellation.
-        if not self._pending and not self._queue:
+    async def _flush_all(self) -> None:
+        """Commit every pending write, retrying, for at most ``flush_timeout`` seconds."""
+        buffer = self._buffer
+        if not buffer:
             return
-        batch = self._take_batch()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._flush_timeout
+        backoff = Backoff(initial=0.05, maximum=1.0)
+        written, why = 0, f"not written within {self._flush_timeout:g} s"
+        log.info("flushing %d host-status writes before stopping", len(buffer))
         try:
-            await asyncio.shield(self._commit(batch))
-        except (StoreError, asyncio.CancelledError) as exc:
-            log.warning(
-                "dropping %d uncommitted host-status writes at shutdown: %r",
-                len(batch) + self.backlog,
-                exc,
-            )
+            while buffer and (remaining := deadline - loop.time()) > 0:
+                batch = buffer.take(self._max_ops)
+                try:
+                    await self._commit(batch, timeout=min(self._timeout, remaining))
+                except StoreError as exc:
+                    buffer.put_back(batch)
+                    why = f"not written within {self._flush_timeout:g} s; last error: {exc}"
+                    await asyncio.sleep(min(backoff.next(), max(0.0, deadline - loop.time())))
+                except BaseException:
+                    buffer.put_back(batch)
+                    why = "the flush was cancelled (forced exit)"
+                    raise
+                else:
+                    written += len(batch)
+                    backoff.reset()
+        finally:
+            if buffer:
+                log.warning(
+                    "stopping with %d host-status writes lost (%d written): %s",
+                    len(buffer),
+                    written,
+                    why,
+                )
+            else:
+                self._idle.set()
+                log.info("flushed %d host-status writes", written)

@@ -21,8 +21,9 @@ Report handling, by case:
 * a DELTA heartbeat lists changed reports only; pools it does not list are
   unchanged; ``removed_pool_ids`` are handled like omissions in a full one.
 
-``naive=True`` writes every report on every heartbeat, as upstream does; it
-exists only as the benchmark's baseline.
+What counts as material is ``materiality_rule`` (default
+:func:`qvdc.kits.materiality.is_material_change`); the benchmark's naive
+baseline passes one that says yes to every report, as upstream writes them.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ from qvdc.domain.model import Health, HostPoolStatus, NodeId, PoolId, PoolReport
 from qvdc.engines.committer import GroupCommitter
 from qvdc.engines.liveness import LivenessMonitor
 from qvdc.engines.view import ClusterView
-from qvdc.kits.materiality import ReportLike, is_material_change
+from qvdc.kits import materiality
+from qvdc.kits.materiality import ReportLike
 from qvdc.kits.nested import discard_nested
 from qvdc.kits.timing import Clock
 from qvdc.settings import HeartbeatSettings
@@ -56,6 +58,14 @@ class IncomingReport(ReportLike, Protocol):
 
     @property
     def pool_id(self) -> str: ...
+
+
+class MaterialityRule(Protocol):
+    """Whether ``new`` differs enough from ``old`` (None: nothing written yet) to be written."""
+
+    def __call__(
+        self, old: ReportLike | None, new: ReportLike, *, fraction: float, min_bytes: int
+    ) -> bool: ...
 
 
 ReportConverter = Callable[[Any, PoolId], PoolReport]
@@ -87,14 +97,14 @@ class HeartbeatIntake:
         monitor: LivenessMonitor,
         settings: HeartbeatSettings,
         clock: Clock,
-        naive: bool = False,
+        materiality_rule: MaterialityRule = materiality.is_material_change,
     ) -> None:
         self._view = view
         self._committer = committer
         self._monitor = monitor
         self._settings = settings
         self._clock = clock
-        self._naive = naive
+        self._is_material_change = materiality_rule
         # node -> pool -> what we wrote (or queued) at hoststatus/<pool>/<node> and the
         # view has not seen yet: the cache lags the committer. Dropped once the watch brings
         # those very bytes back, so in the steady state each row is held once, decoded, by
@@ -220,7 +230,7 @@ class HeartbeatIntake:
         else:
             stored = rows.get(pool_id)
             previous = stored.report if stored is not None else None
-        return self._naive or is_material_change(
+        return self._is_material_change(
             previous,
             report,
             fraction=self._settings.material_capacity_fraction,

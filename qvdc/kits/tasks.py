@@ -58,3 +58,20 @@ async def cancel_and_wait(*tasks: asyncio.Task[Any]) -> None:
     for t in tasks:
         if not t.cancelled():
             t.exception()  # retrieved: a failure was already logged by guard()
+
+
+async def first_of(*coros: Coroutine[Any, Any, Any]) -> None:
+    """Run ``coros`` as tasks until one of them ends; cancel the others and wait for them.
+
+    Raises what the first one to end raised. Cancelling the caller cancels them all.
+    """
+    racers = [asyncio.ensure_future(c) for c in coros]
+    try:
+        done, _ = await asyncio.wait(racers, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        await cancel_and_wait(*racers)
+    for t in racers:
+        if t in done and not t.cancelled():
+            exc = t.exception()
+            if exc is not None:
+                raise exc

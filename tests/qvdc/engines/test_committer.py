@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sys
 from collections.abc import AsyncIterator
 
-from qvdc.engines.committer import GroupCommitter
+import pytest
+
+from qvdc.engines.committer import CoalescingBuffer, GroupCommitter
 from qvdc.kits import tasks
 from qvdc.store.etcd import EtcdStore
 from tests.fixtures.etcd import FaultyStore
@@ -25,6 +28,12 @@ async def running(committer: GroupCommitter) -> AsyncIterator[GroupCommitter]:
         await tasks.cancel_and_wait(task)
 
 
+async def until_called(faulty: FaultyStore, name: str) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        while name not in faulty.calls:  # noqa: ASYNC110 - polling the fault injector's log
+            await asyncio.sleep(0.01)
+
+
 async def values(store: EtcdStore, prefix: str) -> dict[str, bytes]:
     kvs, _ = await store.get_prefix(prefix, timeout=TIMEOUT)
     return {kv.key: kv.value for kv in kvs}
@@ -33,7 +42,9 @@ async def values(store: EtcdStore, prefix: str) -> dict[str, bytes]:
 async def test_a_key_submitted_twice_is_written_once_with_its_last_value(
     store: EtcdStore,
 ) -> None:
-    committer = GroupCommitter(store=store, delay=0.01, max_ops=128, timeout=TIMEOUT)
+    committer = GroupCommitter(
+        store=store, delay=0.01, max_ops=128, timeout=TIMEOUT, flush_timeout=TIMEOUT
+    )
     committer.submit("hs/a", b"1")
     committer.submit("hs/a", b"2")
     committer.submit("hs/b", b"x")
@@ -46,16 +57,19 @@ async def test_a_key_submitted_twice_is_written_once_with_its_last_value(
 async def test_more_than_max_ops_go_in_several_transactions_in_submission_order(
     store: EtcdStore,
 ) -> None:
-    committer = GroupCommitter(store=store, delay=0.01, max_ops=128, timeout=TIMEOUT)
+    buffer = CoalescingBuffer()
+    committer = GroupCommitter(
+        store=store, delay=0.01, max_ops=128, timeout=TIMEOUT, flush_timeout=TIMEOUT, buffer=buffer
+    )
     for i in range(300):
         committer.submit(f"hs/{i:03d}", str(i).encode())
     committer.submit("hs/000", None)  # a delete of a key not yet written: still one op
-    first = committer._take_batch()
+    first = buffer.take(128)
     assert [key for key, _ in first] == [f"hs/{i:03d}" for i in range(128)]
     assert first[0] == ("hs/000", None)
-    committer._put_back(first)  # as after a failed commit: back at the front, in order
-    assert committer._take_batch() == first
-    committer._put_back(first)
+    buffer.put_back(first)  # as after a failed commit: back at the front, in order
+    assert buffer.take(128) == first
+    buffer.put_back(first)
     async with running(committer):
         await committer.flushed(timeout=TIMEOUT)
     stored = await values(store, "hs/")
@@ -66,11 +80,14 @@ async def test_more_than_max_ops_go_in_several_transactions_in_submission_order(
 async def test_a_failed_commit_is_retried_and_a_newer_value_wins(store: EtcdStore) -> None:
     faulty = FaultyStore(store)
     faulty.fail("txn", times=2)
-    committer = GroupCommitter(store=faulty, delay=0.01, max_ops=128, timeout=TIMEOUT)
+    buffer = CoalescingBuffer()
+    committer = GroupCommitter(
+        store=faulty, delay=0.01, max_ops=128, timeout=TIMEOUT, flush_timeout=TIMEOUT, buffer=buffer
+    )
     committer.submit("hs/a", b"old")
-    in_flight = committer._take_batch()  # as a commit attempt takes it
+    in_flight = buffer.take(128)  # as a commit attempt takes it
     committer.submit("hs/a", b"new")  # submitted while that attempt is in flight
-    committer._put_back(in_flight)  # the attempt failed
+    buffer.put_back(in_flight)  # the attempt failed
     async with running(committer):  # two more attempts fail, the third succeeds
         await committer.flushed(timeout=TIMEOUT)
     assert await values(store, "hs/") == {"hs/a": b"new"}
@@ -81,11 +98,93 @@ async def test_the_pending_table_does_not_keep_a_bursts_size(store: EtcdStore) -
     """A dict never shrinks as keys are popped, and iterating it walks every slot it ever
     filled: batches taken by iterating one long-lived dict made every commit after a
     fleet's first full reports walk that burst's table again (about a millisecond each)."""
-    committer = GroupCommitter(store=store, delay=0, max_ops=128, timeout=TIMEOUT)
+    buffer = CoalescingBuffer()
     for i in range(50_000):
-        committer.submit(f"hs/{i}", b"v")
-    while committer.backlog:
-        committer._take_batch()
-    committer.submit("hs/late", b"v")
-    assert sys.getsizeof(committer._pending) == sys.getsizeof({"hs/late": b"v"})  # not 2.6 MB
-    assert committer._take_batch() == [("hs/late", b"v")]
+        buffer.add(f"hs/{i}", b"v")
+    while buffer:
+        buffer.take(128)
+    buffer.add("hs/late", b"v")
+    assert sys.getsizeof(buffer._pending) == sys.getsizeof({"hs/late": b"v"})  # not 2.6 MB
+    assert buffer.take(128) == [("hs/late", b"v")]
+
+
+# ---------------------------------------------------------------- shutdown
+
+
+async def test_cancelled_with_1000_pending_it_writes_all_of_them(store: EtcdStore) -> None:
+    committer = GroupCommitter(
+        store=store, delay=1.0, max_ops=128, timeout=TIMEOUT, flush_timeout=TIMEOUT
+    )
+    task = asyncio.create_task(committer.run(), name="committer")
+    for i in range(1000):
+        committer.submit(f"hs/{i:04d}", str(i).encode())
+    await asyncio.sleep(0.05)  # the committer is waiting out its delay
+    assert committer.backlog == 1000 and committer.ops_committed == 0
+    await tasks.cancel_and_wait(task)
+    assert task.cancelled()  # the cancellation was not swallowed
+    assert await values(store, "hs/") == {f"hs/{i:04d}": str(i).encode() for i in range(1000)}
+    assert (committer.ops_committed, committer.txns_committed) == (1000, 8)  # 7 x 128 + 104
+
+
+async def test_a_batch_in_flight_when_cancelled_is_written_by_the_flush(store: EtcdStore) -> None:
+    faulty = FaultyStore(store)
+    faulty.hang("txn")
+    committer = GroupCommitter(
+        store=faulty, delay=0, max_ops=128, timeout=TIMEOUT, flush_timeout=TIMEOUT
+    )
+    task = asyncio.create_task(committer.run(), name="committer")
+    for i in range(200):
+        committer.submit(f"hs/{i:03d}", b"v")
+    await until_called(faulty, "txn")  # the first batch of 128 is in flight, hung
+    assert committer.backlog == 72
+    task.cancel()
+    faulty.heal()
+    await tasks.cancel_and_wait(task)
+    assert len(await values(store, "hs/")) == 200
+
+
+async def test_what_the_flush_bound_leaves_is_logged_with_its_count(
+    store: EtcdStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    faulty = FaultyStore(store)
+    committer = GroupCommitter(store=faulty, delay=1.0, max_ops=128, timeout=0.2, flush_timeout=0.5)
+    task = asyncio.create_task(committer.run(), name="committer")
+    for i in range(1000):
+        committer.submit(f"hs/{i:04d}", b"v")
+    await asyncio.sleep(0.05)
+    faulty.hang("txn")  # etcd stalls: every commit times out
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with caplog.at_level(logging.WARNING, logger="qvdc.engines.committer"):
+        await tasks.cancel_and_wait(task)
+    assert loop.time() - started < 0.5 + 1.0  # the bound, plus a commit's timeout at most
+    assert task.cancelled()
+    lost = [r for r in caplog.records if "lost" in r.getMessage()]
+    assert len(lost) == 1 and lost[0].levelno == logging.WARNING
+    assert "1000 host-status writes lost" in lost[0].getMessage()
+    assert committer.backlog == 1000
+    assert await values(store, "hs/") == {}
+
+
+async def test_a_second_cancellation_stops_the_flush_and_logs_what_is_left(
+    store: EtcdStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    faulty = FaultyStore(store)
+    committer = GroupCommitter(
+        store=faulty, delay=1.0, max_ops=128, timeout=TIMEOUT, flush_timeout=60
+    )
+    task = asyncio.create_task(committer.run(), name="committer")
+    for i in range(300):
+        committer.submit(f"hs/{i:03d}", b"v")
+    await asyncio.sleep(0.05)
+    faulty.hang("txn")
+    task.cancel()  # the flush starts, and hangs in its first commit
+    await until_called(faulty, "txn")
+    with caplog.at_level(logging.WARNING, logger="qvdc.engines.committer"):
+        task.cancel()  # forced: give up the flush at once
+        await asyncio.wait({task}, timeout=2.0)
+    assert task.cancelled()
+    assert any(
+        "300 host-status writes lost" in r.getMessage() and "forced" in r.getMessage()
+        for r in caplog.records
+    )
