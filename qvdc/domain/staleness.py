@@ -158,20 +158,6 @@ def classify(
     )
 
 
-def mark_offline(
-    *, records: Mapping[NodeId, Liveness], node_ids: tuple[NodeId, ...]
-) -> dict[NodeId, Liveness]:
-    """Return a copy of ``records`` with ``node_ids`` set ``live=False`` (``last_seen`` kept).
-
-    Ids absent from ``records`` are ignored.
-    """
-    offline = frozenset(node_ids)
-    return {
-        node_id: replace(record, live=False) if node_id in offline else record
-        for node_id, record in records.items()
-    }
-
-
 def reset_after_outage(*, records: Mapping[NodeId, Liveness], now: float) -> dict[NodeId, Liveness]:
     """Return a copy of ``records`` with every ``last_seen`` set to ``now`` (``live`` kept).
 

@@ -202,15 +202,6 @@ def test_observe_heartbeat(record: Liveness | None, now: float, expected_last_se
     )
 
 
-def test_mark_offline_keeps_last_seen_and_others() -> None:
-    records = records_of(a=10.0, b=20.0)
-    marked = staleness.mark_offline(records=records, node_ids=(NodeId("a"), NodeId("zz")))
-    assert marked == {
-        NodeId("a"): Liveness(NodeId("a"), 10.0, False),
-        NodeId("b"): Liveness(NodeId("b"), 20.0, True),
-    }
-
-
 def test_reset_after_outage_gives_everyone_a_fresh_grace() -> None:
     records = records_of(a=100.0, b=200.0, c=None)
     reset = staleness.reset_after_outage(records=records, now=5000.0)
