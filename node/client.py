@@ -40,6 +40,7 @@ import grpclib.exceptions
 
 from node import convert, hostfacts
 from protos.limiquantix.compute import v1 as compute
+from qvdc.transport import streams
 
 _STREAM_HEARTBEAT = "/limiquantix.compute.v1.NodeService/StreamHeartbeat"
 
@@ -269,32 +270,24 @@ class ControllerClient:
         stub = self._stub()
         # Long-lived call: no overall deadline (timeout=None) by design; every
         # send below and every acknowledgement in the heartbeat loop is bounded.
-        call = stub.channel.request(
+        # open_stream never waits for trailers on exit (the stream never ends normally).
+        async with streams.open_stream(
+            stub.channel,
             _STREAM_HEARTBEAT,
-            grpclib.const.Cardinality.STREAM_STREAM,
-            compute.UpdateHeartbeatRequest,
-            compute.UpdateHeartbeatResponse,
+            cardinality=grpclib.const.Cardinality.STREAM_STREAM,
+            request_type=compute.UpdateHeartbeatRequest,
+            reply_type=compute.UpdateHeartbeatResponse,
             timeout=None,
-        )
-        # Entered and exited by hand: leaving a grpclib Stream normally makes it
-        # wait for the server's trailers, which a heartbeat stream never sends,
-        # so we always leave it "with an error", which resets it without waiting.
-        await call.__aenter__()
-        stream = HeartbeatStream(client=self, call=call, timeout=self._rpc_timeout)
-        try:
-            with self._map_errors("StreamHeartbeat"):
-                async with asyncio.timeout(self._rpc_timeout):
-                    await call.send_request()
-            stream.opened = True
-            yield stream
-        finally:
-            await stream.abort()
-            closed = _StreamClosed()
-            await call.__aexit__(_StreamClosed, closed, None)
-
-
-class _StreamClosed(Exception):
-    """Marker passed to a grpclib Stream's ``__aexit__`` to close it without waiting."""
+        ) as call:
+            stream = HeartbeatStream(client=self, call=call, timeout=self._rpc_timeout)
+            try:
+                with self._map_errors("StreamHeartbeat"):
+                    async with asyncio.timeout(self._rpc_timeout):
+                        await call.send_request()
+                stream.opened = True
+                yield stream
+            finally:
+                await stream.abort()
 
 
 class HeartbeatStream:
@@ -368,12 +361,9 @@ class HeartbeatStream:
 
         A server that refuses a call (NOT_FOUND, UNIMPLEMENTED) sends its status
         and resets the stream; grpclib then reports only the reset to whoever
-        is waiting. ``Stream.__aexit__`` recovers the status with the private
-        ``_maybe_raise`` (grpclib 0.4.9, pinned); we need it before the exit.
+        is waiting (see :func:`qvdc.transport.streams.raise_status`).
         """
-        maybe_raise = getattr(self._call, "_maybe_raise", None)
-        if maybe_raise is not None:
-            maybe_raise()
+        streams.raise_status(self._call)
 
     async def abort(self) -> None:
         """Reset the call if it is still open (best effort, bounded, never raises)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 import sys
 from collections.abc import Sequence
@@ -11,9 +10,7 @@ from pathlib import Path
 
 import uvloop
 
-from qvdc import app
-from qvdc.kits import lean_grpclib
-from qvdc.kits.collector import CollectorPolicy
+from qvdc import app, runtime
 from qvdc.settings import (
     ControllerSettings,
     EtcdSettings,
@@ -90,33 +87,8 @@ def main(
     except SettingsError as exc:
         print(f"qvdc: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
-    tune_process()
+    runtime.tune_process()
     raise SystemExit(uvloop.run(app.main(settings, factory=factory)))
-
-
-def tune_process() -> None:
-    """What a replica's process sets before it starts: the collector (``tune_gc``) and
-    grpclib's per-stream primitives (``qvdc.kits.lean_grpclib``: 6 KB less per host)."""
-    tune_gc()
-    lean_grpclib.install()
-
-
-def tune_gc() -> None:
-    """Collect young objects less often, so fewer short-lived ones reach the old generation.
-
-    A replica holds millions of long-lived objects (the watch cache, one stream per
-    node). With CPython's default thresholds (700, 10, 10) every young collection
-    promotes the objects of the heartbeats in flight, and a full collection (about
-    40 ms per 100,000 tracked objects, measured) followed every few seconds at
-    10,000 nodes: latency and aggregation-lag spikes of a second. A first
-    generation of 50,000 objects makes promotions, and so full collections, about
-    70 times rarer; each young collection stays a millisecond or two.
-
-    What survives a full collection is then frozen (``qvdc.kits.collector``), so the
-    next full collection visits only what was allocated since, not the whole fleet.
-    """
-    gc.set_threshold(50_000, 20, 10)
-    CollectorPolicy().install()
 
 
 if __name__ == "__main__":

@@ -44,7 +44,6 @@ from typing import Any, Protocol
 from grpclib.config import Configuration
 from grpclib.server import Server
 
-from qvdc.api import convert
 from qvdc.api.node_service import NodeService
 from qvdc.api.pool_service import StoragePoolService
 from qvdc.engines.aggregator import Aggregator
@@ -61,6 +60,7 @@ from qvdc.kits.timing import Clock, SystemClock
 from qvdc.settings import ControllerSettings, GrpcSettings
 from qvdc.store.embedded import EmbeddedEtcd
 from qvdc.store.etcd import EtcdStore
+from qvdc.transport import heartbeat_codec
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ class Controller:
         )
         self.server = Server(
             [self.node_service, self.pool_service],
-            codec=convert.server_codec(),
+            codec=heartbeat_codec.server_codec(),
             config=server_configuration(settings.grpc),
         )
         #: The bound port (``GrpcSettings.port`` 0 picks a free one); 0 until serving.

@@ -14,9 +14,12 @@ coroutine tests: it is then set up before the test's other fixtures and torn
 down after them, inside the test's own event loop (pytest-asyncio 1.x gives
 each test a function-scoped loop), and sync tests pay nothing.
 
-The controller process runs grpclib with ``qvdc.kits.lean_grpclib`` installed
-(``qvdc.__main__.tune_process``); so does the suite, so that every in-process
-server and client in it exercises the primitives production uses.
+The controller process runs grpclib with ``qvdc.transport.lean_grpclib``
+installed (``qvdc.runtime.tune_process``), the node daemon never does. So the
+autouse fixture ``grpclib_primitives`` installs it for every test, so that
+in-process controllers exercise the primitives production uses, and
+``tests/node/conftest.py`` overrides it with stock grpclib for the node daemon's
+tests. The patch is a per-test state, never an import-time one.
 
 Subdirectories add their own ``conftest.py`` files for their fixtures.
 """
@@ -25,18 +28,23 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from qvdc.kits import lean_grpclib
-
-assert lean_grpclib.install(), "grpclib.protocol changed: review qvdc.kits.lean_grpclib"
+from qvdc.transport import lean_grpclib
 
 pytest_plugins = ("tests.fixtures.etcd",)
 
 _TASK_GRACE = 1.0
 """Seconds leftover tasks get to finish before the test is failed."""
+
+
+@pytest.fixture(autouse=True)
+def grpclib_primitives() -> Iterator[None]:
+    """grpclib as the controller runs it: with the lean per-stream primitives."""
+    assert lean_grpclib.install(), "grpclib.protocol changed: review qvdc.transport.lean_grpclib"
+    yield
 
 
 @pytest.fixture(autouse=True)

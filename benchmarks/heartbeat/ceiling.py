@@ -96,14 +96,11 @@ class CeilingService:
         await stream.send_message(self._ack(request, with_pools=True))
 
 
-def controller_codec() -> CodecBase | None:
-    """The codec the controller's server uses (None: grpclib's default, betterproto2)."""
-    try:
-        from qvdc.api import convert
-    except ImportError:  # pragma: no cover - the controller is part of this repo
-        return None
-    factory = getattr(convert, "server_codec", None)
-    return factory() if factory is not None else None
+def controller_codec() -> CodecBase:
+    """The codec the controller's server uses."""
+    from qvdc.transport import heartbeat_codec
+
+    return heartbeat_codec.server_codec()
 
 
 async def serve(host: str, port: int, fixture: Path, codec_name: str, interval: int) -> None:
@@ -127,11 +124,11 @@ async def serve(host: str, port: int, fixture: Path, codec_name: str, interval: 
 
 def tune_like_the_controller() -> None:
     """The controller process tunes CPython's collector and grpclib's per-stream
-    primitives (``qvdc.__main__.tune_process``); so does the ceiling, so that the two
+    primitives (``qvdc.runtime.tune_process``); so does the ceiling, so that the two
     compare like with like."""
-    from qvdc.__main__ import tune_process
+    from qvdc import runtime
 
-    tune_process()
+    runtime.tune_process()
 
 
 def main() -> None:

@@ -7,6 +7,9 @@ betterproto2, and per heartbeat only the varying fields are appended with the
 few lines of protobuf encoding below. ``tests/benchmarks`` checks that the
 result is byte-for-byte what ``bytes(UpdateHeartbeatRequest(...))`` produces,
 so the controller receives exactly what a betterproto2 client would send.
+Varints are read and written by :mod:`qvdc.transport.wire`, their one home:
+betterproto2, not the controller, is the reference both are checked against, so
+sharing the code hides no disagreement with the protocol.
 
 Responses are not decoded into messages either: :func:`scan_response` walks
 the top-level fields and picks out the three the generator needs
@@ -23,6 +26,10 @@ from typing import Any
 from grpclib.encoding.base import CodecBase
 
 from protos.limiquantix.compute import v1 as compute
+from qvdc.transport import wire as protobuf_wire
+
+varint = protobuf_wire.write_varint
+_read_varint = protobuf_wire.read_varint
 
 
 class RawCodec(CodecBase):
@@ -35,20 +42,6 @@ class RawCodec(CodecBase):
 
     def decode(self, data: bytes, message_type: Any) -> Any:
         return data
-
-
-def varint(value: int) -> bytes:
-    """Protobuf base-128 varint of a non-negative int (negative int64: two's complement)."""
-    if value < 0:
-        value += 1 << 64
-    if value < 0x80:
-        return bytes((value,))
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 def _tag(number: int, wire_type: int) -> bytes:
@@ -165,18 +158,6 @@ class ResponseView:
     request_full_sync: bool
     unsolicited: bool
     assigned_pools: int
-
-
-def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
-    result = 0
-    shift = 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result, pos
-        shift += 7
 
 
 def scan_response(data: bytes) -> ResponseView:

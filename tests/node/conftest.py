@@ -12,13 +12,17 @@ unsolicited response at an exact moment, asking for a full sync.
 ``eventually``: wait (with a deadline) for a condition to hold.
 
 ``node_settings``: NodeSettings with test-friendly intervals on ``tmp_path``.
+
+``grpclib_primitives`` (autouse) overrides the root conftest's: the node daemon
+never installs ``qvdc.transport.lean_grpclib``, so its tests, the scripted
+controller's server included, run on stock grpclib.
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +35,7 @@ from node import app as app_mod
 from node import settings as settings_mod
 from protos.limiquantix.compute import v1 as compute
 from protos.limiquantix.storage import v1 as storage
+from qvdc.transport import lean_grpclib
 
 STREAM_ROUTE = "/limiquantix.compute.v1.NodeService/StreamHeartbeat"
 
@@ -47,6 +52,13 @@ def local_dir_pool(pool_id: str, *, path: str = "", name: str = "") -> storage.S
             )
         ),
     )
+
+
+@pytest.fixture(autouse=True)
+def grpclib_primitives() -> Iterator[None]:
+    """grpclib as the node daemon runs it: stock (the lean primitives uninstalled)."""
+    lean_grpclib.uninstall()
+    yield
 
 
 class ScriptedController(compute.NodeServiceBase):

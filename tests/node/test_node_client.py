@@ -2,21 +2,26 @@
 
 Error mapping, endpoint failover (a closed port first, a controller dying
 mid-run), channel recreation after repeated failures, retrying until a
-controller appears, and re-registration when the controller answers
-NOT_FOUND for the node id.
+controller appears, re-registration when the controller answers NOT_FOUND for
+the node id, and the status of a refused heartbeat stream. All on stock grpclib,
+as the node daemon runs it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import logging
 
 import grpclib.const
+import grpclib.protocol
 import pytest
 from grpclib.exceptions import GRPCError
 
-from node import app, client, hostfacts, settings
+from node import app, client, convert, hostfacts, settings
 
 FACTS = hostfacts.HostFacts(hostname="host-a")
+HEARTBEAT = convert.Heartbeat(node_id="n1", sequence=1, delta=False, pools=())
 LOG = logging.getLogger("test")
 
 
@@ -191,3 +196,38 @@ async def test_stream_ended_by_the_controller_reconnects_or_reregisters(
     controller.end_streams = True
     await eventually(lambda: len(controller.register_requests) == 2, what="registered again")
     await eventually(lambda: node.status().node_id == "node-host-a-2", what="new id adopted")
+
+
+async def test_the_node_tests_run_on_stock_grpclib(controller):
+    """The node daemon never installs qvdc.transport.lean_grpclib, so its tests do not
+    either (tests/node/conftest.py), although the controller-side tests do."""
+    assert grpclib.protocol.Event is asyncio.Event
+    assert grpclib.protocol.Queue is asyncio.Queue
+    assert grpclib.protocol.deque is collections.deque
+
+
+async def test_a_refused_stream_raises_the_controller_s_status(controller):
+    """A stream the controller refuses (NOT_FOUND) ends in NodeUnknown, an upstream
+    controller without StreamHeartbeat (UNIMPLEMENTED) in Rejected, never in a bare
+    disconnect; and leaving the stream never waits for trailers."""
+    c = make_client(controller.endpoint)
+    try:
+        async with asyncio.timeout(5), c.heartbeat_stream() as stream:
+            await stream.send(HEARTBEAT)
+            with pytest.raises(client.NodeUnknown):
+                await stream.recv()
+        controller.stream_unimplemented = True
+        async with asyncio.timeout(5), c.heartbeat_stream() as stream:
+            with pytest.raises(client.Rejected) as info:
+                await stream.send(HEARTBEAT)
+                await stream.recv()
+        assert info.value.unimplemented
+        controller.stream_unimplemented = False
+        controller.known.add("n1")
+        async with asyncio.timeout(5), c.heartbeat_stream() as stream:
+            await stream.send(HEARTBEAT)
+            reply = await stream.recv()
+            assert reply is not None
+        assert controller.requests[-1].node_id == "n1"
+    finally:
+        c.close()

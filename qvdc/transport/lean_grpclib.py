@@ -14,7 +14,13 @@ but allocate their waiter lists on first wait, in slots, as plain lists (a
 stream has at most one or two waiters). It touches only that module, checks
 that the names are still the asyncio originals it was written against, and
 does nothing (logging why) otherwise. The controller installs it at start-up
-(``qvdc.__main__``); the lever belongs upstream, in grpclib.
+(``qvdc.runtime.tune_process``); the node daemon never does. The lever belongs
+upstream, in grpclib.
+
+The private dependency is how ``grpclib.protocol`` uses those three names: which
+methods and attributes it calls on the objects it builds from them.
+tests/qvdc/transport/test_lean_grpclib.py scans that module's source and fails
+if it uses anything the lean classes do not provide.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ import asyncio
 import logging
 from collections import deque
 from typing import Any, Generic, TypeVar
+
+import grpclib.protocol
 
 log = logging.getLogger(__name__)
 
@@ -138,31 +146,39 @@ class LeanDeque(list[Any]):
         return self.pop(0)
 
 
-_ORIGINALS: dict[str, Any] = {"Event": asyncio.Event, "Queue": asyncio.Queue, "deque": deque}
-_LEAN: dict[str, Any] = {"Event": LeanEvent, "Queue": LeanQueue, "deque": LeanDeque}
+ORIGINALS: dict[str, Any] = {"Event": asyncio.Event, "Queue": asyncio.Queue, "deque": deque}
+"""The names in ``grpclib.protocol`` this module replaces, and what they are in grpclib."""
+
+LEAN: dict[str, Any] = {"Event": LeanEvent, "Queue": LeanQueue, "deque": LeanDeque}
+"""What :func:`install` points each of those names at."""
+
+
+def _current() -> dict[str, Any]:
+    return {name: getattr(grpclib.protocol, name, None) for name in ORIGINALS}
+
+
+def installed() -> bool:
+    """True if ``grpclib.protocol`` uses the lean primitives."""
+    return _current() == LEAN
 
 
 def install() -> bool:
     """Use the lean primitives in ``grpclib.protocol``; True if they are in use."""
-    import grpclib.protocol as protocol
-
-    current = {name: getattr(protocol, name, None) for name in _ORIGINALS}
-    if current == _LEAN:
+    current = _current()
+    if current == LEAN:
         return True
-    if current != _ORIGINALS:
+    if current != ORIGINALS:
         log.warning(
             "grpclib.protocol no longer uses %s as expected; keeping its own primitives",
-            ", ".join(sorted(_ORIGINALS)),
+            ", ".join(sorted(ORIGINALS)),
         )
         return False
-    for name, lean in _LEAN.items():
-        setattr(protocol, name, lean)
+    for name, lean in LEAN.items():
+        setattr(grpclib.protocol, name, lean)
     return True
 
 
 def uninstall() -> None:
     """Put asyncio's own primitives back (for tests)."""
-    import grpclib.protocol as protocol
-
-    for name, original in _ORIGINALS.items():
-        setattr(protocol, name, original)
+    for name, original in ORIGINALS.items():
+        setattr(grpclib.protocol, name, original)

@@ -1,16 +1,23 @@
 """The lean grpclib primitives behave as asyncio's, cost less, and carry real streams.
 
-The suite runs with them installed (``tests/conftest.py``); these tests pin the
-asyncio semantics grpclib relies on (a property test runs the same operations on
-``asyncio.Queue`` and ``LeanQueue``), the memory they save, and a real stream whose
-messages exceed the HTTP/2 flow-control window, so that grpclib waits on
-``window_updated`` and its receive buffer holds several DATA chunks per message.
+The controller-side tests run with them installed (``tests/conftest.py``); these
+tests pin the asyncio semantics grpclib relies on (a property test runs the same
+operations on ``asyncio.Queue`` and ``LeanQueue``), the memory they save, a real
+stream whose messages exceed the HTTP/2 flow-control window (so that grpclib waits
+on ``window_updated`` and its receive buffer holds several DATA chunks per message),
+and the contract with grpclib: a scan of ``grpclib.protocol``'s source finds every
+method and attribute it uses on the objects it builds from the replaced names, and
+each must exist on the lean class.
 """
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import inspect
 import logging
+import socket
+import textwrap
 import tracemalloc
 from collections.abc import Callable
 from typing import Any
@@ -24,9 +31,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from protos.limiquantix.compute import v1 as compute
-from qvdc.api import convert
-from qvdc.kits import lean_grpclib
-from qvdc.kits.lean_grpclib import LeanDeque, LeanEvent, LeanQueue
+from qvdc.transport import heartbeat_codec, lean_grpclib
+from qvdc.transport.lean_grpclib import LeanDeque, LeanEvent, LeanQueue
 
 # --- Event ---------------------------------------------------------------------------
 
@@ -206,6 +212,109 @@ def test_install_is_idempotent_and_refuses_a_changed_grpclib(
         assert _in_grpclib("Queue") is original
 
 
+# --- the contract with grpclib.protocol -----------------------------------------------
+
+
+def _uses_of_replaced_names(source: str, names: set[str]) -> dict[str, set[str]]:
+    """For each name in ``names``: what ``source`` does with the objects it builds from it.
+
+    An object is recognised where it is built, ``<x>.<attr> = Name(...)``; each later
+    ``<y>.<attr>.<member>`` is a use of ``member``, ``<y>.<attr>[...]`` of
+    ``__getitem__``/``__setitem__``. Anything else - building one without storing it
+    in an attribute, passing one along, iterating it, ``len()`` of it - is reported as
+    ``<unrecognised ...>``, so that a new kind of use fails the contract instead of
+    slipping past the scan.
+    """
+    tree = ast.parse(source)
+    kind_of_attr: dict[str, str] = {}
+    built: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign | ast.AnnAssign) and isinstance(node.value, ast.Call):
+            func = node.value.func
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if isinstance(func, ast.Name) and func.id in names and len(targets) == 1:
+                target = targets[0]
+                if isinstance(target, ast.Attribute):
+                    kind_of_attr[target.attr] = func.id
+                    built.add(id(node.value))
+    uses: dict[str, set[str]] = {name: set() for name in names}
+    parents = {id(child): node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in names
+            and id(node) not in built
+        ):
+            uses[node.func.id].add(f"<unrecognised: built at line {node.lineno}>")
+        if not (isinstance(node, ast.Attribute) and node.attr in kind_of_attr):
+            continue
+        kind = kind_of_attr[node.attr]
+        parent = parents.get(id(node))
+        if isinstance(parent, ast.Attribute) and parent.value is node:
+            uses[kind].add(parent.attr)
+        elif isinstance(parent, ast.Subscript) and parent.value is node:
+            uses[kind].add("__setitem__" if isinstance(parent.ctx, ast.Store) else "__getitem__")
+        elif isinstance(parent, ast.Assign | ast.AnnAssign) and id(parent.value) in built:
+            pass  # where it is built
+        else:
+            uses[kind].add(f"<unrecognised: {type(parent).__name__} at line {node.lineno}>")
+    return uses
+
+
+def _missing(uses: dict[str, set[str]]) -> dict[str, set[str]]:
+    return {
+        name: {member for member in members if not hasattr(lean_grpclib.LEAN[name], member)}
+        for name, members in uses.items()
+    }
+
+
+def test_every_use_grpclib_protocol_makes_of_the_replaced_names_is_covered() -> None:
+    uses = _uses_of_replaced_names(inspect.getsource(grpclib.protocol), set(lean_grpclib.LEAN))
+    # The scan sees what grpclib 0.4.9 does (so the scan itself is not blind) ...
+    assert {"set", "clear", "wait", "is_set"} <= uses["Event"]
+    assert {"put_nowait", "get", "get_nowait", "empty", "qsize"} <= uses["Queue"]
+    assert {"append", "popleft", "__getitem__", "__setitem__"} <= uses["deque"]
+    # ... and every use has its counterpart in the lean classes.
+    assert _missing(uses) == {name: set() for name in uses}
+
+
+def test_the_usage_scan_reports_what_the_lean_classes_lack() -> None:
+    """A grpclib that calls a method the lean class lacks, or uses one in a way the scan
+    does not know, fails the contract above."""
+    source = textwrap.dedent(
+        """
+        class Stream:
+            def __init__(self):
+                self.ready = Event()
+                self.chunks = deque()
+
+            async def go(self):
+                await self.ready.wait()
+                self.ready.wait_for_nothing()
+                for chunk in self.chunks:
+                    pass
+                consume(Queue())
+        """
+    )
+    missing = _missing(_uses_of_replaced_names(source, {"Event", "Queue", "deque"}))
+    assert missing["Event"] == {"wait_for_nothing"}
+    assert missing["deque"] == {"<unrecognised: For at line 10>"}
+    assert missing["Queue"] == {"<unrecognised: built at line 12>"}
+
+
+def test_the_replaced_names_are_asyncio_s_in_stock_grpclib() -> None:
+    """install() swaps only names that are still the originals it was written against."""
+    lean_grpclib.uninstall()
+    try:
+        assert not lean_grpclib.installed()
+        for name, original in lean_grpclib.ORIGINALS.items():
+            assert _in_grpclib(name) is original
+    finally:
+        assert lean_grpclib.install()
+    assert lean_grpclib.installed()
+
+
 # --- a real stream through them ---------------------------------------------------------------
 
 
@@ -234,10 +343,12 @@ class _Echo:
 
 
 async def test_messages_larger_than_the_flow_control_window_cross_a_real_stream() -> None:
-    server = Server([_Echo()], codec=convert.server_codec())
-    await server.start("127.0.0.1", 0)
-    port = server._server.sockets[0].getsockname()[1]
-    channel = Channel("127.0.0.1", port, codec=convert.server_codec())
+    server = Server([_Echo()], codec=heartbeat_codec.server_codec())
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    await server.start(sock=sock)
+    channel = Channel("127.0.0.1", port, codec=heartbeat_codec.server_codec())
     big = "x" * 300_000  # several times HTTP/2's default 64 KiB window, both ways
     try:
         async with channel.request(

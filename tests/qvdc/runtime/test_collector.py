@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from qvdc.kits.collector import CollectorPolicy
+from qvdc.runtime.collector import CollectorPolicy
 
 
 class _Cycle:
@@ -66,7 +66,7 @@ def test_freezing_can_be_turned_off(unfrozen: None) -> None:
 def test_a_long_pause_is_logged(caplog: pytest.LogCaptureFixture) -> None:
     ticks = iter([10.0, 10.5, 20.0, 20.01])
     policy = CollectorPolicy(freeze_survivors=False, slow_pause=0.2, clock=lambda: next(ticks))
-    with caplog.at_level(logging.WARNING, logger="qvdc.kits.collector"):
+    with caplog.at_level(logging.WARNING, logger="qvdc.runtime.collector"):
         policy._on_collection("start", {"generation": 1})
         policy._on_collection("stop", {"generation": 1})  # 0.5 s: reported
         policy._on_collection("start", {"generation": 0})

@@ -1,0 +1,21 @@
+"""Where qvdc and the node daemon depend on private internals of grpclib and betterproto2.
+
+Each speed trick or workaround that relies on something a library does not
+promise lives here, behind a public function, with a contract test that fails
+when the library changes under it (tests/qvdc/transport):
+
+* :mod:`qvdc.transport.heartbeat_codec` - the controller's gRPC codec, with the
+  heartbeat messages (de)serialised by hand (betterproto2's message layout and
+  ``_unknown_fields``);
+* :mod:`qvdc.transport.wire` - protobuf varints, the one home of their reading and
+  writing;
+* :mod:`qvdc.transport.lean_grpclib` - smaller per-stream primitives swapped into
+  ``grpclib.protocol`` (installed by :mod:`qvdc.runtime`, never by the node);
+* :mod:`qvdc.transport.streams` - opening a client stream that is only ever reset,
+  and reading the status a refusing server sent (``Stream._maybe_raise``).
+
+Import-linter keeps ``grpclib.protocol``, ``grpclib.stream``, ``grpclib.encoding`` and
+grpclib's other internals out of every other package. This package imports only
+grpclib, betterproto2 messages (``protos``) and :mod:`qvdc.kits`, so the node daemon
+may use it.
+"""
