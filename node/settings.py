@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from qvdc.kits import materiality
+from storage_backends import configs
 
 
 class SettingsError(ValueError):
@@ -193,6 +194,11 @@ class NodeSettings:
             f"controller endpoints must be distinct: {list(self.controllers)}",
         )
         _require(bool(self.hostname.strip()), "hostname must not be empty")
+        _require(
+            configs.is_hostname(self.hostname),
+            f"hostname must be an RFC 1123 host name (the controller refuses others): "
+            f"{self.hostname!r}",
+        )
         _require(bool(self.management_ip.strip()), "management_ip must not be empty")
         for key in self.labels:
             _require(

@@ -134,6 +134,11 @@ class GrpcSettings:
     connection. Generous enough for a loaded host; grpclib clients answer pings
     without any code of theirs."""
 
+    send_timeout: float = 30.0
+    """Seconds one response may take to send. A client that stops reading fills its
+    HTTP/2 window and the send waits; past this the call (or heartbeat stream) ends
+    with UNAVAILABLE instead of holding the server's stream for ever."""
+
     def __post_init__(self) -> None:
         _require(0 <= self.port <= 65535, f"port out of range: {self.port}")
         _require(
@@ -143,6 +148,10 @@ class GrpcSettings:
         _require(
             0 < self.keepalive_timeout <= 600,
             f"keepalive_timeout must be in (0, 600] s: {self.keepalive_timeout}",
+        )
+        _require(
+            0 < self.send_timeout <= 600,
+            f"send_timeout must be in (0, 600] s: {self.send_timeout}",
         )
 
 

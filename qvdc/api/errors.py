@@ -1,10 +1,16 @@
 """The one error-translation boundary between the engines and gRPC.
 
-Handlers raise domain errors; :func:`translate` maps them to ``GRPCError``
-with the matching status and a message that names the offending field.
-Anything unexpected is logged once with its traceback and becomes INTERNAL;
-expected conditions (etcd unreachable, deadline exceeded) are UNAVAILABLE /
-DEADLINE_EXCEEDED and logged without a traceback.
+Handlers and engines raise domain errors (``qvdc/domain/errors.py``; the catalog turns
+etcd failures into ``Unavailable`` / ``DeadlineExceeded`` where they happen), and only
+this module turns them into ``GRPCError``: :func:`to_grpc_error` maps each domain error
+class to its status (``_STATUS``, one entry per class: a test enumerates them) with a
+message that names the offending field. Anything else is unexpected: logged once with
+its traceback and answered INTERNAL. Expected trouble (etcd unreachable, a deadline
+passed) is logged at INFO without a traceback.
+
+:func:`unary` also bounds what a call does downstream by the caller's deadline
+(``stream.deadline``): every etcd call the catalog makes for it gets at most the time
+the caller has left (:func:`qvdc.engines.catalog.bounded_by`).
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 from qvdc.domain import errors
-from qvdc.store.etcd import StoreError
+from qvdc.engines import catalog
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +34,12 @@ _STATUS: dict[type[errors.DomainError], Status] = {
     errors.AlreadyExists: Status.ALREADY_EXISTS,
     errors.FailedPrecondition: Status.FAILED_PRECONDITION,
     errors.Unavailable: Status.UNAVAILABLE,
+    errors.DeadlineExceeded: Status.DEADLINE_EXCEEDED,
     errors.Conflict: Status.ABORTED,
 }
+
+#: Expected trouble, logged at INFO without a traceback.
+_EXPECTED = (errors.Unavailable, errors.DeadlineExceeded)
 
 T = TypeVar("T")
 
@@ -44,17 +54,14 @@ def message_of(exc: errors.DomainError) -> str:
 
 
 def to_grpc_error(exc: BaseException, *, method: str) -> GRPCError:
-    for cls in type(exc).__mro__:
-        status = _STATUS.get(cls)
-        if status is not None:
-            assert isinstance(exc, errors.DomainError)
-            return GRPCError(status, message_of(exc))
-    if isinstance(exc, StoreError):
-        log.info("%s: etcd unavailable: %s", method, exc)
-        return GRPCError(Status.UNAVAILABLE, f"controller storage unavailable: {exc}")
-    if isinstance(exc, TimeoutError):
-        log.info("%s: timed out", method)
-        return GRPCError(Status.UNAVAILABLE, "controller storage did not answer in time; retry")
+    """The ``GRPCError`` a handler failure is answered with (see the module docstring)."""
+    if isinstance(exc, errors.DomainError):
+        for cls in type(exc).__mro__:
+            status = _STATUS.get(cls)
+            if status is not None:
+                if isinstance(exc, _EXPECTED):
+                    log.info("%s: %s", method, exc)
+                return GRPCError(status, message_of(exc))
     log.error("%s failed unexpectedly", method, exc_info=exc)
     return GRPCError(Status.INTERNAL, f"internal error in {method}; see the controller log")
 
@@ -70,15 +77,31 @@ async def guarded(method: str, call: Callable[[], Awaitable[T]]) -> T:
 
 
 def unary(
-    method: str, handler: Callable[[Any], Awaitable[Any]]
+    method: str, handler: Callable[[Any], Awaitable[Any]], *, send_timeout: float
 ) -> Callable[[Any], Awaitable[None]]:
-    """A grpclib unary-unary handler around ``handler(request) -> response``."""
+    """A grpclib unary-unary handler around ``handler(request) -> response``.
+
+    The response must be sent within ``send_timeout`` seconds: a client that does not read
+    (its HTTP/2 window full) gets UNAVAILABLE rather than holding the stream."""
 
     async def serve(stream: Any) -> None:
         request = await stream.recv_message()
         if request is None:
             raise GRPCError(Status.INVALID_ARGUMENT, "empty request stream")
-        response = await guarded(method, lambda: handler(request))
-        await stream.send_message(response)
+        deadline = stream.deadline
+        with catalog.bounded_by(deadline.time_remaining() if deadline is not None else None):
+            response = await guarded(method, lambda: handler(request))
+        try:
+            async with asyncio.timeout(send_timeout):
+                await stream.send_message(response)
+        except TimeoutError:
+            raise to_grpc_error(send_timed_out(send_timeout), method=method) from None
 
     return serve
+
+
+def send_timed_out(send_timeout: float) -> errors.Unavailable:
+    """What a send that a client does not take within ``send_timeout`` ends with."""
+    return errors.Unavailable(
+        f"the client did not read the response within {send_timeout:g} s; closing the call"
+    )

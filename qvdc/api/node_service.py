@@ -15,6 +15,12 @@ Two heartbeat channels:
 A delta heartbeat arriving first on a new stream (the node thinks it is
 continuing a session this replica never saw) is processed and answered with
 ``request_full_sync``.
+
+Every send is bounded (``GrpcSettings.send_timeout``): a node that stops reading
+fills its HTTP/2 window and the send waits; past the bound its stream ends with
+UNAVAILABLE. One :class:`SendWatchdog` timer serves every stream, armed only
+while a send is in flight, because a timer per send would cost each heartbeat
+reply more than the rest of its answer.
 """
 
 from __future__ import annotations
@@ -23,18 +29,17 @@ import asyncio
 import functools
 import ipaddress
 import logging
-import re
+import time
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 import grpclib.const
 import grpclib.server
-from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 from protos.limiquantix.compute import v1 as compute
 from qvdc.api import convert, paging
-from qvdc.api.errors import guarded, to_grpc_error, unary
+from qvdc.api.errors import guarded, send_timed_out, to_grpc_error, unary
 from qvdc.api.pool_service import PoolMessages
 from qvdc.domain import errors, validation
 from qvdc.engines.catalog import Catalog
@@ -47,20 +52,6 @@ from qvdc.kits.timing import Clock
 from qvdc.store import codec
 
 log = logging.getLogger(__name__)
-
-_HOSTNAME = re.compile(
-    r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-    r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
-)
-
-
-def validate_hostname(hostname: str) -> None:
-    if not hostname:
-        raise errors.InvalidArgument("hostname is required", field="hostname")
-    if not _HOSTNAME.match(hostname):
-        raise errors.InvalidArgument(
-            f"'{hostname}' is not a valid host name (RFC 1123)", field="hostname"
-        )
 
 
 def normalize_management_ip(value: str) -> str:
@@ -94,6 +85,7 @@ class NodeService:
         pools: PoolMessages,
         clock: Clock,
         interval: float,
+        send_timeout: float,
     ) -> None:
         self._catalog = catalog
         self._view = view
@@ -103,6 +95,8 @@ class NodeService:
         self._pools = pools
         self._clock = clock
         self._interval_secs = max(1, round(interval))
+        self._send_timeout = send_timeout
+        self._watchdog = SendWatchdog(timeout=send_timeout)
 
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
         prefix = "/limiquantix.compute.v1.NodeService/"
@@ -121,7 +115,10 @@ class NodeService:
         ]
         mapping = {
             prefix + name: grpclib.const.Handler(
-                unary(name, fn), grpclib.const.Cardinality.UNARY_UNARY, req, resp
+                unary(name, fn, send_timeout=self._send_timeout),
+                grpclib.const.Cardinality.UNARY_UNARY,
+                req,
+                resp,
             )
             for name, fn, req, resp in table
         }
@@ -136,7 +133,7 @@ class NodeService:
     # --- registration and queries -------------------------------------------------
 
     async def register_node(self, request: compute.RegisterNodeRequest) -> compute.Node:
-        validate_hostname(request.hostname)
+        validation.validate_hostname(request.hostname)
         ip = normalize_management_ip(request.management_ip)
         validation.validate_labels(request.labels, field="labels")
         now = codec.format_time(self._clock.time())
@@ -278,10 +275,60 @@ class NodeService:
         return _StreamSession(self, stream).serve()
 
 
+class SendWatchdog:
+    """Ends heartbeat streams whose sends stall for more than ``timeout`` seconds.
+
+    A session calls :meth:`begin` before a send and :meth:`end` after it. One timer,
+    armed by the first send that finds none, checks every ``timeout / 4`` s and
+    :meth:`_StreamSession.expire` s the sessions whose oldest send is older than
+    ``timeout``; it re-arms only while sends are in flight. Sends almost always
+    complete without waiting, so this costs a dict entry per send, not a timer.
+    """
+
+    __slots__ = ("_since", "_timer", "timeout")
+
+    def __init__(self, *, timeout: float) -> None:
+        self.timeout = timeout
+        self._since: dict[_StreamSession, float] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    def begin(self, session: _StreamSession) -> None:
+        if session not in self._since:
+            self._since[session] = time.monotonic()
+            if self._timer is None:
+                self._arm()
+
+    def end(self, session: _StreamSession) -> None:
+        self._since.pop(session, None)
+
+    def _arm(self) -> None:
+        self._timer = asyncio.get_running_loop().call_later(self.timeout / 4, self._sweep)
+
+    def _sweep(self) -> None:
+        self._timer = None
+        cutoff = time.monotonic() - self.timeout
+        expired = [session for session, since in self._since.items() if since < cutoff]
+        for session in expired:
+            del self._since[session]
+            session.expire()
+        if self._since:
+            self._arm()
+
+
 class _StreamSession:
     """One open StreamHeartbeat: answers heartbeats and pushes assignment changes."""
 
-    __slots__ = ("_push_due", "_pusher", "_send_lock", "_sent", "_stream", "_svc", "node_id")
+    __slots__ = (
+        "_push_due",
+        "_pusher",
+        "_send_lock",
+        "_sending",
+        "_sent",
+        "_stream",
+        "_svc",
+        "_task",
+        "node_id",
+    )
 
     def __init__(self, service: NodeService, stream: grpclib.server.Stream[Any, Any]) -> None:
         self._svc = service
@@ -290,15 +337,36 @@ class _StreamSession:
         self._sent: Assignment | None = None  # what the node was last sent
         self._pusher: asyncio.Task[None] | None = None  # only while a push is being sent
         self._push_due = False
+        # Sends in flight (a reply and a push may overlap); -1 once the watchdog expired us.
+        self._sending = 0
+        self._task: asyncio.Task[Any] | None = None  # the task serving the stream
         self.node_id = ""
 
     async def _send(self, response: compute.UpdateHeartbeatResponse) -> None:
+        watchdog = self._svc._watchdog
+        if self._sending == 0:
+            watchdog.begin(self)
+        self._sending += 1
         lock = self._send_lock  # a push and a reply must not interleave their frames
-        await lock.acquire()
         try:
-            await self._stream.send_message(response)
+            await lock.acquire()
+            try:
+                await self._stream.send_message(response)
+            finally:
+                lock.release()
         finally:
-            lock.release()
+            if self._sending > 0:
+                self._sending -= 1
+                if self._sending == 0:
+                    watchdog.end(self)
+
+    def expire(self) -> None:
+        """The watchdog's verdict: a send has waited too long. End the stream: a partly
+        sent message cannot be followed by another, so the serving task is cancelled
+        and :meth:`serve` answers UNAVAILABLE."""
+        self._sending = -1
+        if self._task is not None:
+            self._task.cancel()
 
     def _reply(
         self, *, sequence: int, unsolicited: bool = False, full_sync: bool = False
@@ -337,6 +405,7 @@ class _StreamSession:
     async def serve(self) -> None:
         opened = False
         recv = self._stream.recv_message
+        task = self._task = asyncio.current_task()
         try:
             while (request := await recv()) is not None:
                 if not self.node_id:
@@ -344,13 +413,25 @@ class _StreamSession:
                     self._svc._hub.open(self.node_id, self._wake)
                     opened = True
                 elif request.node_id and request.node_id != self.node_id:
-                    raise GRPCError(
-                        Status.INVALID_ARGUMENT, "node_id: must not change on an open stream"
+                    raise to_grpc_error(
+                        errors.InvalidArgument(
+                            "must not change on an open stream", field="node_id"
+                        ),
+                        method="StreamHeartbeat",
                     )
                 else:
                     await self._heartbeat(request)
                 del request  # waiting for the next one must not keep this one (per host)
+        except asyncio.CancelledError:
+            # The watchdog's cancellation, and nobody else's: the node stopped reading.
+            if self._sending == -1 and task is not None and task.uncancel() == 0:
+                raise to_grpc_error(
+                    send_timed_out(self._svc._send_timeout), method="StreamHeartbeat"
+                ) from None
+            raise
         finally:
+            self._task = None
+            self._svc._watchdog.end(self)
             if opened:
                 self._svc._hub.close(self.node_id, self._wake)
             if self._pusher is not None:

@@ -39,6 +39,19 @@ _SPEC_FIELDS = {
 }
 
 
+def backend_config(message: betterproto2.Message | None) -> dict[str, Any]:
+    """A backend config message as the node's backend receives it: proto field names,
+    Python values, defaults included (``node.convert.storage_pool_to_spec`` converts the
+    same way), so :mod:`storage_backends.configs` judges the same mapping on both sides."""
+    if message is None:
+        return {}
+    return message.to_dict(
+        casing=betterproto2.Casing.SNAKE,
+        output_format=betterproto2.OutputFormat.PYTHON,
+        include_default_values=True,
+    )
+
+
 def validate_spec(spec: storage.StoragePoolSpec | None) -> None:
     if spec is None or spec.backend is None:
         raise errors.InvalidArgument("a backend is required", field="spec.backend")
@@ -46,7 +59,7 @@ def validate_spec(spec: storage.StoragePoolSpec | None) -> None:
     validation.validate_backend(
         backend_type=BackendType(int(spec.backend.type)),
         config_kind=kind or None,
-        config=config.to_dict() if config is not None else {},
+        config=backend_config(config),
     )
     seen: set[str] = set()
     for i, node_id in enumerate(spec.assigned_node_ids):
@@ -110,8 +123,11 @@ class PoolMessages:
 
 
 class StoragePoolService:
-    def __init__(self, *, catalog: Catalog, view: ClusterView, clock: Clock) -> None:
+    def __init__(
+        self, *, catalog: Catalog, view: ClusterView, clock: Clock, send_timeout: float
+    ) -> None:
         self._catalog = catalog
+        self._send_timeout = send_timeout
         self._view = view
         self._clock = clock
         self.messages = PoolMessages(view=view)
@@ -140,7 +156,10 @@ class StoragePoolService:
         ]
         return {
             prefix + name: grpclib.const.Handler(
-                unary(name, fn), grpclib.const.Cardinality.UNARY_UNARY, req, resp
+                unary(name, fn, send_timeout=self._send_timeout),
+                grpclib.const.Cardinality.UNARY_UNARY,
+                req,
+                resp,
             )
             for name, fn, req, resp in table
         }

@@ -13,8 +13,8 @@ Design points:
 * ``code`` is the gRPC status *name* (a plain string, not a grpclib enum: the domain layer
   must not import transport code). The API layer may map by class or by this name.
 * ``retryable`` tells callers whether trying again unchanged can succeed: true for
-  :class:`Unavailable` and :class:`Conflict` (an optimistic-concurrency conflict: re-read and
-  retry), false for everything else.
+  :class:`Unavailable`, :class:`DeadlineExceeded` and :class:`Conflict` (an
+  optimistic-concurrency conflict: re-read and retry), false for everything else.
 """
 
 from __future__ import annotations
@@ -69,6 +69,16 @@ class Unavailable(DomainError):
     """A dependency (etcd, a host) cannot be reached right now; retrying later may succeed."""
 
     code = "UNAVAILABLE"
+    retryable = True
+
+
+class DeadlineExceeded(DomainError):
+    """The caller's deadline passed before a dependency (etcd) answered.
+
+    Retryable: with more time, or once the dependency is quick again.
+    """
+
+    code = "DEADLINE_EXCEEDED"
     retryable = True
 
 

@@ -137,6 +137,18 @@ class NodeCondition:
     at: float
 
 
+#: Conditions a node's status keeps, oldest dropped first: the recent transitions an
+#: operator reads in ``GetNode``, without the record growing with every flap.
+MAX_NODE_CONDITIONS = 10
+
+
+def append_condition(
+    conditions: tuple[NodeCondition, ...], condition: NodeCondition
+) -> tuple[NodeCondition, ...]:
+    """``conditions`` with ``condition`` appended, keeping the last :data:`MAX_NODE_CONDITIONS`."""
+    return (*conditions, condition)[-MAX_NODE_CONDITIONS:]
+
+
 @dataclass(frozen=True, slots=True)
 class NodeRecord:
     """A registered host, stored at ``nodes/<node_id>`` (written by RegisterNode).

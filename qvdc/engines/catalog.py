@@ -17,28 +17,68 @@ replicas (or two operators) can never interleave half-applied changes:
 
 Reads come from the replica's watch cache; after a write we wait until the
 cache has applied our revision, so a caller always reads its own writes.
+
+Errors: every etcd failure becomes a domain error here (``Unavailable``, or
+``DeadlineExceeded`` when the call's own deadline cut it short), so the API's one
+boundary (``qvdc/api/errors.py``) never sees a store exception.
+
+Deadlines: the API edge runs each call inside :func:`bounded_by` with the time its
+caller has left (grpclib's ``stream.deadline``), and every etcd call and view wait
+made here gets ``min(etcd timeout, time left)``. A context variable carries it
+because the bound belongs to the *call*, and every method on the path (lookups,
+catch-ups, conflict retries) must honour it without threading a parameter
+through each of them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
+import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
 
-from qvdc.domain import errors
+from qvdc.domain import errors, model
 from qvdc.domain.model import NodeCondition, NodeId, NodePhase, NodeState, PoolRecord
 from qvdc.engines.liveness import LivenessMonitor
 from qvdc.engines.view import ClusterView
 from qvdc.kits.timing import Clock
 from qvdc.store import codec, keys
-from qvdc.store.etcd import Compare, EtcdStore, Op, StoreError, TxnResult
+from qvdc.store.etcd import Compare, EtcdStore, Op, StoreError, StoreTimeout, TxnResult
 
 log = logging.getLogger(__name__)
 
 MAX_CONFLICT_RETRIES = 5
 
+#: A call bounded by its caller's deadline gives up this much before it (at most a tenth of
+#: the time left), so its DEADLINE_EXCEEDED reaches the caller before the caller stops
+#: listening.
+DEADLINE_MARGIN = 0.05
+
 Document = dict[str, Any]
+
+T = TypeVar("T")
+
+#: ``time.monotonic()`` by which the call being served must be answered, or None.
+_call_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "qvdc_call_deadline", default=None
+)
+
+
+@contextlib.contextmanager
+def bounded_by(remaining: float | None) -> Iterator[None]:
+    """Within the block, every etcd call the catalog makes ends within ``remaining``
+    seconds from now (the caller's deadline); None leaves the configured timeout alone."""
+    if remaining is None:
+        yield
+        return
+    token = _call_deadline.set(time.monotonic() + remaining)
+    try:
+        yield
+    finally:
+        _call_deadline.reset(token)
 
 
 class Catalog:
@@ -57,16 +97,46 @@ class Catalog:
         self._clock = clock
         self._timeout = timeout
 
-    async def _txn(self, *, compares: list[Compare], success: list[Op]) -> TxnResult:
+    def _budget(self) -> float:
+        """Seconds the next etcd call may take: the etcd timeout, or less when the call
+        being served has a deadline. DeadlineExceeded if that deadline has passed."""
+        deadline = _call_deadline.get()
+        if deadline is None:
+            return self._timeout
+        left = deadline - time.monotonic()
+        left -= min(DEADLINE_MARGIN, left / 10)
+        if left <= 0:
+            raise errors.DeadlineExceeded("the call's deadline passed before etcd answered")
+        return min(self._timeout, left)
+
+    async def _etcd(self, what: str, call: Callable[[float], Awaitable[T]]) -> T:
+        """``await call(timeout)`` (an etcd call or a wait for the view), its StoreError
+        raised as the domain error the API reports."""
+        timeout = self._budget()
         try:
-            result = await self._store.txn(
-                compares=compares, success=success, timeout=self._timeout
-            )
+            return await call(timeout)
+        except StoreTimeout as exc:
+            if timeout < self._timeout:  # cut short by the caller's deadline
+                raise errors.DeadlineExceeded(
+                    f"{what}: etcd did not answer within the call's deadline"
+                ) from exc
+            raise errors.Unavailable(f"etcd unavailable: {exc}") from exc
         except StoreError as exc:
             raise errors.Unavailable(f"etcd unavailable: {exc}") from exc
+
+    async def _txn(self, *, compares: list[Compare], success: list[Op]) -> TxnResult:
+        result = await self._etcd(
+            "write",
+            lambda timeout: self._store.txn(compares=compares, success=success, timeout=timeout),
+        )
         if result.succeeded:
-            await self._view.wait_for_revision(result.revision, timeout=self._timeout)
+            await self._caught_up_to(result.revision)
         return result
+
+    async def _caught_up_to(self, revision: int) -> None:
+        await self._etcd(
+            "catch up", lambda timeout: self._view.wait_for_revision(revision, timeout=timeout)
+        )
 
     # --- pools --------------------------------------------------------------------
 
@@ -77,11 +147,10 @@ class Catalog:
         replica may not be in it yet. Before answering "not found" we catch up
         once, so a client never sees its own write missing (read-your-writes
         across replicas); hits cost nothing."""
-        try:
-            revision = await self._store.revision(timeout=self._timeout)
-        except StoreError as exc:
-            raise errors.Unavailable(f"etcd unavailable: {exc}") from exc
-        await self._view.wait_for_revision(revision, timeout=self._timeout)
+        revision = await self._etcd(
+            "read revision", lambda timeout: self._store.revision(timeout=timeout)
+        )
+        await self._caught_up_to(revision)
 
     async def pool(self, pool_id: str) -> PoolRecord:
         if not pool_id:
@@ -122,7 +191,7 @@ class Catalog:
             if result.succeeded:
                 return await self.pool(pool_id)
             log.debug("create pool %s lost a race (attempt %d)", name, attempt + 1)
-            await self._view.wait_for_revision(await self._store.revision(), timeout=self._timeout)
+            await self.catch_up()
         raise errors.Conflict(f"pool '{name}' changed concurrently; retry", field="name")
 
     async def update_pool(self, pool_id: str, mutate: Callable[[Document], Document]) -> PoolRecord:
@@ -153,7 +222,7 @@ class Catalog:
             result = await self._txn(compares=compares, success=success)
             if result.succeeded:
                 return await self.pool(pool_id)
-            await self._view.wait_for_revision(await self._store.revision(), timeout=self._timeout)
+            await self.catch_up()
         raise errors.Conflict(f"pool '{pool_id}' changed concurrently; retry", field="id")
 
     async def assign(self, pool_id: str, node_id: str) -> PoolRecord:
@@ -217,13 +286,16 @@ class Catalog:
             )
             if result.succeeded:
                 try:
-                    await self._store.delete_prefix(
-                        keys.host_statuses_of(pool_id), timeout=self._timeout
+                    await self._etcd(
+                        "delete host rows",
+                        lambda timeout: self._store.delete_prefix(
+                            keys.host_statuses_of(pool_id), timeout=timeout
+                        ),
                     )
-                except StoreError as exc:
+                except (errors.Unavailable, errors.DeadlineExceeded) as exc:
                     log.warning("pool %s deleted; its host rows remain (%s)", pool_id, exc)
                 return
-            await self._view.wait_for_revision(await self._store.revision(), timeout=self._timeout)
+            await self.catch_up()
         raise errors.Conflict(f"pool '{pool_id}' changed concurrently; retry", field="id")
 
     # --- nodes --------------------------------------------------------------------
@@ -277,7 +349,7 @@ class Catalog:
                 if result.succeeded:
                     self._monitor.observe(NodeId(existing))
                     return existing, False
-            await self._view.wait_for_revision(await self._store.revision(), timeout=self._timeout)
+            await self.catch_up()
         raise errors.Conflict(f"node '{hostname}' changed concurrently; retry", field="hostname")
 
     async def node(self, node_id: str) -> tuple[Mapping[str, Any], NodeState | None]:
@@ -323,7 +395,7 @@ class Catalog:
                 last_heartbeat_at=current.last_heartbeat_at if current else 0.0,
                 live=live,
                 owner_replica=current.owner_replica if current else "",
-                conditions=((*current.conditions, condition) if current else (condition,))[-10:],
+                conditions=model.append_condition(current.conditions if current else (), condition),
                 maintenance_reason=reason if maintenance else "",
             )
             result = await self._txn(
@@ -332,5 +404,5 @@ class Catalog:
             )
             if result.succeeded:
                 return
-            await self._view.wait_for_revision(await self._store.revision(), timeout=self._timeout)
+            await self.catch_up()
         raise errors.Conflict(f"node '{node_id}' changed concurrently; retry", field="id")

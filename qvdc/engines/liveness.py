@@ -28,7 +28,7 @@ import dataclasses
 import logging
 import math
 
-from qvdc.domain import staleness
+from qvdc.domain import model, staleness
 from qvdc.domain.model import NodeCondition, NodeId, NodePhase, NodeState
 from qvdc.engines.view import ClusterView
 from qvdc.kits.timing import Clock
@@ -36,8 +36,6 @@ from qvdc.store import codec, keys
 from qvdc.store.etcd import Compare, EtcdStore, Op, StoreError
 
 log = logging.getLogger(__name__)
-
-MAX_CONDITIONS = 10
 
 
 class LivenessMonitor:
@@ -218,8 +216,8 @@ class LivenessMonitor:
         was_live = current.live if current is not None else False
         conditions = current.conditions if current is not None else ()
         if live != was_live:
-            conditions = (
-                *conditions,
+            conditions = model.append_condition(
+                conditions,
                 NodeCondition(
                     type="Ready",
                     status=live,
@@ -231,7 +229,7 @@ class LivenessMonitor:
                     ),
                     at=wall,
                 ),
-            )[-MAX_CONDITIONS:]
+            )
         desired = NodeState(
             node_id=node_id,
             phase=phase,

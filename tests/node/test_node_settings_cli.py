@@ -51,6 +51,8 @@ def test_settings_are_deeply_frozen():
         ({"controllers": ("[nope]:7443",)}, "bad IPv6 address"),
         ({"controllers": ("h:1", "h:1")}, "must be distinct"),
         ({"hostname": " "}, "hostname must not be empty"),
+        ({"hostname": "hv_1"}, "hostname must be an RFC 1123 host name"),
+        ({"hostname": "hv-1."}, "hostname must be an RFC 1123 host name"),
         ({"labels": {"a=b": "c"}}, "label key"),
         ({"heartbeat_interval": 0}, "heartbeat_interval must be in"),
         ({"heartbeat_jitter": 1.0}, "heartbeat_jitter"),
