@@ -178,6 +178,7 @@ class Controller:
             catalog=self.catalog,
             view=self.view,
             clock=self.clock,
+            send_timeout=settings.grpc.send_timeout,
         )
         self.node_service = NodeService(
             catalog=self.catalog,
@@ -188,6 +189,7 @@ class Controller:
             pools=self.pool_service.messages,
             clock=self.clock,
             interval=settings.heartbeat.interval,
+            send_timeout=settings.grpc.send_timeout,
         )
         self.server = Server(
             [self.node_service, self.pool_service],
