@@ -20,7 +20,7 @@ from pathlib import Path
 
 import uvloop
 
-from benchmarks.heartbeat import report, runner
+from benchmarks.heartbeat import config, report, runner
 from benchmarks.heartbeat.progress import Progress
 
 EPILOG = """\
@@ -156,7 +156,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def config_from(args: argparse.Namespace) -> runner.Config:
+def config_from(args: argparse.Namespace) -> config.Config:
     hosts = args.sweep or args.hosts or ((200,) if args.quick else (10_000,))
     duration = 3.0 if args.quick and args.duration == 20.0 else args.duration
     warmup = 1.0 if args.quick and args.warmup == 3.0 else args.warmup
@@ -169,7 +169,7 @@ def config_from(args: argparse.Namespace) -> runner.Config:
     ceiling_duration = args.ceiling_duration or duration
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
-    return runner.Config(
+    return config.Config(
         hosts=tuple(hosts),
         pools_per_host=args.pools_per_host,
         hosts_per_pool=args.hosts_per_pool,
@@ -196,14 +196,14 @@ def config_from(args: argparse.Namespace) -> runner.Config:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    config = config_from(args)
+    run_config = config_from(args)
     progress = Progress(quiet=args.quiet)
 
     def save(doc: dict[str, object]) -> None:  # after every size: a long sweep keeps its parts
         if args.json is not None:
             args.json.write_text(json.dumps(doc, indent=2) + "\n")
 
-    doc = uvloop.run(runner.run(config, progress=progress, on_result=save))
+    doc = uvloop.run(runner.run(run_config, progress=progress, on_result=save))
     print(report.table(doc))
     print()
     print(report.targets(doc))

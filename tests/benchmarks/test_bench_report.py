@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 
 from benchmarks.heartbeat import __main__ as cli
-from benchmarks.heartbeat import report, runner, stats
+from benchmarks.heartbeat import fleet, generators, phases, report, results, stats
 
 #: Keys the issue requires, for the steady state at the top and under "full_reports".
 REQUIRED = (
@@ -24,8 +25,8 @@ REQUIRED = (
 )
 
 
-def _phase(**kw: object) -> runner.PhaseOutcome:
-    phase = runner.PhaseOutcome(name="steady state", duration=10.0)
+def _phase(**kw: object) -> phases.PhaseOutcome:
+    phase = phases.PhaseOutcome(name="steady state", duration=10.0)
     for key, value in kw.items():
         setattr(phase, key, value)
     return phase
@@ -47,7 +48,7 @@ def test_summarize_arithmetic() -> None:
         },
     )
     ceiling = _phase(heartbeats_in_window=120_000, server_cpu_s=8.0)
-    out = runner.summarize(phase, ceiling, None, naive_writes=8.0)
+    out = results.summarize(phase, ceiling, None, naive_writes=8.0).to_json()
     assert out["heartbeats_per_s"] == 9_000.0
     assert out["ceiling_per_s"] == 12_000.0
     assert out["ratio_to_ceiling"] == 0.75
@@ -75,7 +76,7 @@ def test_summarize_arithmetic() -> None:
 
 
 def test_summarize_without_baselines_gives_nulls_not_numbers() -> None:
-    out = runner.summarize(_phase(), None, None, naive_writes=None)
+    out = results.summarize(_phase(), None, None, naive_writes=None).to_json()
     assert out["ceiling_per_s"] is None
     assert out["ratio_to_ceiling"] is None
     assert out["write_amplification"] is None
@@ -143,5 +144,106 @@ def test_cli_quick_and_sweep_configs() -> None:
 
 
 def test_split_keeps_order_and_balances() -> None:
-    assert runner.split(list(range(7)), 3) == [[0, 1, 2], [3, 4], [5, 6]]
-    assert runner.split([], 2) == [[], []]
+    assert generators.split(list(range(7)), 3) == [[0, 1, 2], [3, 4], [5, 6]]
+    assert generators.split([], 2) == [[], []]
+
+
+#: One workload's keys (the steady state's at the top level, and under "full_reports").
+WORKLOAD_KEYS = (
+    "heartbeats_per_s",
+    "ceiling_per_s",
+    "ratio_to_ceiling",
+    "ceiling_betterproto2_per_s",
+    "latency_p50_ms",
+    "latency_p99_ms",
+    "ceiling_latency_p99_ms",
+    "heartbeats",
+    "etcd_writes",
+    "changed_reports",
+    "etcd_writes_per_heartbeat",
+    "changed_reports_per_heartbeat",
+    "writes_to_changes",
+    "naive_etcd_writes_per_heartbeat",
+    "write_amplification",
+    "etcd_writes_by_family",
+    "etcd_puts_total",
+    "etcd_txns_total",
+    "etcd_slow_applies",
+    "etcd_slow_fsyncs",
+    "etcd_slow_commits",
+    "aggregation_lag_p50_ms",
+    "aggregation_lag_p99_ms",
+    "aggregation_lag_samples",
+    "aggregation_lag_unobserved",
+    "controller_cpu_s",
+    "controller_cpu_utilisation",
+    "controller_cpu_per_heartbeat_us",
+    "ceiling_cpu_per_heartbeat_us",
+    "cpu_ratio_to_ceiling",
+    "ceiling_cpu_utilisation",
+    "etcd_cpu_s",
+    "generator_cpu_s",
+    "harness_cpu_s",
+    "errors",
+    "first_error",
+    "full_syncs",
+    "duration_s",
+)
+
+#: One host count's keys, in the order the JSON had them before the results were typed.
+SIZE_KEYS = [
+    *("hosts", "pools_per_host", "hosts_per_pool", "pools", "mode", "load_average_start"),
+    *("setup", "connections", "ceiling_rss_per_host_kb"),
+    *WORKLOAD_KEYS,
+    *("controller_rss_mb", "controller_rss_steady_mb", "controller_rss_baseline_mb"),
+    *("rss_per_host_kb", "controller_setup_cpu_s"),
+    *("idle_etcd_writes", "idle_etcd_writes_by_family", "idle_heartbeats"),
+    *("full_reports", "naive", "load_average_end"),
+]
+NAIVE_KEYS = [
+    *("hosts", "pools_per_host", "hosts_per_pool", "pools", "mode", "load_average_start"),
+    *("heartbeats", "heartbeats_per_s", "etcd_writes", "etcd_writes_by_family"),
+    *("etcd_writes_per_heartbeat", "reports_per_heartbeat", "controller_cpu_per_heartbeat_us"),
+    *("errors", "first_error", "load_average_end"),
+]
+
+
+def test_typed_results_write_the_json_layout() -> None:
+    info = results.FleetInfo.of(fleet.FleetShape(hosts=32), mode="stream")
+    loads = results.Loads(start=[1.0, 1.0, 1.0], end=[2.0, 2.0, 2.0])
+    naive_phase = _phase(heartbeats=100, heartbeats_in_window=90, writes={"hoststatus": 800})
+    naive = results.NaiveResult.of(naive_phase, fleet=info, loads=loads).to_json()
+    assert list(naive) == NAIVE_KEYS
+    assert naive["etcd_writes_per_heartbeat"] == 8.0 and naive["reports_per_heartbeat"] == 8
+    workload = results.summarize(_phase(heartbeats=10), None, None, naive_writes=8.0)
+    assert list(workload.to_json()) == list(WORKLOAD_KEYS)
+    memory = results.Memory(
+        controller_rss_mb=1.0,
+        controller_rss_steady_mb=1.0,
+        controller_rss_baseline_mb=1.0,
+        rss_per_host_kb=1.0,
+        controller_setup_cpu_s=1.0,
+    )
+    size_result = results.SizeResult(
+        fleet=info,
+        loads=loads,
+        setup=results.SetupTimes(
+            register_s=1.04, create_pools_s=2.0, open_s=3.0, settle_s=4.0, total_s=10.0
+        ),
+        connections=2,
+        ceiling_rss_per_host_kb=5.5,
+        steady=workload,
+        full=dataclasses.replace(workload, heartbeats=20),
+        memory=memory,
+        idle_etcd_writes_by_family={"nodestatus": 1},
+        idle_heartbeats=7,
+        naive=naive,
+    )
+    size = size_result.to_json()
+    assert list(size) == SIZE_KEYS
+    assert size["heartbeats"] == 10 and size["full_reports"]["heartbeats"] == 20
+    assert size["full_reports"]["mode"] == "stream" and size["full_reports"]["rss_per_host_kb"]
+    assert size["setup"]["register_s"] == 1.0 and size["idle_etcd_writes"] == 1
+    json.dumps(size, allow_nan=False)
+    no_ceiling = dataclasses.replace(size_result, ceiling_rss_per_host_kb=None).to_json()
+    assert "ceiling_rss_per_host_kb" not in no_ceiling  # as before: only when the ceiling ran
