@@ -248,12 +248,12 @@ class HeartbeatIntake:
         # The view keeps this very object (expect()): share its strings as decoding does.
         report = replace(
             report,
-            pool_id=PoolId(codec.shared(report.pool_id)),
-            mount_path=codec.shared(report.mount_path),
-            error_message=codec.shared(report.error_message),
+            pool_id=PoolId(codec.intern_text(report.pool_id)),
+            mount_path=codec.intern_text(report.mount_path),
+            error_message=codec.intern_text(report.error_message),
         )
         status = HostPoolStatus(
-            node_id=NodeId(codec.shared(node_id)), report=report, changed_at=self._clock.time()
+            node_id=NodeId(codec.intern_text(node_id)), report=report, changed_at=self._clock.time()
         )
         value = codec.encode_host_status(status)
         key = keys.host_status(report.pool_id, status.node_id)

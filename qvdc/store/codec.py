@@ -126,7 +126,9 @@ def decode_pool(value: bytes) -> PoolRecord:
         id=PoolId(str(doc.get("id", ""))),
         name=str(doc.get("name", "")),
         backend=_enum(BackendType, backend.get("type")),
-        assigned_node_ids=tuple(NodeId(shared(str(n))) for n in spec.get("assignedNodeIds") or ()),
+        assigned_node_ids=tuple(
+            NodeId(intern_text(str(n))) for n in spec.get("assignedNodeIds") or ()
+        ),
         deleting=False,
         document=doc,
     )
@@ -218,7 +220,7 @@ def _report_fields(report: PoolReport) -> dict[str, Any]:
     }
 
 
-def shared(text: str) -> str:
+def intern_text(text: str) -> str:
     """One string object for repeated short texts (ids, a pool's mount path reported by
     every host that mounts it, repeated error messages): the controller holds one
     report per host and pool, up to a million of them."""
@@ -227,14 +229,14 @@ def shared(text: str) -> str:
 
 def _report_from(pool_id: str, doc: Mapping[str, Any]) -> PoolReport:
     return PoolReport(
-        pool_id=PoolId(shared(pool_id)),
+        pool_id=PoolId(intern_text(pool_id)),
         health=_enum(Health, doc.get("health")),
         total_bytes=_int(doc, "totalBytes"),
         used_bytes=_int(doc, "usedBytes"),
         available_bytes=_int(doc, "availableBytes"),
-        mount_path=shared(str(doc.get("mountPath", ""))),
+        mount_path=intern_text(str(doc.get("mountPath", ""))),
         volume_count=_int(doc, "volumeCount"),
-        error_message=shared(str(doc.get("errorMessage", ""))),
+        error_message=intern_text(str(doc.get("errorMessage", ""))),
     )
 
 
@@ -247,7 +249,7 @@ def encode_host_status(status: HostPoolStatus) -> bytes:
 def decode_host_status(pool_id: str, node_id: str, value: bytes) -> HostPoolStatus:
     doc = loads(value)
     return HostPoolStatus(
-        node_id=NodeId(shared(node_id)),
+        node_id=NodeId(intern_text(node_id)),
         report=_report_from(pool_id, doc),
         changed_at=parse_time(doc.get("lastChanged")),
     )
@@ -291,7 +293,7 @@ def decode_pool_status(pool_id: str, value: bytes) -> tuple[PoolAggregate, float
     cap = doc.get("capacity") or {}
     rows = tuple(
         HostRow(
-            node_id=NodeId(shared(str(r.get("nodeId", "")))),
+            node_id=NodeId(intern_text(str(r.get("nodeId", "")))),
             report=_report_from(pool_id, r),
             changed_at=parse_time(r.get("lastChanged")),
             assigned=bool(r.get("assigned", False)),
