@@ -1,35 +1,27 @@
 """CPython's garbage collector on a heap that grows with the fleet.
 
-A replica holds about 150 tracked objects per host (its rows, the host's open
-stream in grpclib and h2). A full collection visits every one of them with the
-event loop stopped: measured at 100,000 hosts (15 million objects), 9.1 s. That
-is longer than the replica's 10 s lease allows between refreshes, and the
-collector schedules such a collection whenever the old generation has grown by a
-quarter, which during a fleet's first connection happens repeatedly and in the
-steady state happens rarely but at any time (a benchmark run lost half of a
-20 s measurement to one).
+A replica holds about 150 tracked objects per host, and a full collection visits
+every one of them with the event loop stopped: at 100,000 hosts that is seconds,
+longer than the leader's lease allows between refreshes (figures in
+docs/architecture.md and benchmarks/RESULTS.md).
 
 :class:`CollectorPolicy` therefore *freezes* (``gc.freeze()``) what survives each
-full collection: those objects have just been found reachable, and a replica's
-long-lived state (rows, streams, sessions) is what survives. Later full
-collections visit only what was allocated since, so a pause is bounded by
-recent growth instead of by the fleet. Frozen objects are still freed by
-reference counting; what they give up is collection as part of a reference
-cycle. A closed heartbeat stream leaves no cyclic garbage (measured: 50 streams
-opened, frozen and closed, then ``gc.unfreeze(); gc.collect()`` found nothing),
-so hosts reconnecting do not leak. The policy also reports every collection
-that stopped the loop for long (``SLOW_PAUSE``).
+full collection: a replica's long-lived state (rows, streams, sessions) is what
+survives, so later full collections visit only what was allocated since. Frozen
+objects are still freed by reference counting; what they give up is collection
+as part of a reference cycle, and a closed heartbeat stream leaves no cyclic
+garbage, so hosts reconnecting do not leak.
 
-Freezing alone does not bound a full collection: CPython starts one only after
-ten middle-generation collections, and only once the old generation has grown
-by a quarter of what the last one found. At 100,000 hosts that let 10 million
-objects pile up unfrozen while the fleet connected, and the next full
-collection stopped the loop for 7.3 s (measured; a pause that long costs a
-leader its 10 s lease, refreshed every 3.3 s). So after every middle-generation
-collection the policy counts the old generation's unfrozen objects, and past
-``full_budget`` it schedules a full collection on the running event loop (a
-collection cannot start one from inside its own callback): each full collection
-then visits at most about that many objects, plus one middle collection's.
+Freezing alone does not bound a full collection: CPython starts one only once the
+old generation has grown by a quarter, so while a fleet connects millions of
+objects can pile up unfrozen. After every middle-generation collection the policy
+therefore counts the old generation's unfrozen objects and, past ``full_budget``,
+schedules a full collection on the running event loop (a collection cannot start
+one from inside its own callback). It also reports every collection that stopped
+the loop for long (``SLOW_PAUSE``).
+
+The private dependency is CPython's: ``gc.callbacks``, ``gc.freeze`` and
+``gc.get_objects(generation=...)`` (tests/qvdc/runtime/test_collector.py).
 """
 
 from __future__ import annotations
