@@ -157,7 +157,7 @@ async def test_what_the_flush_bound_leaves_is_logged_with_its_count(
     started = loop.time()
     with caplog.at_level(logging.WARNING, logger="qvdc.engines.committer"):
         await tasks.cancel_and_wait(task)
-    assert loop.time() - started < 0.5 + 1.0  # the bound, plus a commit's timeout at most
+    assert loop.time() - started < 0.5 + 2.0  # the bound and slack (wall clock: real etcd)
     assert task.cancelled()
     lost = [r for r in caplog.records if "lost" in r.getMessage()]
     assert len(lost) == 1 and lost[0].levelno == logging.WARNING
