@@ -273,7 +273,14 @@ class LivenessMonitor:
                 # Someone else (an operator phase change) wrote first: retry on fresh data.
                 self._dirty.add(node_id)
                 continue
-            await self._view.wait_for_revision(result.revision, timeout=self._timeout)
+            try:
+                await self._view.wait_for_revision(result.revision, timeout=self._timeout)
+            except StoreError as exc:
+                # Written, but the view lags (its watch is reconnecting): go on with the
+                # other nodes; a later pass compares against the view again.
+                log.warning(
+                    "node %s: status written; the view has not caught up (%s)", node_id, exc
+                )
             log.info(
                 "node %s: %s%s", node_id, desired.phase.name, "" if desired.live else " (not live)"
             )

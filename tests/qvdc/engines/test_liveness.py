@@ -3,12 +3,15 @@ pass does not scan every node while none can have expired."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from qvdc.domain.model import NodeId
 from qvdc.engines.liveness import LivenessMonitor
 from qvdc.engines.view import ClusterView
+from qvdc.kits import tasks
 from qvdc.kits.timing import FakeClock
+from qvdc.store import codec, keys
 from qvdc.store.etcd import EtcdStore
 
 GRACE = 100.0
@@ -97,3 +100,34 @@ async def test_the_configured_mass_outage_fraction_is_the_one_applied(store: Etc
         mon.check()
         assert mon.mass_outage is outage, fraction
         assert mon.is_live(NodeId("a")) is outage, fraction
+
+
+async def test_a_view_that_lags_behind_a_status_write_does_not_stop_the_others(
+    store: EtcdStore,
+) -> None:
+    """The write is in etcd but the view does not see it in time (its watch is down):
+    the monitor goes on with the next node instead of failing (a root task's crash
+    stops the replica)."""
+    for n in ("a", "b"):
+        await store.put(keys.node(n), codec.encode_node_document({"id": n, "hostname": n}))
+    view = ClusterView(store=store)
+    following = asyncio.create_task(view.run())
+    await view.wait_ready(timeout=5.0)
+    await tasks.cancel_and_wait(following)  # listed, then no longer following the watch
+    mon = LivenessMonitor(
+        store=store,
+        view=view,
+        clock=FakeClock(),
+        replica_id="r1",
+        grace=GRACE,
+        startup_grace=GRACE,
+        check_period=5.0,
+        mass_outage_fraction=1.0,
+        timeout=0.3,
+    )
+    mon.observe(NodeId("a"))
+    mon.observe(NodeId("b"))
+    await mon._write_transitions()  # each wait for the view times out
+    for n in ("a", "b"):
+        kv = await store.get(keys.node_status(n))
+        assert kv is not None and codec.decode_node_state(n, kv.value).live
