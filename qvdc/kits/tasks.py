@@ -2,7 +2,8 @@
 
 Every long-running loop is a *named* task created here: a crash is logged once
 with its traceback, and an eternal loop that returns is reported, so nothing
-dies silently.
+dies silently. ``cancel_and_wait`` stops tasks and waits for their cleanup;
+``first_of`` races coroutines (a wait that a stop event must be able to cut short).
 """
 
 from __future__ import annotations
