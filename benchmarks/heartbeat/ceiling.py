@@ -12,7 +12,8 @@ can do at all; the controller's throughput divided by it is
 ``--codec betterproto2`` decodes and encodes with betterproto2 (grpclib's
 default codec, as the controller did before this work); ``--codec controller``
 uses whatever codec ``qvdc`` installs on its server, so the ratio compares
-like with like.
+like with like. Either way the server pings its connections as the controller's
+does (``qvdc.app.server_configuration``, the default ``GrpcSettings``).
 
 Run by the harness as ``python -m benchmarks.heartbeat.ceiling --listen
 HOST:PORT --fixture FILE``; the fixture is a pickle of ``{"assignments":
@@ -32,6 +33,7 @@ from typing import Any
 import grpclib.const
 import grpclib.server
 import uvloop
+from grpclib.config import Configuration
 from grpclib.encoding.base import CodecBase
 
 from protos.limiquantix.compute import v1 as compute
@@ -96,6 +98,14 @@ class CeilingService:
         await stream.send_message(self._ack(request, with_pools=True))
 
 
+def controller_configuration() -> Configuration:
+    """The controller's server configuration (its keepalive), with default settings."""
+    from qvdc import app
+    from qvdc.settings import GrpcSettings
+
+    return app.server_configuration(GrpcSettings())
+
+
 def controller_codec() -> CodecBase:
     """The codec the controller's server uses."""
     from qvdc.transport import heartbeat_codec
@@ -110,7 +120,7 @@ async def serve(host: str, port: int, fixture: Path, codec_name: str, interval: 
         assignments=data["assignments"], pools=data["pools"], interval=interval
     )
     codec = controller_codec() if codec_name == "controller" else None
-    server = grpclib.server.Server([service], codec=codec)
+    server = grpclib.server.Server([service], codec=codec, config=controller_configuration())
     await server.start(host, port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
