@@ -35,6 +35,9 @@ import h2.config
 import h2.connection
 import pytest
 
+from node import client as node_client
+from node import convert as node_convert
+from node import hostfacts
 from protos.limiquantix.storage import v1 as storage
 from qvdc import app
 from qvdc.settings import ControllerSettings, EtcdSettings, GrpcSettings, HeartbeatSettings
@@ -44,6 +47,7 @@ from tests.fixtures.etcd import FaultyStore
 from tests.qvdc.api.helpers import TIMEOUT, controller_settings
 
 ROOT = Path(__file__).resolve().parents[2]
+FACTS = hostfacts.HostFacts(hostname="pinged")
 
 
 def settings_for(
@@ -429,3 +433,36 @@ def test_keepalive_settings_are_validated() -> None:
         GrpcSettings(keepalive_timeout=-1)
     with pytest.raises(SettingsError, match="shutdown_flush_timeout"):
         HeartbeatSettings(shutdown_flush_timeout=0)
+
+
+async def test_the_node_client_keeps_its_stream_across_server_pings(
+    pinging_controller: app.Controller,
+) -> None:
+    """The node daemon's own client (plain grpclib, no keepalive of its own) on an
+    open heartbeat stream and for unary calls, idle between them for several pings."""
+    client = node_client.ControllerClient(
+        endpoints=[("127.0.0.1", pinging_controller.port)],
+        rpc_timeout=TIMEOUT,
+        recreate_after=1,
+        logger=logging.getLogger("test.node.client"),
+    )
+    try:
+        node_id = await client.register(
+            hostname="pinged", management_ip="127.0.0.1", labels={}, facts=FACTS
+        )
+        async with client.heartbeat_stream() as stream:
+            for sequence in (1, 2):
+                await stream.send(
+                    node_convert.Heartbeat(
+                        node_id=node_id, sequence=sequence, delta=sequence > 1, pools=()
+                    )
+                )
+                reply = await stream.recv()
+                assert reply.sequence == sequence
+                await asyncio.sleep(1.5)  # idle: the server pings, the client answers
+        reply = await client.update_heartbeat(
+            node_convert.Heartbeat(node_id=node_id, sequence=3, delta=False, pools=())
+        )
+    finally:
+        client.close()
+    assert client.channels_created == 1 and client.consecutive_failures == 0
