@@ -53,7 +53,23 @@ _EXPORTS = {
     "get_backend": "storage_backends.registry",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "BackendError",
+    "BackendKind",
+    "BackendTimeout",
+    "BackendUnavailable",
+    "InvalidConfig",
+    "MountError",
+    "PoolHealth",
+    "PoolInfo",
+    "PoolSpec",
+    "ProbeError",
+    "StorageBackend",
+    "VolumeInfo",
+    "available_kinds",
+    "get_backend",
+    "map_exceptions",
+]
 
 
 def __getattr__(name: str) -> Any:
