@@ -53,19 +53,18 @@ import posixpath
 import stat
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from storage_backends import _exec, _mounts, base, configs
+from storage_backends import _exec, _files, _mounts, base, configs
 
 logger = logging.getLogger(__name__)
 
 KIND: Final = base.BackendKind.LOCAL_DIR.value
 
 #: File extensions counted as volumes (compared lower-case).
-VOLUME_EXTENSIONS: Final = frozenset({".qcow2", ".raw", ".img", ".iso"})
+VOLUME_EXTENSIONS: Final = _files.VOLUME_EXTENSIONS
 
 #: Name of the write-probe file created (and removed) in the pool directory.
 PROBE_FILE: Final = ".quantix-probe"
@@ -266,7 +265,7 @@ class LocalDirBackend:
                 raise base.BackendUnavailable(problem)
             return [
                 base.VolumeInfo(name=entry.name, size_bytes=size, path=entry.path)
-                for entry, size in _volume_entries(path, abandoned=abandoned)
+                for entry, size in _files.volume_entries(path, abandoned=abandoned)
             ]
 
         with base.map_exceptions(f"list volumes of {path}"):
@@ -300,7 +299,9 @@ class LocalDirBackend:
                 message += f" (filesystem expected at {expected.mount_point} is not mounted)"
             return info(health=health.UNMOUNTED, error_message=message)
         except OSError as exc:
-            return info(health=health.ERROR, error_message=f"stat {path}: {_describe(exc)}")
+            return info(
+                health=health.ERROR, error_message=f"stat {path}: {_files.describe_os_error(exc)}"
+            )
         if not stat.S_ISDIR(st.st_mode):
             return info(health=health.ERROR, error_message=f"pool path {path} is not a directory")
         problem = _filesystem_problem(path=path, st=st, expected=expected)
@@ -311,12 +312,18 @@ class LocalDirBackend:
         try:
             vfs = _statvfs(path)
         except OSError as exc:
-            return info(health=health.ERROR, error_message=f"statvfs {path}: {_describe(exc)}")
+            return info(
+                health=health.ERROR,
+                error_message=f"statvfs {path}: {_files.describe_os_error(exc)}",
+            )
         try:
             usage = self._usage(vfs, path=path, quota=quota, abandoned=abandoned)
-            volume_count = sum(1 for _ in _volume_entries(path, abandoned=abandoned))
+            volume_count = sum(1 for _ in _files.volume_entries(path, abandoned=abandoned))
         except OSError as exc:
-            return info(health=health.ERROR, error_message=f"reading {path}: {_describe(exc)}")
+            return info(
+                health=health.ERROR,
+                error_message=f"reading {path}: {_files.describe_os_error(exc)}",
+            )
         measured = functools.partial(
             info,
             total_bytes=usage.total,
@@ -340,7 +347,7 @@ class LocalDirBackend:
                 else:
                     return measured(
                         health=health.ERROR,
-                        error_message=f"write probe in {path}: {_describe(exc)}",
+                        error_message=f"write probe in {path}: {_files.describe_os_error(exc)}",
                     )
 
         if read_only:
@@ -462,25 +469,6 @@ def _write_probe_file(probe_path: str) -> None:
             os.unlink(probe_path)
 
 
-def _volume_entries(
-    path: str, *, abandoned: threading.Event
-) -> Iterator[tuple[os.DirEntry[str], int]]:
-    """Yields ``(entry, size in bytes)`` for regular volume files directly in ``path``."""
-    with os.scandir(path) as entries:
-        for entry in entries:
-            if abandoned.is_set():
-                return
-            if os.path.splitext(entry.name)[1].lower() not in VOLUME_EXTENSIONS:
-                continue
-            try:
-                if not entry.is_file(follow_symlinks=False):
-                    continue
-                size = entry.stat(follow_symlinks=False).st_size
-            except FileNotFoundError:  # removed while listing
-                continue
-            yield entry, size
-
-
 def _allocated_bytes(
     path: str, *, max_entries: int, abandoned: threading.Event
 ) -> tuple[int, bool]:
@@ -554,10 +542,3 @@ def find_mount(path: str, *, mounts: list[Mount]) -> Mount | None:
         if contains and (best is None or len(mp) >= len(best.mount_point)):
             best = mount
     return best
-
-
-def _describe(exc: OSError) -> str:
-    """``[Errno 5] Input/output error`` without the repeated file name."""
-    if exc.errno is not None and exc.strerror:
-        return f"[Errno {exc.errno}] {exc.strerror}"
-    return str(exc)

@@ -210,7 +210,7 @@ def test_without_a_record_only_an_nfs_mount_of_the_export_counts(
     # export is adopted, anything else at the mount point is not ours.
     cfg = nfs.NfsBackend().parse(spec(mount_point="/m/p"))
     mounts = nfs.parse_mountinfo(line)
-    assert nfs._mount_problem(cfg=cfg, record=None, mounts=mounts) == problem
+    assert nfs.mount_problem(cfg=cfg, record=None, mounts=mounts) == problem
 
 
 # -- the bind-mount helper ---------------------------------------------------------

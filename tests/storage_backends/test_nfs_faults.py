@@ -293,7 +293,7 @@ async def test_stale_file_handle_is_an_error_with_the_remedy(
     def stale(path: str) -> os.statvfs_result:
         raise OSError(errno.ESTALE, os.strerror(errno.ESTALE), path)
 
-    monkeypatch.setattr(nfs, "_statvfs", stale)
+    monkeypatch.setattr(nfs.backend, "_statvfs", stale)
     info, _ = await timed_probe(nfs_backend)
     assert info.health is base.PoolHealth.ERROR
     assert info.error_message == (

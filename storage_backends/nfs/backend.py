@@ -1,71 +1,8 @@
-"""``nfs``: a pool that is an NFS export mounted on this host.
+"""The NFS backend itself: attach (mount), probe, list, detach, bounded and off the loop.
 
-Attaching mounts ``<server>:<export_path>`` at the pool's mount point with the
-configured mount command; probing measures it; detaching unmounts it. What
-makes NFS different from a local directory is that the storage lives on
-another machine, and the kernel client is a poor witness of that machine:
-
-* **A hung server hangs the mount.** On a ``hard`` mount (the default, and
-  what VM images need) every syscall on the mount point - ``statvfs``,
-  ``readdir``, even ``stat`` of the mount point - blocks until the server
-  answers, in uninterruptible sleep. So the probe asks the **server first**,
-  over its own userspace connection (libnfs, :mod:`storage_backends._libnfs`)
-  with a per-call timeout, and touches the kernel mount only once the server
-  has answered. A dead or silent server is then named in the message
-  ("NFS server 10.0.0.7:2049 refused the connection", "... did not answer
-  within 1.8s") instead of a bare "probe timed out", and no thread is left
-  stuck in the kernel. The server's FSSTAT is also the authoritative capacity:
-  it is what the server will let us write, whatever the client caches.
-* **Probes must not hang the node.** Everything blocking runs in a worker
-  thread through :class:`storage_backends._exec.ThreadRunner`, one worker per
-  pool (keyed by mount point), under the caller's timeout. If the server goes
-  silent between the two steps above, the kernel call blocks; the caller gets
-  "probe timed out after Xs" on time, the stuck worker keeps its key, and
-  later probes report "probe timed out after Xs; previous probe still
-  running" rather than piling up threads. Bookkeeping that never touches the
-  mount (reading ``/proc/self/mountinfo``, creating the mount point) runs on
-  a second runner, so a pool whose probe is stuck can still be detached.
-* **An unmounted export is invisible.** The mount point then is an empty
-  directory on the parent filesystem, and ``statvfs`` happily measures the
-  wrong disk (STORAGE_LAB §1). The probe therefore checks
-  ``/proc/self/mountinfo`` before anything else, and expects the mount it
-  made: at attach it records the mount's identity (source, root, fstype), and
-  a mount point that now shows something else is UNMOUNTED. Without a record
-  (a node restarted over an existing mount), a mount whose source is
-  ``<server>:<export_path>`` with fstype nfs/nfs4 is adopted; anything else at
-  the mount point is never mounted over or unmounted by us.
-
-The **mount command is a setting** (``mount_command``, ``umount_command``)
-because a host may need a wrapper (sudo, a namespace helper), and because this
-project's test machines have no kernel NFS client: there
-``scripts/nfs-bind-mount`` stands in for ``mount``, bind-mounting the
-directory that backs the export, while the probe still talks to a real NFS
-server (nfs-ganesha) for everything the server knows. The command line is
-exactly what a real host runs::
-
-    <mount_command> -t nfs \
-        -o vers=<version>[,port=<nfs_port>][,mountport=<mount_port>][,<options>] \
-        <server>:<export_path> <mount_point>
-
-``nfs_port``/``mount_port`` (backend options) say where the server listens
-when not on the standard ports; they apply to the probe and to the mount.
-
-Health rules, first match wins (DESIGN §7):
-
-1. nothing mounted at the mount point -> ``UNMOUNTED`` "expected S at M, not
-   mounted"; a different mount there -> ``UNMOUNTED`` "... found X instead";
-2. the server cannot be asked (refused, unreachable, silent, no such export,
-   libnfs missing) -> ``ERROR`` naming the server and the reason;
-3. ``statvfs`` or listing the mount fails (``ESTALE`` after the export was
-   replaced, ``EIO``) -> ``ERROR`` with the error;
-4. the mount is read-only -> ``DEGRADED`` "read-only";
-5. the server's available space is below ``full_threshold`` of its total ->
-   ``DEGRADED`` "nearly full: N% free";
-6. otherwise ``HEALTHY``.
-
-Capacity (total/used/available) always comes from the server's FSSTAT; the
-volume count is the number of image files (``.qcow2 .raw .img .iso``) directly
-in the mount point, counted live on every probe.
+The design, the mount command line and the health rules are in the package
+docstring (:mod:`storage_backends.nfs`); what is mounted where is judged in
+:mod:`storage_backends.nfs.mounts`.
 """
 
 from __future__ import annotations
@@ -81,12 +18,12 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from storage_backends import _exec, _libnfs, _mounts, base, configs
+from storage_backends import _exec, _files, _libnfs, base, configs
+from storage_backends.nfs import mounts
 
 logger = logging.getLogger(__name__)
 
@@ -97,14 +34,12 @@ VERSIONS: Final = configs.NFS_VERSIONS
 DEFAULT_VERSION: Final = configs.NFS_DEFAULT_VERSION
 
 #: File extensions counted as volumes (compared lower-case).
-VOLUME_EXTENSIONS: Final = frozenset({".qcow2", ".raw", ".img", ".iso"})
+VOLUME_EXTENSIONS: Final = _files.VOLUME_EXTENSIONS
 
 #: Standard ports, for messages when the backend has no explicit one.
 NFS_PORT: Final = 2049
 PORTMAPPER_PORT: Final = 111
 
-#: Filesystem types the kernel NFS client shows in mountinfo.
-NFS_FSTYPES: Final = frozenset({"nfs", "nfs4"})
 
 #: At most this many stacked mounts of ours are removed by one detach.
 MAX_STACKED_MOUNTS: Final = 8
@@ -116,7 +51,6 @@ _SERVER_MARGIN_MAX: Final = 0.2
 #: Longest TCP connect used to tell a refused connection from other failures.
 _CONNECT_CHECK_TIMEOUT: Final = 0.5
 
-_MOUNTINFO: Final = _mounts.MOUNTINFO
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -132,30 +66,6 @@ NfsConfig = configs.NfsConfig
 def libnfs_version(cfg: NfsConfig) -> int:
     """The protocol family libnfs speaks for this pool (3 or 4)."""
     return _libnfs.NFS_V3 if cfg.version == "3" else _libnfs.NFS_V4
-
-
-@dataclass(frozen=True, slots=True)
-class Mount:
-    """One line of ``/proc/self/mountinfo`` (the fields we use)."""
-
-    mount_point: str
-    #: The directory of the mounted filesystem that appears at the mount point.
-    root: str
-    fstype: str
-    source: str
-
-    @property
-    def identity(self) -> tuple[str, str, str]:
-        """What stays the same when the same export is mounted again."""
-        return (self.source, self.root, self.fstype)
-
-
-@dataclass(frozen=True, slots=True)
-class _Attached:
-    """What attach saw mounted, so probes can tell our mount from another."""
-
-    mount_point: str
-    identity: tuple[str, str, str]
 
 
 class NfsBackend:
@@ -218,7 +128,7 @@ class NfsBackend:
         self._full_threshold = full_threshold
         self._probe_timeout_floor = probe_timeout_floor
         #: What attach found mounted, per pool id; cleared by detach.
-        self._attached: dict[str, _Attached] = {}
+        self._attached: dict[str, mounts.Attached] = {}
         #: Workers that touch the mount or the server (probe, list): may get stuck.
         self._workers = _exec.ThreadRunner(name=f"quantix-{KIND}")
         #: Workers that only read mountinfo or create directories: never stuck.
@@ -306,7 +216,7 @@ class NfsBackend:
                 found.fstype,
                 found.source,
             )
-        self._attached[spec.pool_id] = _Attached(
+        self._attached[spec.pool_id] = mounts.Attached(
             mount_point=cfg.mount_point, identity=found.identity
         )
         return await self.probe(spec, timeout=_left(deadline))
@@ -326,7 +236,7 @@ class NfsBackend:
             top = await self._top_mount(cfg, deadline=deadline)
             if top is None:
                 break
-            if not _is_ours(top, cfg=cfg, record=record):
+            if not mounts.is_ours(top, cfg=cfg, record=record):
                 logger.warning(
                     "detach nfs pool %s: leaving %s (%s) mounted at %s: not %s",
                     spec.pool_id,
@@ -389,13 +299,13 @@ class NfsBackend:
         server_deadline = deadline - min(_SERVER_MARGIN_MAX, timeout * _SERVER_MARGIN_FRACTION)
 
         def work(abandoned: threading.Event) -> list[base.VolumeInfo]:
-            problem = _mount_problem(cfg=cfg, record=record, mounts=read_mounts())
+            problem = mounts.mount_problem(cfg=cfg, record=record, mounts=mounts.read_mounts())
             if problem is not None:
                 raise base.BackendUnavailable(problem)
             self._ask_server(cfg, deadline=server_deadline)
             return [
                 base.VolumeInfo(name=entry.name, size_bytes=size, path=entry.path)
-                for entry, size in _volume_entries(cfg.mount_point, abandoned=abandoned)
+                for entry, size in _files.volume_entries(cfg.mount_point, abandoned=abandoned)
             ]
 
         with base.map_exceptions(f"list volumes of {cfg.mount_point}"):
@@ -409,23 +319,23 @@ class NfsBackend:
 
     # -- attach/detach helpers ---------------------------------------------
 
-    def _record(self, pool_id: str, cfg: NfsConfig) -> _Attached | None:
+    def _record(self, pool_id: str, cfg: NfsConfig) -> mounts.Attached | None:
         """What attach recorded for ``pool_id``, if it was for this mount point."""
         record = self._attached.get(pool_id)
         return record if record is not None and record.mount_point == cfg.mount_point else None
 
     def _prepare_mount_point(
-        self, abandoned: threading.Event, *, cfg: NfsConfig, record: _Attached | None
-    ) -> Mount | None:
+        self, abandoned: threading.Event, *, cfg: NfsConfig, record: mounts.Attached | None
+    ) -> mounts.Mount | None:
         """Worker: returns our mount if already there, else creates the directory.
 
         The mountinfo check comes first: ``mkdir -p`` stats the mount point,
         which blocks if a mount of a hung server is already there.
         """
         del abandoned  # quick, local operations
-        top = _top_mount(cfg.mount_point, mounts=read_mounts())
+        top = mounts.top_mount(cfg.mount_point, mounts=mounts.read_mounts())
         if top is not None:
-            if _is_ours(top, cfg=cfg, record=record):
+            if mounts.is_ours(top, cfg=cfg, record=record):
                 return top
             raise base.MountError(
                 f"mount point {cfg.mount_point} already has {top.source} ({top.fstype}) "
@@ -452,14 +362,14 @@ class NfsBackend:
                 f"{_output(out, err)}"
             )
 
-    async def _top_mount(self, cfg: NfsConfig, *, deadline: float) -> Mount | None:
+    async def _top_mount(self, cfg: NfsConfig, *, deadline: float) -> mounts.Mount | None:
         """The topmost mount at the pool's mount point (read off the event loop)."""
-        with base.map_exceptions(f"read {_MOUNTINFO}", base.MountError):
+        with base.map_exceptions(f"read {mounts.MOUNTINFO}", base.MountError):
             return await self._admin.run(
-                lambda _: _top_mount(cfg.mount_point, mounts=read_mounts()),
+                lambda _: mounts.top_mount(cfg.mount_point, mounts=mounts.read_mounts()),
                 key=cfg.mount_point,
                 timeout=_left(deadline),
-                what=f"read {_MOUNTINFO}",
+                what=f"read {mounts.MOUNTINFO}",
             )
 
     # -- measuring (runs in the worker thread) -----------------------------
@@ -470,7 +380,7 @@ class NfsBackend:
         *,
         spec: base.PoolSpec,
         cfg: NfsConfig,
-        record: _Attached | None,
+        record: mounts.Attached | None,
         server_deadline: float,
     ) -> base.PoolInfo:
         """Apply the health rules of the module docstring; returns a PoolInfo."""
@@ -479,7 +389,7 @@ class NfsBackend:
 
         # Rule 1: is our export mounted there at all? Checked before anything
         # that would otherwise measure the parent filesystem.
-        problem = _mount_problem(cfg=cfg, record=record, mounts=read_mounts())
+        problem = mounts.mount_problem(cfg=cfg, record=record, mounts=mounts.read_mounts())
         if problem is not None:
             return info(health=health.UNMOUNTED, error_message=problem)
 
@@ -501,7 +411,9 @@ class NfsBackend:
         # Rule 3: the kernel's view of the mount (stale handles, I/O errors).
         try:
             vfs = _statvfs(cfg.mount_point)
-            volume_count = sum(1 for _ in _volume_entries(cfg.mount_point, abandoned=abandoned))
+            volume_count = sum(
+                1 for _ in _files.volume_entries(cfg.mount_point, abandoned=abandoned)
+            )
         except OSError as exc:
             return measured(health=health.ERROR, error_message=_describe_mount_error(cfg, exc))
         measured = functools.partial(measured, volume_count=volume_count)
@@ -615,100 +527,12 @@ def _output(out: bytes, err: bytes) -> str:
     return text or "no output"
 
 
-def _is_ours(mount: Mount, *, cfg: NfsConfig, record: _Attached | None) -> bool:
-    """Whether ``mount`` is the pool's export: the one attach recorded, or an
-    NFS mount of ``server:export`` (adopted after a node restart)."""
-    if record is not None and mount.identity == record.identity:
-        return True
-    return mount.fstype in NFS_FSTYPES and _normalise_source(mount.source) == _normalise_source(
-        cfg.source
-    )
-
-
-def _normalise_source(source: str) -> str:
-    """``server:/export/`` and ``server:/export`` name the same export."""
-    server, sep, path = source.partition(":")
-    if sep and len(path) > 1:
-        path = path.rstrip("/") or "/"
-    return f"{server}{sep}{path}"
-
-
-def _mount_problem(*, cfg: NfsConfig, record: _Attached | None, mounts: list[Mount]) -> str | None:
-    """Why the pool's export is not what is mounted at its mount point, or None."""
-    top = _top_mount(cfg.mount_point, mounts=mounts)
-    if top is None:
-        return f"expected {cfg.source} at {cfg.mount_point}, not mounted"
-    if not _is_ours(top, cfg=cfg, record=record):
-        return (
-            f"expected {cfg.source} at {cfg.mount_point}, "
-            f"found {top.source} ({top.fstype}) mounted there instead"
-        )
-    return None
-
-
 def _describe_mount_error(cfg: NfsConfig, exc: OSError) -> str:
     """An OS error on the mount point, with the remedy for a stale handle."""
-    message = f"reading {cfg.mount_point}: {_describe(exc)}"
+    message = f"reading {cfg.mount_point}: {_files.describe_os_error(exc)}"
     if exc.errno == errno.ESTALE:
         message += (
             f" (the export {cfg.source} was replaced on the server: "
             "detach and attach the pool again)"
         )
     return message
-
-
-def _volume_entries(
-    path: str, *, abandoned: threading.Event
-) -> Iterator[tuple[os.DirEntry[str], int]]:
-    """Yields ``(entry, size in bytes)`` for regular volume files directly in ``path``.
-
-    Stops early once the caller has given up (``abandoned``).
-    """
-    with os.scandir(path) as entries:
-        for entry in entries:
-            if abandoned.is_set():
-                return
-            if os.path.splitext(entry.name)[1].lower() not in VOLUME_EXTENSIONS:
-                continue
-            try:
-                if not entry.is_file(follow_symlinks=False):
-                    continue
-                size = entry.stat(follow_symlinks=False).st_size
-            except FileNotFoundError:  # removed while listing
-                continue
-            yield entry, size
-
-
-def read_mounts(mountinfo: str = _MOUNTINFO) -> list[Mount]:
-    """Parse ``mountinfo``; returns mounts in file order (later lines mount on top)."""
-    return parse_mountinfo(_mounts.read_text(mountinfo))
-
-
-def parse_mountinfo(text: str) -> list[Mount]:
-    """Parse the text of a mountinfo file (see proc(5)); malformed lines are skipped."""
-    return [
-        Mount(mount_point=e.mount_point, root=e.root, fstype=e.fstype, source=e.source)
-        for e in _mounts.parse(text)
-    ]
-
-
-def _top_mount(mount_point: str, *, mounts: list[Mount]) -> Mount | None:
-    """The topmost mount at exactly ``mount_point`` (resolved), or None.
-
-    Only the parent directory is resolved: resolving the mount point itself
-    would stat it, which blocks on a mount of a hung server.
-    """
-    parent, name = os.path.split(mount_point)
-    resolved = os.path.join(os.path.realpath(parent), name)
-    found = None
-    for mount in mounts:
-        if mount.mount_point == resolved:
-            found = mount
-    return found
-
-
-def _describe(exc: OSError) -> str:
-    """``[Errno 116] Stale file handle`` without the repeated file name."""
-    if exc.errno is not None and exc.strerror:
-        return f"[Errno {exc.errno}] {exc.strerror}"
-    return str(exc)
