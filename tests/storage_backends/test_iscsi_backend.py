@@ -150,7 +150,7 @@ def test_initiator_name_comes_from_the_host_file_when_valid(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "initiatorname.iscsi"
-    monkeypatch.setattr(iscsi, "HOST_INITIATOR_NAME_FILE", str(path))
+    monkeypatch.setattr(iscsi.targets, "HOST_INITIATOR_NAME_FILE", str(path))
     userspace = iscsi.UserspaceInitiator()
     assert iscsi.IscsiBackend(initiator=userspace).initiator_name == iscsi.DEFAULT_INITIATOR_NAME
     path.write_text("## comment\nInitiatorName=iqn.1993-08.org.debian:01:abc\n")
