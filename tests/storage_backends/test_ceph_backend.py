@@ -355,7 +355,7 @@ def stuck(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[ceph_rbd.CephRbdBac
     monkeypatch.setattr(backend, "_bindings", lambda: (None, None))
     body = Stuck("asking the monitors for cluster health")
     monkeypatch.setattr(backend, "_measure", body)
-    backend._pools["p1"] = ceph_rbd._PoolState(attached=True)
+    backend._pools["p1"] = ceph_rbd.backend._PoolState(attached=True)
     try:
         yield backend, body
     finally:
@@ -432,7 +432,7 @@ async def test_an_unexpected_error_is_reported_not_raised(monkeypatch: pytest.Mo
         raise KeyError("surprise")
 
     monkeypatch.setattr(backend, "_measure", broken)
-    backend._pools["p1"] = ceph_rbd._PoolState(attached=True)
+    backend._pools["p1"] = ceph_rbd.backend._PoolState(attached=True)
     info = await backend.probe(spec(GOOD), timeout=TIMEOUT)
     assert info.health is base.PoolHealth.ERROR
     assert info.error_message == (

@@ -1,74 +1,9 @@
-"""``ceph_rbd``: a pool that is an RBD pool (optionally one RBD namespace) of a Ceph cluster.
+"""The Ceph RBD backend itself: one cluster connection per pool, driven from worker threads.
 
-Nothing is mounted or mapped on the host: VMs reach RBD images through
-librbd (libvirt network disks), and this machine class has no krbd or
-rbd-nbd anyway. So "attach" means: connect to the cluster, check the pool
-(and namespace) exist, keep the connection. "Probe" means asking the cluster
-three questions over that connection (STORAGE_LAB §4):
-
-* **health** -- ``mon_command {"prefix": "health"}``: ``HEALTH_OK`` is
-  HEALTHY, ``HEALTH_WARN`` DEGRADED and ``HEALTH_ERR`` ERROR, and the
-  message lists the active checks ("cluster health HEALTH_WARN: noout flag(s)
-  set (OSDMAP_FLAGS)"). A dead mgr or down OSDs show up here too (MGR_DOWN,
-  OSD_DOWN), which matters because ``ceph df`` then serves stale figures.
-* **capacity** -- the pool's own line of ``ceph df detail``: used is the
-  pool's ``stored`` bytes and available its ``max_avail`` (both logical
-  bytes, i.e. already divided by the replica count; ``bytes_used`` counts
-  every replica and would overstate usage), capped by the pool quota when one
-  is set; total is used + available. Upstream fell back to a guessed 1 TiB
-  when it could not tell (UPSTREAM §4.6); here missing figures are reported
-  as 0 with DEGRADED and the reason in ``error_message``. Never invented.
-* **volume count** -- ``rbd.RBD().list(ioctx)`` on an ioctx set to the pool's
-  namespace (an RBD namespace that does not exist lists as empty, so its
-  existence is checked first).
-
-Bounded, off the event loop, never piling up
-    librados blocks, so every call runs in a worker thread through
-    :class:`storage_backends._exec.ThreadRunner`, one worker per pool id: a
-    probe whose previous worker is still stuck reports ERROR at once and does
-    not start a second thread. librados' own timeouts (``client_mount_timeout``,
-    ``rados_mon_op_timeout``, ``rados_osd_op_timeout``) are derived from the
-    backend's ``probe_timeout``: whole seconds (librados takes integers only,
-    and 0 means "wait for ever"), half a second to 1.5 s beyond the probe
-    bound. So in a probe the caller's bound always fires first (a
-    deterministic "probe timed out" rather than a race with librados'
-    ETIMEDOUT), and the abandoned worker returns soon after. In calls with
-    more time (attach), librados' timeout is what ends a wait for a silent
-    cluster.
-
-Dead or hung? A stopped monitor and a dead one look the same to librados
-    (both time out). When a call is about to run out of time (or librados
-    has already given up), a TCP connect to each monitor tells them apart
-    within the same time bound; a healthy probe never pays for it. If no monitor
-    accepts a connection the cluster is *unreachable* ("Ceph cluster
-    unreachable: monitors 127.0.0.1:6789 did not answer within 2s (connection
-    refused)"); if they accept but do not answer, the probe *timed out*
-    ("probe timed out after 2s while asking the monitors for cluster
-    health"). Each worker records the step it is in, so the message says what
-    was hanging (monitors, or OSDs while listing images).
-
-One connection per pool, replaced after trouble
-    A ``rados.Rados`` handle is opened at attach and reused by every probe.
-    After any error on it (a timeout, a failed command) it is marked broken
-    and the next call closes it and connects afresh: a handle that lived
-    through a monitor restart may not recover on its own, and connecting takes
-    milliseconds when the cluster is well. ``detach`` closes it (in the
-    worker, after any stuck call has returned); nothing is ever deleted.
-
-Config (the proto's CephConfig, snake_case keys): ``pool_name`` (required),
-``monitors`` (``host[:port]``, port 6789 by default; required unless the
-backend reads a ceph.conf), ``user`` (the client id, default ``admin``:
-librados name ``client.admin``), ``keyring_path`` (needed with cephx unless
-the default keyring applies), ``namespace``, ``secret_uuid`` (the libvirt
-secret VMs use; only validated here) and ``cluster_id``: when it is a UUID it
-must be the fsid of the cluster the monitors belong to, which catches a
-monitor address reused by another cluster; otherwise it is a label.
-
-The Ceph Python bindings (Debian's python3-rados and python3-rbd) are not on
-PyPI; ``scripts/link-debian-ceph.sh`` makes them importable in the venv. They
-are imported on first use, so the backend can be built and configs validated
-without them; without them attach, probe and list raise (or report)
-BackendUnavailable naming the fix.
+The design (what attach and probe mean without krbd, the bounds, the diagnosis,
+the config fields) is in the package docstring (:mod:`storage_backends.ceph_rbd`);
+the cluster's JSON is read in :mod:`storage_backends.ceph_rbd.answers` and the
+monitors' reachability judged in :mod:`storage_backends.ceph_rbd.reachability`.
 """
 
 from __future__ import annotations
@@ -85,13 +20,14 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Final, Generic, TypeGuard, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 from storage_backends import _exec, base, configs
+from storage_backends.ceph_rbd import answers, diagnosis
 
 logger = logging.getLogger(__name__)
 
@@ -113,9 +49,6 @@ BINDINGS_MISSING: Final = (
 DIAGNOSIS_BUDGET: Final = 0.5
 #: Below this many seconds there is no point in trying (a call given no time).
 MIN_DIAGNOSIS: Final = 0.01
-#: A monitor silent for at least this many seconds at TCP level counts as
-#: unreachable; a shorter silence is inconclusive.
-MIN_SILENCE_EVIDENCE: Final = 0.25
 
 _IDLE: Final = "idle"
 
@@ -137,89 +70,6 @@ def parse_config(config: Mapping[str, Any], *, have_conf_file: bool) -> CephPool
     the monitors instead of ``ceph.monitors``.
     """
     return base.parse_config(configs.parse_ceph_rbd, config, monitors_from_conf=have_conf_file)
-
-
-# -- interpreting the cluster's answers (pure) ------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Capacity:
-    """A pool's capacity in logical bytes; ``total == used + available``."""
-
-    total: int
-    used: int
-    available: int
-
-
-_HEALTH_BY_STATUS: Final = {
-    "HEALTH_OK": base.PoolHealth.HEALTHY,
-    "HEALTH_WARN": base.PoolHealth.DEGRADED,
-    "HEALTH_ERR": base.PoolHealth.ERROR,
-}
-
-
-def classify_health(doc: Any) -> tuple[base.PoolHealth, str]:
-    """Map ``ceph health -f json`` to (health, message); the message is empty when OK.
-
-    Case 1: HEALTH_OK -> HEALTHY, no message.
-    Case 2: HEALTH_WARN / HEALTH_ERR -> DEGRADED / ERROR, message "cluster
-    health STATUS: <summary> (<CHECK>); ..." over the checks that are not
-    muted, in the order the cluster gave them.
-    Case 3: anything else (no status, an unknown one) -> DEGRADED saying so:
-    the cluster answered, but we cannot vouch for it.
-    """
-    status = doc.get("status") if isinstance(doc, dict) else None
-    health = _HEALTH_BY_STATUS.get(status) if isinstance(status, str) else None
-    if health is None:
-        return base.PoolHealth.DEGRADED, f"cluster health unknown: status {status!r}"
-    if health is base.PoolHealth.HEALTHY:
-        return health, ""
-    checks = doc.get("checks")
-    parts = []
-    if isinstance(checks, dict):
-        for name, check in checks.items():
-            if not isinstance(check, dict) or check.get("muted"):
-                continue
-            summary = check.get("summary")
-            message = summary.get("message") if isinstance(summary, dict) else None
-            parts.append(f"{message} ({name})" if message else str(name))
-    detail = "; ".join(parts) if parts else "no checks reported"
-    return health, f"cluster health {status}: {detail}"
-
-
-def pool_capacity(doc: Any, *, pool: str) -> Capacity | str:
-    """The capacity of ``pool`` from ``ceph df detail -f json``, or why it is unknown.
-
-    used = ``stored`` (``bytes_used`` on clusters too old to report
-    ``stored``); available = ``max_avail``, capped by ``quota_bytes - used``
-    when the pool has a byte quota; total = used + available. Returns a
-    message instead when the pool or its figures are missing (a pool created
-    moments ago is not in ``ceph df`` until the mgr's next report).
-    """
-    pools = doc.get("pools") if isinstance(doc, dict) else None
-    entry = next(
-        (p for p in pools or [] if isinstance(p, dict) and p.get("name") == pool),
-        None,
-    )
-    if entry is None:
-        return f"pool '{pool}' is not listed in ceph df"
-    stats = entry.get("stats")
-    if not isinstance(stats, dict):
-        return f"ceph df has no stats for pool '{pool}'"
-    used = stats.get("stored", stats.get("bytes_used"))
-    max_avail = stats.get("max_avail")
-    if not (_is_size(used) and _is_size(max_avail)):
-        return f"ceph df has no usage figures for pool '{pool}'"
-    available = max_avail
-    quota = stats.get("quota_bytes", 0)
-    if _is_size(quota) and quota > 0:
-        available = max(0, min(available, quota - used))
-    return Capacity(total=used + available, used=used, available=available)
-
-
-def _is_size(value: object) -> TypeGuard[int]:
-    """A byte count: a non-negative int (JSON true/false are not sizes)."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 # -- per-pool connection state ----------------------------------------------------
@@ -267,7 +117,7 @@ class _Outcome(Generic[T]):
     #: The worker's step when the caller stopped waiting.
     step: str = _IDLE
     #: Per monitor, whether it accepts TCP connections (only checked on trouble).
-    reachability: dict[Monitor, Reachability] | None = None
+    reachability: dict[Monitor, diagnosis.Reachability] | None = None
 
 
 # -- the backend ---------------------------------------------------------------
@@ -494,7 +344,7 @@ class CephRbdBackend:
         """
         deadline = time.monotonic() + timeout
         budget = min(DIAGNOSIS_BUDGET, timeout / 4)
-        reachability: dict[Monitor, Reachability] | None = None
+        reachability: dict[Monitor, diagnosis.Reachability] | None = None
         async with asyncio.TaskGroup() as group:
             attempt = group.create_task(
                 self._attempt(fn, key=key, state=state, timeout=timeout),
@@ -502,7 +352,7 @@ class CephRbdBackend:
             )
             done, _ = await asyncio.wait({attempt}, timeout=max(0.0, timeout - budget))
             if not done and config.monitors and budget >= MIN_DIAGNOSIS:
-                reachability = await check_monitors(config.monitors, timeout=budget)
+                reachability = await diagnosis.check_monitors(config.monitors, timeout=budget)
         outcome = attempt.result()
         remaining = deadline - time.monotonic()
         if (
@@ -511,7 +361,7 @@ class CephRbdBackend:
             and config.monitors
             and remaining >= MIN_DIAGNOSIS
         ):
-            reachability = await check_monitors(
+            reachability = await diagnosis.check_monitors(
                 config.monitors, timeout=min(DIAGNOSIS_BUDGET, remaining)
             )
         return dataclasses.replace(outcome, reachability=reachability)
@@ -558,10 +408,12 @@ class CephRbdBackend:
             if isinstance(error, ClusterUnreachable):
                 message = str(error)
             else:
-                message = unreachable_message(config, seconds=timeout, conf_path=self._conf_path)
-            return ClusterUnreachable(f"{message} ({_reachability_detail(reachability)})")
+                message = diagnosis.unreachable_message(
+                    config, seconds=timeout, conf_path=self._conf_path
+                )
+            return ClusterUnreachable(f"{message} ({diagnosis.reachability_detail(reachability)})")
         if isinstance(error, ClusterUnreachable) and reachability:
-            return ClusterUnreachable(f"{error} ({_reachability_detail(reachability)})")
+            return ClusterUnreachable(f"{error} ({diagnosis.reachability_detail(reachability)})")
         if isinstance(error, _exec.WorkerBusy):
             return base.BackendTimeout(
                 f"{action} timed out after {timeout:g}s: the previous call on "
@@ -648,14 +500,14 @@ class CephRbdBackend:
             raise
         state.step = _IDLE
 
-        health, health_message = classify_health(health_doc)
-        capacity = pool_capacity(df_doc, pool=config.pool_name)
+        health, health_message = answers.classify_health(health_doc)
+        capacity = answers.pool_capacity(df_doc, pool=config.pool_name)
         messages = [health_message] if health_message else []
         if isinstance(capacity, str):
             messages.append(f"capacity unknown: {capacity}")
             if health is base.PoolHealth.HEALTHY:
                 health = base.PoolHealth.DEGRADED
-            capacity = Capacity(total=0, used=0, available=0)
+            capacity = answers.Capacity(total=0, used=0, available=0)
         return base.PoolInfo(
             pool_id=spec.pool_id,
             kind=self.kind,
@@ -836,84 +688,15 @@ class CephRbdBackend:
             raise base.ProbeError(f"{what} failed: {_describe(exc)}") from exc
 
     def _unreachable(self, config: CephPoolConfig) -> str:
-        return unreachable_message(
+        return diagnosis.unreachable_message(
             config, seconds=float(self._client_timeout), conf_path=self._conf_path
         )
 
     def _monitors_text(self, config: CephPoolConfig) -> str:
-        return monitors_text(config, conf_path=self._conf_path)
+        return diagnosis.monitors_text(config, conf_path=self._conf_path)
 
 
 # -- module helpers ---------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Reachability:
-    """What a TCP connect to one monitor showed."""
-
-    #: "accepts connections", "connection refused", "no TCP answer within 0.5s", ...
-    verdict: str
-    #: True: it accepted; False: it cannot be reached; None: inconclusive
-    #: (no answer, but the check was too short to call it unreachable).
-    reachable: bool | None
-
-
-async def check_monitors(
-    monitors: Sequence[Monitor], *, timeout: float
-) -> dict[Monitor, Reachability]:
-    """Connect to every monitor over TCP, concurrently, within ``timeout``.
-
-    The connection is closed at once (the monitor sees a client that left
-    before its banner). A monitor that does not answer within ``timeout``
-    counts as unreachable only if ``timeout`` was at least
-    :data:`MIN_SILENCE_EVIDENCE`: a shorter silence proves nothing on a slow
-    network. Never raises but CancelledError.
-    """
-
-    async def check(monitor: Monitor) -> Reachability:
-        try:
-            async with asyncio.timeout(timeout):
-                _, writer = await asyncio.open_connection(monitor.host, monitor.port)
-        except TimeoutError:
-            return Reachability(
-                verdict=f"no TCP answer within {timeout:g}s",
-                reachable=False if timeout >= MIN_SILENCE_EVIDENCE else None,
-            )
-        except ConnectionRefusedError:
-            return Reachability(verdict="connection refused", reachable=False)
-        except OSError as exc:  # no route to host, DNS failure, ...
-            return Reachability(verdict=exc.strerror or str(exc), reachable=False)
-        writer.close()
-        with contextlib.suppress(OSError):  # includes TimeoutError
-            async with asyncio.timeout(timeout):
-                await writer.wait_closed()
-        return Reachability(verdict="accepts connections", reachable=True)
-
-    results = await asyncio.gather(*(check(monitor) for monitor in monitors))
-    return dict(zip(monitors, results, strict=True))
-
-
-def _reachability_detail(reachability: Mapping[Monitor, Reachability]) -> str:
-    """ "connection refused", or "a: connection refused; b: accepts connections"."""
-    verdicts = {r.verdict for r in reachability.values()}
-    if len(verdicts) == 1:
-        return verdicts.pop()
-    return "; ".join(f"{mon}: {r.verdict}" for mon, r in reachability.items())
-
-
-def monitors_text(config: CephPoolConfig, *, conf_path: Path | None) -> str:
-    """``127.0.0.1:6789, 10.0.0.2:6789`` or where the monitors come from."""
-    if config.monitors:
-        return ", ".join(str(m) for m in config.monitors)
-    return f"listed in {conf_path}" if conf_path is not None else "(none configured)"
-
-
-def unreachable_message(config: CephPoolConfig, *, seconds: float, conf_path: Path | None) -> str:
-    """The message for a cluster whose monitors did not answer within ``seconds``."""
-    return (
-        f"Ceph cluster unreachable: monitors {monitors_text(config, conf_path=conf_path)} "
-        f"did not answer within {seconds:g}s"
-    )
 
 
 def _check_cluster_id(config: CephPoolConfig, *, fsid: str) -> None:
@@ -927,8 +710,9 @@ def _check_cluster_id(config: CephPoolConfig, *, fsid: str) -> None:
     except ValueError:
         return
     if wanted != uuid.UUID(fsid):
+        monitors = diagnosis.monitors_text(config, conf_path=None)
         raise base.MountError(
-            f"monitors {monitors_text(config, conf_path=None)} belong to Ceph cluster {fsid}, "
+            f"monitors {monitors} belong to Ceph cluster {fsid}, "
             f"not to ceph.cluster_id {config.cluster_id}"
         )
 
