@@ -337,9 +337,9 @@ class _StreamSession:
         self._sent: Assignment | None = None  # what the node was last sent
         self._pusher: asyncio.Task[None] | None = None  # only while a push is being sent
         self._push_due = False
-        # Sends in flight (a reply and a push may overlap); -1 once the watchdog expired us.
-        self._sending = 0
-        self._task: asyncio.Task[Any] | None = None  # the task serving the stream
+        self._sending = 0  # sends in flight: a reply and a push may overlap
+        # The task serving the stream; None once the watchdog expired the stream.
+        self._task: asyncio.Task[Any] | None = None
         self.node_id = ""
 
     async def _send(self, response: compute.UpdateHeartbeatResponse) -> None:
@@ -355,18 +355,17 @@ class _StreamSession:
             finally:
                 lock.release()
         finally:
-            if self._sending > 0:
-                self._sending -= 1
-                if self._sending == 0:
-                    watchdog.end(self)
+            self._sending -= 1
+            if self._sending == 0:
+                watchdog.end(self)
 
     def expire(self) -> None:
         """The watchdog's verdict: a send has waited too long. End the stream: a partly
         sent message cannot be followed by another, so the serving task is cancelled
         and :meth:`serve` answers UNAVAILABLE."""
-        self._sending = -1
-        if self._task is not None:
-            self._task.cancel()
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
 
     def _reply(
         self, *, sequence: int, unsolicited: bool = False, full_sync: bool = False
@@ -424,7 +423,7 @@ class _StreamSession:
                 del request  # waiting for the next one must not keep this one (per host)
         except asyncio.CancelledError:
             # The watchdog's cancellation, and nobody else's: the node stopped reading.
-            if self._sending == -1 and task is not None and task.uncancel() == 0:
+            if self._task is None and task is not None and task.uncancel() == 0:
                 raise to_grpc_error(
                     send_timed_out(self._svc._send_timeout), method="StreamHeartbeat"
                 ) from None
