@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import ipaddress
 import logging
 import time
 from collections.abc import Callable, Coroutine, Mapping
@@ -52,25 +51,6 @@ from qvdc.kits.timing import Clock
 from qvdc.store import codec
 
 log = logging.getLogger(__name__)
-
-
-def normalize_management_ip(value: str) -> str:
-    """``"10.0.0.5"``, ``"10.0.0.5:9090"``, ``"fd00::5"`` or ``"[fd00::5]:9090"`` -> the address."""
-    if not value:
-        raise errors.InvalidArgument("management_ip is required", field="management_ip")
-    host = value
-    if value.startswith("["):
-        host = value[1 : value.find("]")] if "]" in value else value
-    elif value.count(":") == 1:
-        host, _, port = value.partition(":")
-        if not port.isdigit():
-            raise errors.InvalidArgument(f"bad port in '{value}'", field="management_ip")
-    try:
-        return str(ipaddress.ip_address(host))
-    except ValueError as exc:
-        raise errors.InvalidArgument(
-            f"'{value}' is not an IP address (optionally with :port)", field="management_ip"
-        ) from exc
 
 
 class NodeService:
@@ -134,7 +114,7 @@ class NodeService:
 
     async def register_node(self, request: compute.RegisterNodeRequest) -> compute.Node:
         validation.validate_hostname(request.hostname)
-        ip = normalize_management_ip(request.management_ip)
+        ip = validation.normalize_management_ip(request.management_ip)
         validation.validate_labels(request.labels, field="labels")
         now = codec.format_time(self._clock.time())
 

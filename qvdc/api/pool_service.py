@@ -26,8 +26,6 @@ from qvdc.engines.view import ClusterView
 from qvdc.kits.timing import Clock
 from qvdc.store import keys
 
-MAX_DESCRIPTION = 1024
-
 _SPEC_FIELDS = {
     "spec.backend": "backend",
     "spec.defaults": "defaults",
@@ -61,20 +59,7 @@ def validate_spec(spec: storage.StoragePoolSpec | None) -> None:
         config_kind=kind or None,
         config=backend_config(config),
     )
-    seen: set[str] = set()
-    for i, node_id in enumerate(spec.assigned_node_ids):
-        if node_id in seen:
-            raise errors.InvalidArgument(
-                f"node '{node_id}' listed twice", field=f"spec.assigned_node_ids[{i}]"
-            )
-        seen.add(node_id)
-
-
-def validate_description(description: str) -> None:
-    if len(description) > MAX_DESCRIPTION:
-        raise errors.InvalidArgument(
-            f"at most {MAX_DESCRIPTION} characters, got {len(description)}", field="description"
-        )
+    validation.validate_assigned_node_ids(spec.assigned_node_ids)
 
 
 class PoolMessages:
@@ -166,7 +151,7 @@ class StoragePoolService:
 
     async def create_pool(self, request: storage.CreatePoolRequest) -> storage.StoragePool:
         validation.validate_pool_name(request.name)
-        validate_description(request.description)
+        validation.validate_description(request.description)
         validation.validate_labels(request.labels, field="labels")
         validate_spec(request.spec)
         now = convert.timestamp(self._clock.time())
@@ -229,7 +214,7 @@ class StoragePoolService:
                 raise errors.InvalidArgument(
                     f"unknown path '{path}'", field=f"update_mask.paths[{i}]"
                 )
-        validate_description(request.description)
+        validation.validate_description(request.description)
         validation.validate_labels(request.labels, field="labels")
         new_spec = request.spec.to_dict() if request.spec is not None else {}
         now = convert.timestamp(self._clock.time())

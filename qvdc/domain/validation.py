@@ -22,8 +22,9 @@ serve yet (LOCAL_LVM, CEPH_CEPHFS).
 
 from __future__ import annotations
 
+import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from qvdc.domain.errors import FailedPrecondition, InvalidArgument
@@ -39,6 +40,8 @@ POOL_NAME_MAX = 63
 
 LABEL_KEY_RE = re.compile(r"[A-Za-z0-9._/-]{1,63}")
 LABEL_VALUE_MAX = 253
+
+DESCRIPTION_MAX = 1024
 
 # -- backends ------------------------------------------------------------------------------
 
@@ -162,6 +165,46 @@ def validate_backend(
         configs.parse(BACKEND_KINDS[backend_type], config)
     except configs.ConfigError as exc:
         raise InvalidArgument(exc.reason, field=f"{field}.{exc.field}") from exc
+
+
+def validate_description(description: str, *, field: str = "description") -> None:
+    """Raise ``InvalidArgument`` unless ``description`` is at most 1024 characters."""
+    if len(description) > DESCRIPTION_MAX:
+        raise InvalidArgument(
+            f"at most {DESCRIPTION_MAX} characters, got {len(description)}", field=field
+        )
+
+
+def validate_assigned_node_ids(
+    node_ids: Sequence[str], *, field: str = "spec.assigned_node_ids"
+) -> None:
+    """Raise ``InvalidArgument`` naming the entry (``spec.assigned_node_ids[2]``) if a node
+    is listed twice. Whether each node exists is the catalog's check, against etcd."""
+    seen: set[str] = set()
+    for i, node_id in enumerate(node_ids):
+        if node_id in seen:
+            raise InvalidArgument(f"node '{node_id}' listed twice", field=f"{field}[{i}]")
+        seen.add(node_id)
+
+
+def normalize_management_ip(value: str, *, field: str = "management_ip") -> str:
+    """``"10.0.0.5"``, ``"10.0.0.5:9090"``, ``"fd00::5"`` or ``"[fd00::5]:9090"`` -> the
+    address; ``InvalidArgument`` naming ``field`` for anything else."""
+    if not value:
+        raise InvalidArgument("is required", field=field)
+    host = value
+    if value.startswith("["):
+        host = value[1 : value.find("]")] if "]" in value else value
+    elif value.count(":") == 1:
+        host, _, port = value.partition(":")
+        if not port.isdigit():
+            raise InvalidArgument(f"bad port in '{value}'", field=field)
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError as exc:
+        raise InvalidArgument(
+            f"'{value}' is not an IP address (optionally with :port)", field=field
+        ) from exc
 
 
 def validate_hostname(hostname: str, *, field: str = "hostname") -> None:

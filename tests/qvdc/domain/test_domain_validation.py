@@ -251,6 +251,54 @@ def test_invalid_hostnames(hostname: str, message: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# Descriptions, assigned nodes, management addresses.
+
+
+def test_description_length() -> None:
+    validation.validate_description("d" * 1024)
+    with pytest.raises(errors.InvalidArgument) as caught:
+        validation.validate_description("d" * 1025)
+    assert str(caught.value) == "description: at most 1024 characters, got 1025"
+
+
+def test_a_node_listed_twice_is_named_by_its_index() -> None:
+    validation.validate_assigned_node_ids(["a", "b"])
+    with pytest.raises(errors.InvalidArgument) as caught:
+        validation.validate_assigned_node_ids(["a", "b", "a"])
+    assert caught.value.field == "spec.assigned_node_ids[2]"
+    assert str(caught.value) == "spec.assigned_node_ids[2]: node 'a' listed twice"
+
+
+@pytest.mark.parametrize(
+    ("value", "address"),
+    [
+        ("10.0.0.5", "10.0.0.5"),
+        ("10.0.0.5:9090", "10.0.0.5"),
+        ("fd00::5", "fd00::5"),
+        ("[fd00::5]:9090", "fd00::5"),
+        ("[FD00:0::5]", "fd00::5"),
+    ],
+)
+def test_management_ip_is_normalised(value: str, address: str) -> None:
+    assert validation.normalize_management_ip(value) == address
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("", "management_ip: is required"),
+        ("10.0.0.5:http", "management_ip: bad port in '10.0.0.5:http'"),
+        ("host-1", "management_ip: 'host-1' is not an IP address"),
+        ("10.0.0.256", "management_ip: '10.0.0.256' is not an IP address"),
+    ],
+)
+def test_bad_management_ips(value: str, message: str) -> None:
+    with pytest.raises(errors.InvalidArgument) as caught:
+        validation.normalize_management_ip(value)
+    assert str(caught.value).startswith(message)
+
+
+# --------------------------------------------------------------------------------------------
 # The error classes themselves.
 
 
