@@ -72,3 +72,18 @@ def _describe(task: asyncio.Task[object]) -> str:
     coro = task.get_coro()
     where = getattr(coro, "__qualname__", type(coro).__name__)
     return f"{task.get_name()} ({where})"
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> object:
+    """Sync tests run with no current event loop.
+
+    looptime's own ``pytest_pyfunc_call`` asks the policy for the current loop on every
+    test; on Python 3.11 that call creates a loop for a sync test, which nobody closes,
+    and the collector later reports it ("unclosed event loop") inside some other test,
+    where ``filterwarnings=error`` fails it. Marking "no loop" first makes that call
+    raise instead, which looptime handles as "not an async test".
+    """
+    if not inspect.iscoroutinefunction(pyfuncitem.obj):
+        asyncio.get_event_loop_policy().set_event_loop(None)
+    return (yield)

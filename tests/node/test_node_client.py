@@ -201,9 +201,10 @@ async def test_stream_ended_by_the_controller_reconnects_or_reregisters(
 async def test_the_node_tests_run_on_stock_grpclib(controller):
     """The node daemon never installs qvdc.transport.lean_grpclib, so its tests do not
     either (tests/node/conftest.py), although the controller-side tests do."""
-    assert grpclib.protocol.Event is asyncio.Event
-    assert grpclib.protocol.Queue is asyncio.Queue
-    assert grpclib.protocol.deque is collections.deque
+    protocol = vars(grpclib.protocol)
+    assert protocol["Event"] is asyncio.Event
+    assert protocol["Queue"] is asyncio.Queue
+    assert protocol["deque"] is collections.deque
 
 
 async def test_a_refused_stream_raises_the_controller_s_status(controller):

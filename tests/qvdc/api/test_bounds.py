@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpclib.client
 import grpclib.config
@@ -108,7 +108,7 @@ async def _async(value: T) -> T:
     return value
 
 
-async def _read_to_the_end(stream: grpclib.client.Stream[object, object]) -> None:
+async def _read_to_the_end(stream: grpclib.client.Stream[Any, Any]) -> None:
     """Read what is left; the answer cut off mid-message ends in a stream reset, and the
     status arrives in the trailers (raised when the stream is closed)."""
     with contextlib.suppress(StreamTerminatedError):

@@ -51,7 +51,7 @@ def _on_the_wire(case: Case) -> storage.StorageBackend | None:
         sent, wanted = as_sent.get(key), _normal(value)
         if type(sent) is not type(wanted) or sent != wanted:  # True == 1, but not on the wire
             return None
-    return storage.StorageBackend(type=backend_type, **{member: decoded})
+    return storage.StorageBackend(type=backend_type, **{member: decoded})  # type: ignore[arg-type]
 
 
 def _normal(value: Any) -> Any:

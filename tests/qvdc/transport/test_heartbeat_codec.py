@@ -45,7 +45,7 @@ _POOLS = st.builds(storage.StoragePool, id=TEXT, name=TEXT, description=TEXT)
 
 def _fields(message: type[betterproto2.Message]) -> dict[str, betterproto2.FieldMetadata]:
     """Field name -> betterproto2's metadata (number, proto type, repeated)."""
-    return {f.name: betterproto2.FieldMetadata.get(f) for f in dataclasses.fields(message)}
+    return {f.name: betterproto2.FieldMetadata.get(f) for f in dataclasses.fields(message)}  # type: ignore[arg-type]
 
 
 def _numbers(message: type[betterproto2.Message]) -> frozenset[int]:
