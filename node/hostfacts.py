@@ -21,7 +21,7 @@ How, and why this way:
   heartbeat. The heartbeat reads :attr:`HostFactsCollector.latest`, which is
   refreshed in the background, so it never waits for libvirt.
 * libvirt prints every error to stderr by default; the handler is silenced
-  (DEPS_LAB section 4) once per query thread (the registration is
+  (docs/lab.md, Python packages) once per query thread (the registration is
   process-wide and idempotent).
 """
 

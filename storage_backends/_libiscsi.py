@@ -2,7 +2,7 @@
 
 The iSCSI backend measures a LUN over the iSCSI protocol itself, not through
 a kernel block device: a kernel session cannot exist on every host (not on
-this machine, STORAGE_LAB §3), and a kernel-side ``/dev/sdX`` whose target
+this machine, docs/lab.md, iSCSI), and a kernel-side ``/dev/sdX`` whose target
 hung blocks every reader in the kernel. libiscsi is a plain C library with a
 stable ABI (1.19 in Debian 12); no PyPI initiator works without shims, so
 this module binds the dozen functions the backend needs with ctypes.

@@ -11,7 +11,7 @@ only touches the kernel mount once the server has answered (see
 :mod:`storage_backends.nfs`).
 
 Why ctypes over Debian's ``libnfs.so.13`` rather than a PyPI package
-(STORAGE_LAB §2): the SWIG ``libnfs`` package has no statvfs, ``nfs-rs`` is
+(docs/lab.md, NFS): the SWIG ``libnfs`` package has no statvfs, ``nfs-rs`` is
 young and cannot list directories against ganesha over v4.1; the C library is
 in Debian, stable, and six functions are all we need. The library is loaded
 lazily, on the first probe: a host without it can still validate, attach and
@@ -22,7 +22,7 @@ Every call here blocks (libnfs's synchronous API runs its own poll loop), so
 callers run :func:`fsstat` in a worker thread. ctypes releases the GIL for
 the duration of each foreign call. One libnfs context is created per call and
 destroyed before returning: contexts are not shared between threads, and a
-fresh connection per probe is what detects a restarted server (STORAGE_LAB §2:
+fresh connection per probe is what detects a restarted server (docs/lab.md, NFS:
 a held client may never recover).
 """
 

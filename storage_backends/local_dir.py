@@ -8,7 +8,7 @@ part is not the measuring but knowing what is being measured:
   is unmounted, the directory either vanishes or, if the pool *is* the mount
   point, silently becomes an empty directory on the parent filesystem.
   ``statvfs`` then reports the parent's numbers and a probe write succeeds on
-  the wrong disk (STORAGE_LAB §1). So :meth:`LocalDirBackend.attach` records
+  the wrong disk (docs/lab.md, Local directory). So :meth:`LocalDirBackend.attach` records
   the filesystem identity (``st_dev`` plus the mount point from
   ``/proc/self/mountinfo``) and every probe checks that identity *before* it
   trusts ``statvfs`` or writes anything.

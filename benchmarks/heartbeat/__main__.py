@@ -25,10 +25,11 @@ from benchmarks.heartbeat.progress import Progress
 
 EPILOG = """\
 workloads:
-  steady state  delta heartbeats (DESIGN.md section 4): a report is sent only when it
-                changed materially (probability --change-fraction per report per heartbeat);
-                every other report drifts below the threshold and is not sent, as a real
-                node does. The measured window also times aggregation lag.
+  steady state  delta heartbeats (docs/architecture.md, "The heartbeat path"): a report
+                is sent only when it changed materially (probability --change-fraction
+                per report per heartbeat); every other report drifts below the threshold
+                and is not sent, as a real node does. The measured window also times
+                aggregation lag.
   full reports  every heartbeat carries all POOLS reports (delta=false on the stream;
                 UpdateHeartbeat with --mode unary), as upstream nodes and resyncs send.
 

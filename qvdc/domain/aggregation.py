@@ -2,11 +2,11 @@
 
 The host is the source of truth for what it has; the controller only combines. This module
 is the combining rule, as one pure function of the pool definition, the per-host statuses
-and the set of live nodes (DESIGN.md §6). It has no clock: staleness is decided by the
-liveness monitor (``staleness``) and arrives here as ``live_node_ids``.
+and the set of live nodes (docs/architecture.md, "Aggregation"). It has no clock:
+staleness is decided by the liveness monitor (``staleness``) and arrives here as ``live_node_ids``.
 
 What it fixes compared with upstream's ``AggregateCapacity`` / ``DetermineOverallPhase``
-(UPSTREAM.md §2.3, §2.4, defects 10, 11, 18, 20):
+(upstream's rules and defects 10, 11, 18, 20: docs/upstream.md):
 
 * Only **assigned, live** hosts count. A host that was unassigned (defect 10) or that
   mounted a pool it was never assigned (defect 20) keeps a row, flagged ``assigned=False``,

@@ -5,7 +5,7 @@ its own ``time.monotonic()`` (``observe_heartbeat``). It never compares the host
 timestamps with its clock: host clocks drift and jump, and a liveness rule that depends on
 them flaps. A periodic pass (``classify``) then decides which nodes went silent.
 
-Rules (DESIGN.md §5, STYLE.md point 8):
+Rules (docs/architecture.md, "Liveness and staleness"):
 
 * A node is offline when ``now - last_seen > grace``, **strictly greater**: a node whose
   heartbeat is exactly ``grace`` old is still live (upstream's 90 s rule is also strict).
@@ -20,7 +20,8 @@ Rules (DESIGN.md §5, STYLE.md point 8):
 * ``reset_after_outage`` is also what a replica applies to nodes it takes over from a dead
   replica: it has not seen their heartbeats, so each gets a full grace from takeover.
 * Operator phases (MAINTENANCE, DRAINING) never change because of heartbeats or silence
-  (``next_node_phase``); upstream's Postgres heartbeat forced READY over them (defect 13).
+  (``next_node_phase``); upstream's Postgres heartbeat forced READY over them
+  (defect 13 in docs/upstream.md).
 
 Nothing here reads a clock: ``now`` is always a parameter, so tests use plain numbers.
 """

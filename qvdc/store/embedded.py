@@ -1,7 +1,7 @@
 """EmbeddedEtcd: run Debian's ``etcd`` as a child process when no etcd is configured.
 
 The controller's default deployment is one replica with one etcd member
-(DESIGN.md section 8). With ``EtcdSettings.endpoints`` empty the controller starts
+(docs/architecture.md). With ``EtcdSettings.endpoints`` empty the controller starts
 that member itself::
 
     async with EmbeddedEtcd(data_dir=state_dir / "etcd", settings=settings.etcd) as etcd:

@@ -1,6 +1,6 @@
 """ceph_rbd health under real faults of the session's Ceph cluster.
 
-Every fault is real (STORAGE_LAB §4): a cluster flag that raises HEALTH_WARN
+Every fault is real (docs/lab.md, Ceph RBD): a cluster flag that raises HEALTH_WARN
 (``ceph osd set noout``), full ratios out of order for HEALTH_ERR, a pool
 quota that fills, the monitor paused with SIGSTOP (hung) or stopped with
 SIGTERM (dead) and started again, the OSD paused. Each test asserts the

@@ -1,6 +1,6 @@
 """iSCSI pool health under real target faults, each on a tgtd of the test's own.
 
-Every fault is real (STORAGE_LAB §3): a LUN taken offline or made read-only
+Every fault is real (docs/lab.md, iSCSI): a LUN taken offline or made read-only
 with ``tgtadm``, tgtd crashed (SIGKILL: it ignores SIGTERM), tgtd frozen with
 SIGSTOP so the kernel still accepts connections and nothing answers. Each
 test asserts the health and message within the probe bound (2 s, the node's

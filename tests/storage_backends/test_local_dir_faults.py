@@ -1,6 +1,6 @@
 """local_dir health under real faults on a loop-mounted 64 MiB ext4 filesystem.
 
-Every fault is real (STORAGE_LAB §1): ``dd`` until ENOSPC, ``mount -o
+Every fault is real (docs/lab.md, Local directory): ``dd`` until ENOSPC, ``mount -o
 remount,ro``, the ext4 shutdown ioctl for EIO, ``umount`` underneath the
 pool. Each test also checks the pool recovers once the fault is undone, since
 a probe that cannot see recovery is as broken as one that cannot see the fault.

@@ -1,4 +1,4 @@
-"""NFS pool health under real faults of a real nfs-ganesha (STORAGE_LAB §2).
+"""NFS pool health under real faults of a real nfs-ganesha (docs/lab.md, NFS).
 
 Every fault is real: ``dd`` until ENOSPC on the export, the server killed
 (SIGTERM) or frozen (SIGSTOP, so the kernel still completes TCP handshakes and

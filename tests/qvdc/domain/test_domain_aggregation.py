@@ -1,7 +1,8 @@
 """Pool aggregation: phase, capacity, volume count, error message and rows.
 
-The phase table contains every worked case of UPSTREAM.md §2.4 with *our* expectation; where
-it differs from upstream's, the case's comment says what upstream returned and why.
+The phase table contains every worked case of upstream's phase rules (docs/upstream.md)
+with *our* expectation; where it differs from upstream's, the case's comment says what
+upstream returned and why.
 """
 
 from __future__ import annotations
@@ -91,7 +92,8 @@ def aggregate(
 
 
 # --------------------------------------------------------------------------------------------
-# Phase: every worked case of UPSTREAM.md §2.4, plus the cases our fixes introduce.
+# Phase: every worked case of upstream's phase rules (docs/upstream.md), plus the cases our
+# fixes introduce.
 
 PHASE_CASES = [
     # Upstream: PENDING. Same.
@@ -187,7 +189,7 @@ PHASE_CASES = [
         ("a",),
         id="upstream-unassigned-then-stale-entry-does-not-count",
     ),
-    # Upstream: READY (a silent host kept its last HEALTHY forever, defect 2 / §2.8). Ours: a
+    # Upstream: READY (a silent host kept its last HEALTHY forever, defect 2). Ours: a
     # stale host is never healthy.
     pytest.param(
         {"a": Host(H.HEALTHY), "b": Host(H.HEALTHY, live=False)},
