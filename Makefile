@@ -28,9 +28,10 @@ lint: setup
 # Coverage (branch, in-process and the `python -m qvdc` / `python -m node` children; see
 # [tool.coverage] in pyproject.toml) fails the run under COV_FLOOR, and the pure domain
 # under DOMAIN_COV_FLOOR. Both floors sit a little under the measured figures: raise them
-# when coverage grows. A partial run (PYTEST_ARGS=tests/...) wants COV_ARGS= as well.
-COV_FLOOR := 0
-DOMAIN_COV_FLOOR := 0
+# when coverage grows (measured 91.8 % and 96.0 % at 80a0c4a). A partial run
+# (PYTEST_ARGS=tests/...) wants COV_ARGS= as well.
+COV_FLOOR := 90
+DOMAIN_COV_FLOOR := 95
 COV_ARGS ?= --cov --cov-report=term --cov-fail-under=$(COV_FLOOR)
 test: lint
 	@QUANTIX_REQUIRE_CEPH=1 $(VENV)/bin/pytest $(COV_ARGS) $(PYTEST_ARGS); rc=$$?; \

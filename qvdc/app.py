@@ -60,7 +60,7 @@ from qvdc.kits.timing import Clock, SystemClock
 from qvdc.settings import ControllerSettings, GrpcSettings
 from qvdc.store.embedded import EmbeddedEtcd
 from qvdc.store.etcd import EtcdStore
-from qvdc.transport import heartbeat_codec
+from qvdc.transport import heartbeat_codec, keepalive
 
 log = logging.getLogger(__name__)
 
@@ -82,20 +82,9 @@ class RootTaskEnded(Exception):
 
 
 def server_configuration(settings: GrpcSettings) -> Configuration:
-    """grpclib's server keepalive: ping every connection, idle or not, every
-    ``keepalive_time`` s; close it when a ping is not acknowledged within
-    ``keepalive_timeout`` s. (grpclib marks these fields experimental: the tests
-    in tests/qvdc/test_app.py fail if they change.)"""
-    return Configuration(
-        _keepalive_time=settings.keepalive_time,
-        _keepalive_timeout=settings.keepalive_timeout,
-        # A node between two unary calls has no stream open: ping it all the same.
-        _keepalive_permit_without_calls=True,
-        # grpclib stops after 2 pings without data sent by default: never stop.
-        _http2_max_pings_without_data=0,
-        # grpclib skips a ping sooner than this after the last one (default 300 s).
-        # Half the interval, so that a timer firing a little early still pings.
-        _http2_min_sent_ping_interval_without_data=settings.keepalive_time / 2,
+    """grpclib's server keepalive from the settings (``qvdc.transport.keepalive``)."""
+    return keepalive.server_configuration(
+        keepalive_time=settings.keepalive_time, keepalive_timeout=settings.keepalive_timeout
     )
 
 

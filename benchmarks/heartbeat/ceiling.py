@@ -13,7 +13,7 @@ can do at all; the controller's throughput divided by it is
 default codec, as the controller did before this work); ``--codec controller``
 uses whatever codec ``qvdc`` installs on its server, so the ratio compares
 like with like. Either way the server pings its connections as the controller's
-does (``qvdc.app.server_configuration``, the default ``GrpcSettings``).
+does (``qvdc.app.server_configuration``: ``qvdc.transport.keepalive``, default ``GrpcSettings``).
 
 Run by the harness as ``python -m benchmarks.heartbeat.ceiling --listen
 HOST:PORT --fixture FILE``; the fixture is a pickle of ``{"assignments":

@@ -96,7 +96,8 @@ async def test_each_probe_is_bounded_and_failures_become_reports():
         started = loop.time()
         again = await prober.probe_all(targets)
         # Without a rogue to wait for, the round ends when the honest hung probes time out.
-        assert loop.time() - started == pytest.approx(PROBE_TIMEOUT)
+        # Virtual time, but the probes' worker threads run in real time: a little slack.
+        assert loop.time() - started == pytest.approx(PROBE_TIMEOUT, abs=0.25)
         assert backend.rogue_started == 1
         assert again["rogue"].health is base.PoolHealth.ERROR
         assert "previous probe still running" in again["rogue"].error_message

@@ -375,7 +375,8 @@ async def test_a_stuck_probe_times_out_naming_the_step_and_is_not_repeated(
     try:
         started = loop.time()
         info = await backend.probe(pool, timeout=0.4)
-        assert loop.time() - started == pytest.approx(0.4)
+        # Virtual time, but librados runs in a worker thread in real time: a little slack.
+        assert loop.time() - started == pytest.approx(0.4, abs=0.25)
         assert info.health is base.PoolHealth.ERROR
         assert info.error_message == (
             "probe timed out after 0.4s while asking the monitors for cluster health"
