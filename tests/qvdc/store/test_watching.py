@@ -172,7 +172,8 @@ async def test_cache_get_scan_and_on_change(store: etcd.EtcdStore) -> None:
         ).revision
         await cache.wait_for_revision(deleted, timeout=10)
 
-        assert cache.revision == deleted
+        # The etcd server is shared by the session: a later write elsewhere may move it on.
+        assert cache.revision >= deleted
         after = cache.get("hoststatus/p1/n1")
         assert after is not None and after.value == b"b2" and after.mod_revision == updated
         assert after == await store.get("hoststatus/p1/n1")
