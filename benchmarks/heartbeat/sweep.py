@@ -209,11 +209,7 @@ async def _run_ceilings(
     fixture = env.workdir / "ceiling-fixture.pickle"
     await _write_fixture(env, plans, fixture)
     codecs = ["controller"]
-    if (
-        cfg.betterproto2_ceiling
-        and _controller_has_own_codec()
-        and shape.hosts <= BETTERPROTO2_CEILING_MAX_HOSTS
-    ):
+    if cfg.betterproto2_ceiling and shape.hosts <= BETTERPROTO2_CEILING_MAX_HOSTS:
         codecs.append("betterproto2")
     phases: dict[str, dict[str, PhaseOutcome]] = {}
     rss_per_host_kb: float | None = None
@@ -262,9 +258,3 @@ async def _write_fixture(env: Environment, plans: list[loadgen.HostPlan], path: 
             },
             f,
         )
-
-
-def _controller_has_own_codec() -> bool:
-    from benchmarks.heartbeat.ceiling import controller_codec
-
-    return controller_codec() is not None
