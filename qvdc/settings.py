@@ -10,6 +10,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from qvdc.domain.limits import Limits
+
 
 class SettingsError(ValueError):
     """A setting is out of range or inconsistent with another one."""
@@ -139,8 +141,26 @@ class GrpcSettings:
     HTTP/2 window and the send waits; past this the call (or heartbeat stream) ends
     with UNAVAILABLE instead of holding the server's stream for ever."""
 
+    max_message_bytes: int = 4 * 1024 * 1024
+    """Largest request message, in bytes (4 MiB, gRPC's usual default). Checked against
+    the message's declared length before its body is read: a larger one is refused with
+    RESOURCE_EXHAUSTED and never buffered."""
+
+    idle_timeout: float = 120.0
+    """Seconds a connection may stay open with no call in progress (or without ever
+    finishing its HTTP/2 preface) before the server closes it. Node heartbeat streams
+    keep their connections busy; an idle operator connection reconnects on demand."""
+
     def __post_init__(self) -> None:
         _require(0 <= self.port <= 65535, f"port out of range: {self.port}")
+        _require(
+            1024 <= self.max_message_bytes <= 2**31 - 1,
+            f"max_message_bytes must be in [1024, 2^31-1]: {self.max_message_bytes}",
+        )
+        _require(
+            0 < self.idle_timeout <= 86400,
+            f"idle_timeout must be in (0, 86400] s: {self.idle_timeout}",
+        )
         _require(
             0 < self.keepalive_time <= 7200,
             f"keepalive_time must be in (0, 7200] s: {self.keepalive_time}",
@@ -161,6 +181,8 @@ class ControllerSettings:
     heartbeat: HeartbeatSettings = field(default_factory=HeartbeatSettings)
     monitor: MonitorSettings = field(default_factory=MonitorSettings)
     grpc: GrpcSettings = field(default_factory=GrpcSettings)
+    limits: Limits = field(default_factory=Limits)
+    """Bounds on every field a client sends (qvdc/domain/limits.py)."""
 
     state_dir: Path = Path("/var/lib/qvdc")
     """Where the embedded etcd keeps its data."""
