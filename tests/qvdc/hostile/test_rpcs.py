@@ -17,6 +17,7 @@ call on another connection answered within a second meanwhile.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 import struct
@@ -24,6 +25,8 @@ from collections.abc import Callable
 from typing import Any
 
 import betterproto2
+import grpclib.client
+import grpclib.exceptions
 import pytest
 from grpclib.const import Status
 from hypothesis import HealthCheck, Phase, given, settings
@@ -35,8 +38,10 @@ from protos.limiquantix.storage import v1 as storage
 from tests.qvdc.hostile import protowire
 from tests.qvdc.hostile.conftest import (
     REFUSALS,
+    REPLY_MAX,
     Harness,
     backend,
+    names_field,
     register_request,
     report,
 )
@@ -451,3 +456,48 @@ async def test_malformed_and_extreme_requests_are_refused_cleanly(
     case = data.draw(recipes(rpc), label="case")
     problems = await case.run(hostile)
     assert not problems, f"{rpc} {case.what}: " + "; ".join(problems)
+
+
+# ---------------------------------------------------------------- the connection and the log
+
+
+async def test_a_refusal_does_not_break_the_callers_other_calls(hostile: Harness) -> None:
+    """A 64 KiB id once made a reply header larger than the client accepts: the client's
+    connection broke, and with it every other call in flight on it."""
+    channel = grpclib.client.Channel("127.0.0.1", hostile.replica.port)
+    pools = storage.StoragePoolServiceStub(channel)
+    try:
+        await pools.list_pools(storage.ListPoolsRequest(page_size=1), timeout=5.0)  # connected
+        others = [
+            pools.get_pool(storage.GetPoolRequest(id=hostile.seeds.pool), timeout=5.0)
+            for _ in range(7)
+        ]
+        hostile_call = pools.get_pool(storage.GetPoolRequest(id="x" * 65536), timeout=5.0)
+        results = await asyncio.gather(hostile_call, *others, return_exceptions=True)
+    finally:
+        channel.close()
+    refusal, *answers = results
+    assert isinstance(refusal, grpclib.exceptions.GRPCError), refusal
+    assert refusal.status == Status.INVALID_ARGUMENT, refusal
+    assert len(refusal.message or "") < REPLY_MAX
+    assert names_field("id", refusal.message or ""), refusal.message
+    broken = [repr(a)[:200] for a in answers if not isinstance(a, storage.StoragePool)]
+    assert not broken, f"{len(broken)} of 7 calls on the same connection failed: {broken[0]}"
+
+
+async def test_refusals_are_logged_on_one_line_each_rate_limited(hostile: Harness) -> None:
+    """200 refused requests in a burst: no traceback, nothing at ERROR, no line that
+    grows with the input, and far fewer lines than requests."""
+    offset = hostile.replica.log_size()
+    method = grpclib.client.UnaryUnaryMethod(hostile.raw, POOL + "GetPool", bytes, bytes)
+    body = bytes(storage.GetPoolRequest(id="z" * 100_000))
+    results = await asyncio.gather(
+        *(method(body, timeout=10.0) for _ in range(200)), return_exceptions=True
+    )
+    await hostile.pools.list_pools(storage.ListPoolsRequest(page_size=1), timeout=5.0)
+    statuses = {getattr(r, "status", type(r).__name__) for r in results}
+    assert statuses == {Status.INVALID_ARGUMENT}, statuses
+    lines = [line for line in hostile.replica.log_since(offset).splitlines() if line.strip()]
+    assert not [line for line in lines if "Traceback" in line or " ERROR " in line], lines[:5]
+    assert all(len(line) < 512 for line in lines), max(lines, key=len)[:600]
+    assert len(lines) <= 50, f"{len(lines)} log lines for 200 refusals: {lines[:3]}"
