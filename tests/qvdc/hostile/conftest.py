@@ -84,7 +84,7 @@ PROBE_TIMEOUT = 1.0
 CALL_TIMEOUT = 10.0
 """Seconds the hostile call gets before it counts as unanswered (the controller froze)."""
 
-SETTLE = 0.05
+SETTLE = 0.02
 """Seconds given to a write the controller might make after answering (group commit)."""
 
 START_TIMEOUT = 30.0

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
+import random
 import time
 
 import grpclib.client
@@ -43,6 +43,11 @@ IDLE_SLACK = 2.5
 WINDOW = 4 * 1024 * 1024
 """grpclib's inbound flow-control window (per stream and per connection): what a client
 may send before the server has read anything."""
+
+RSS_GROWTH_MAX = 24 * 1024 * 1024
+"""What the controller's RSS may grow by for a declared 4 GiB message: the window's
+4 MiB buffered before the prefix is seen, and allocator slack; reading the body
+instead grows it by 64 MiB and more."""
 
 MAX_MESSAGE = 4 * 1024 * 1024
 """``GrpcSettings.max_message_bytes`` by default."""
@@ -90,7 +95,10 @@ async def probe(h: Harness) -> None:
 @pytest.mark.parametrize(
     "garbage",
     [
-        pytest.param(PREFACE + os.urandom(4096), id="random-bytes-after-the-preface"),
+        pytest.param(
+            PREFACE + b"\x7f" + random.Random(12).randbytes(4095),
+            id="random-bytes-after-the-preface",
+        ),
         pytest.param(
             PREFACE + b"\xff\xff\xff\x04\x00\x00\x00\x00\x00" + b"\x00" * 64,
             id="a-settings-frame-of-16-MiB",
@@ -100,7 +108,7 @@ async def probe(h: Harness) -> None:
             id="headers-hpack-cannot-decode",
         ),
         pytest.param(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", id="http-1.1"),
-        pytest.param(os.urandom(4096), id="random-bytes-instead-of-the-preface"),
+        pytest.param(random.Random(13).randbytes(4096), id="random-bytes-instead-of-the-preface"),
     ],
 )
 async def test_garbage_closes_the_connection_promptly(hostile: Harness, garbage: bytes) -> None:
@@ -277,7 +285,7 @@ async def test_a_declared_4_GiB_message_is_refused_without_being_read(hostile: H
         f"the server read {sender.sent} bytes of it (more than its window of {WINDOW}) "
         f"before: {sender.ended}"
     )
-    assert grown < 16 * 1024 * 1024, f"the controller's RSS grew by {grown >> 20} MiB"
+    assert grown < RSS_GROWTH_MAX, f"the controller's RSS grew by {grown >> 20} MiB"
     log = replica.log_since(offset)
     assert "Traceback" not in log, log[-2000:]
 
