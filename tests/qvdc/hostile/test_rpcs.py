@@ -501,3 +501,13 @@ async def test_refusals_are_logged_on_one_line_each_rate_limited(hostile: Harnes
     assert not [line for line in lines if "Traceback" in line or " ERROR " in line], lines[:5]
     assert all(len(line) < 512 for line in lines), max(lines, key=len)[:600]
     assert len(lines) <= 50, f"{len(lines)} log lines for 200 refusals: {lines[:3]}"
+
+
+@pytest.mark.parametrize(
+    "address", ["10.0.0.1:99999", "10.0.0.1:65536", "[fd00::1]:70000", "10.0.0.1:" + "9" * 5000]
+)
+async def test_a_management_port_out_of_range_is_refused(hostile: Harness, address: str) -> None:
+    request = register_request(hostile.unique())
+    request.management_ip = address
+    outcome = await hostile.attempt(NODE + "RegisterNode", bytes(request), what=address[:40])
+    outcome.check(names=("management_ip",), statuses=frozenset({Status.INVALID_ARGUMENT}))
