@@ -22,6 +22,7 @@ import contextlib
 import enum
 import errno
 import subprocess
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, runtime_checkable
@@ -81,6 +82,24 @@ class PoolInfo:
     error_message: str = ""
     #: Wall-clock Unix time the probe finished.
     probed_at: float = 0.0
+
+
+def pool_info(
+    spec: PoolSpec, *, kind: str, health: PoolHealth, mount_path: str, **fields: Any
+) -> PoolInfo:
+    """A :class:`PoolInfo` of ``spec``'s pool measured now (``probed_at`` is the wall clock).
+
+    ``fields`` are the other PoolInfo fields (capacity, ``volume_count``,
+    ``error_message``); those not given are zero or empty.
+    """
+    return PoolInfo(
+        pool_id=spec.pool_id,
+        kind=kind,
+        health=health,
+        mount_path=mount_path,
+        probed_at=time.time(),
+        **fields,
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -387,14 +387,7 @@ class LocalDirBackend:
     def _info(
         self, *, spec: base.PoolSpec, path: str, health: base.PoolHealth, **fields: Any
     ) -> base.PoolInfo:
-        return base.PoolInfo(
-            pool_id=spec.pool_id,
-            kind=self.kind,
-            health=health,
-            mount_path=path,
-            probed_at=time.time(),
-            **fields,
-        )
+        return base.pool_info(spec, kind=self.kind, health=health, mount_path=path, **fields)
 
 
 # -- blocking helpers (worker thread) ------------------------------------------

@@ -70,11 +70,13 @@ are imported on first use, so the backend can be built and configs validated
 without them; without them attach, probe and list raise (or report)
 BackendUnavailable naming the fix.
 
-The package: :mod:`~storage_backends.ceph_rbd.backend` (the backend and its
-worker-thread calls), :mod:`~storage_backends.ceph_rbd.answers` (reading
-``health`` and ``df``), :mod:`~storage_backends.ceph_rbd.diagnosis` (dead or
-hung monitors); the config rules are :func:`storage_backends.configs.parse_ceph_rbd`,
-shared with the controller.
+The package: :mod:`~storage_backends.ceph_rbd.backend` (the backend: bounded
+calls and their failure messages), :mod:`~storage_backends.ceph_rbd.session` (the
+pool's connection and the librados calls run in its worker thread),
+:mod:`~storage_backends.ceph_rbd.answers` (reading ``health`` and ``df``),
+:mod:`~storage_backends.ceph_rbd.diagnosis` (dead or hung monitors); the
+config rules are :func:`storage_backends.configs.parse_ceph_rbd`, shared with
+the controller.
 """
 
 from storage_backends.ceph_rbd.answers import Capacity, classify_health, pool_capacity

@@ -350,14 +350,7 @@ class IscsiBackend:
     def _info(
         self, *, spec: base.PoolSpec, device_path: str, health: base.PoolHealth, **fields: Any
     ) -> base.PoolInfo:
-        return base.PoolInfo(
-            pool_id=spec.pool_id,
-            kind=self.kind,
-            health=health,
-            mount_path=device_path,
-            probed_at=time.time(),
-            **fields,
-        )
+        return base.pool_info(spec, kind=self.kind, health=health, mount_path=device_path, **fields)
 
 
 def _data_luns(session: _libiscsi.Session, luns: Sequence[int]) -> list[int]:

@@ -503,13 +503,8 @@ class NfsBackend:
     def _info(
         self, *, spec: base.PoolSpec, cfg: NfsConfig, health: base.PoolHealth, **fields: Any
     ) -> base.PoolInfo:
-        return base.PoolInfo(
-            pool_id=spec.pool_id,
-            kind=self.kind,
-            health=health,
-            mount_path=cfg.mount_point,
-            probed_at=time.time(),
-            **fields,
+        return base.pool_info(
+            spec, kind=self.kind, health=health, mount_path=cfg.mount_point, **fields
         )
 
 

@@ -20,6 +20,7 @@ import asyncio
 import sys
 import threading
 import time
+import types
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -352,10 +353,9 @@ class Stuck:
 @pytest.fixture
 def stuck(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[ceph_rbd.CephRbdBackend, Stuck]]:
     backend = ceph_rbd.CephRbdBackend()
-    monkeypatch.setattr(backend, "_bindings", lambda: (None, None))
     body = Stuck("asking the monitors for cluster health")
-    monkeypatch.setattr(backend, "_measure", body)
-    backend._pools["p1"] = ceph_rbd.backend._PoolState(attached=True)
+    monkeypatch.setattr(backend, "_client", lambda: types.SimpleNamespace(measure=body))
+    backend._pools["p1"] = ceph_rbd.session.PoolState(attached=True)
     try:
         yield backend, body
     finally:
@@ -426,14 +426,13 @@ async def test_cancelling_a_probe_propagates_and_abandons_the_worker(
 
 async def test_an_unexpected_error_is_reported_not_raised(monkeypatch: pytest.MonkeyPatch) -> None:
     backend = ceph_rbd.CephRbdBackend()
-    monkeypatch.setattr(backend, "_bindings", lambda: (None, None))
 
     def broken(abandoned: threading.Event, *, state: Any, **_: Any) -> base.PoolInfo:
         state.step = "listing RBD images in rbd:rbd (waiting for OSDs)"
         raise KeyError("surprise")
 
-    monkeypatch.setattr(backend, "_measure", broken)
-    backend._pools["p1"] = ceph_rbd.backend._PoolState(attached=True)
+    monkeypatch.setattr(backend, "_client", lambda: types.SimpleNamespace(measure=broken))
+    backend._pools["p1"] = ceph_rbd.session.PoolState(attached=True)
     info = await backend.probe(spec(GOOD), timeout=TIMEOUT)
     assert info.health is base.PoolHealth.ERROR
     assert info.error_message == (
