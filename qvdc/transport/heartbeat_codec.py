@@ -4,9 +4,18 @@ betterproto2's generic (de)serialisation was about half of the controller's CPU
 per heartbeat (benchmarks/RESULTS.md), so ``UpdateHeartbeatRequest`` is decoded
 and ``UpdateHeartbeatResponse`` encoded by the code below. It produces and
 consumes the very same betterproto2 message objects (the API does not change)
-and the same bytes. Anything unusual in a request (an unknown field, an
-unexpected wire type, a truncated buffer) falls back to betterproto2 itself, so
-edge-case behaviour is exactly betterproto2's.
+and the same bytes.
+
+Decoding is strict for every message: the fast path returns only a message it read
+to the last byte; anything else it meets (an unknown field, a wrong wire type, a
+truncated buffer) goes to :func:`qvdc.transport.wire.check`, which raises
+:class:`~qvdc.transport.wire.Malformed` naming the field for any malformed input,
+and only well-formed bytes reach betterproto2 (which would accept a length past the
+end, or a group, as a partial message). So a request decodes to exactly what
+betterproto2 makes of it, or raises ``Malformed``: never a partial parse, never
+another exception. The server answers ``Malformed`` with INVALID_ARGUMENT
+(:mod:`qvdc.transport.bounds`). The codec also carries the server's
+``max_message_bytes``, which that module checks before a message's body is read.
 
 The private dependency is the message layout: the field numbers and types of
 the three messages below, and betterproto2's ``_unknown_fields`` (bytes it keeps
@@ -21,8 +30,9 @@ from __future__ import annotations
 
 import struct
 import weakref
-from typing import Any
+from typing import Any, TypeVar
 
+import betterproto2
 from grpclib.encoding.proto import ProtoCodec
 
 from protos.limiquantix.compute import v1 as compute
@@ -38,6 +48,8 @@ REPORT_FIELDS = frozenset({1, 2, 3, 4, 5, 6, 7, 8, 9})
 RESPONSE_FIELDS = frozenset({1, 2, 3, 4, 5, 50, 51, 52})
 """``UpdateHeartbeatResponse`` field numbers :func:`encode_heartbeat_response` writes."""
 
+_M = TypeVar("_M", bound=betterproto2.Message)
+
 # Module globals, bound once: the loops below call them for every field.
 _varint = wire.read_varint
 _to_int64 = wire.to_int64
@@ -48,8 +60,8 @@ _DOUBLE = struct.Struct("<d")
 _HEALTH_WIRE = {int(h): h for h in compute.StoragePoolStatusReportHealthStatus}
 
 
-class _Unusual(wire.Unreadable):
-    """The fast decoder met something it leaves to betterproto2."""
+class _Unusual(Exception):
+    """The fast decoder met something it leaves to the strict path."""
 
 
 def _decode_report(data: bytes, pos: int, end: int) -> compute.StoragePoolStatusReport:
@@ -171,11 +183,23 @@ def _decode_request(data: bytes) -> compute.UpdateHeartbeatRequest:
 
 
 def decode_heartbeat_request(data: bytes) -> compute.UpdateHeartbeatRequest:
-    """``UpdateHeartbeatRequest.parse(data)``, about 5-10 times faster."""
+    """``UpdateHeartbeatRequest.parse(data)``, about 5-10 times faster, or
+    :class:`~qvdc.transport.wire.Malformed` (see the module docstring)."""
     try:
         return _decode_request(data)
-    except (wire.Unreadable, IndexError, UnicodeDecodeError):
-        return compute.UpdateHeartbeatRequest.parse(data)
+    except (_Unusual, wire.Malformed, IndexError, UnicodeDecodeError):
+        pass  # the strict path says what is wrong, naming the field
+    return decode_strictly(data, compute.UpdateHeartbeatRequest)
+
+
+def decode_strictly(data: bytes, message_type: type[_M]) -> _M:
+    """``message_type.parse(data)`` once :func:`qvdc.transport.wire.check` found the bytes
+    well formed; :class:`~qvdc.transport.wire.Malformed` otherwise."""
+    wire.check(data, message_type)
+    try:
+        return message_type.parse(data)
+    except Exception as exc:
+        raise wire.Malformed(f"not a valid {message_type.__name__} ({type(exc).__name__})") from exc
 
 
 _ID_BLOCKS: dict[tuple[str, ...], bytes] = {}
@@ -245,8 +269,13 @@ class HeartbeatCodec(ProtoCodec):
     """grpclib's protobuf codec, with the heartbeat messages (de)serialised by hand.
 
     Messages stay betterproto2 objects on both sides of the codec; every other
-    message type goes through betterproto2 exactly as with grpclib's default.
+    message type is encoded by betterproto2 as with grpclib's default, and decoded by
+    :func:`decode_strictly`. ``max_message_bytes`` (None: unbounded) is the largest
+    request message the server reads (:mod:`qvdc.transport.bounds`).
     """
+
+    def __init__(self, *, max_message_bytes: int | None = None) -> None:
+        self.max_message_bytes = max_message_bytes
 
     def encode(self, message: Any, message_type: Any) -> bytes:
         if message_type is compute.UpdateHeartbeatResponse and (
@@ -258,9 +287,9 @@ class HeartbeatCodec(ProtoCodec):
     def decode(self, data: bytes, message_type: Any) -> Any:
         if message_type is compute.UpdateHeartbeatRequest:
             return decode_heartbeat_request(data)
-        return super().decode(data, message_type)
+        return decode_strictly(data, message_type)
 
 
-def server_codec() -> HeartbeatCodec:
+def server_codec(*, max_message_bytes: int | None = None) -> HeartbeatCodec:
     """The codec of the controller's gRPC server (also used by the benchmark's ceiling)."""
-    return HeartbeatCodec()
+    return HeartbeatCodec(max_message_bytes=max_message_bytes)

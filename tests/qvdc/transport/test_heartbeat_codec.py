@@ -17,7 +17,7 @@ from typing import Any
 
 import betterproto2
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protos.limiquantix.compute import v1 as compute
@@ -160,41 +160,131 @@ def test_the_fast_decoder_reads_every_request_betterproto2_writes(
     assert heartbeat_codec._decode_request(bytes(request)) == request
 
 
-@given(requests, st.binary(max_size=12))
-def test_unusual_input_falls_back_to_betterproto2(
-    request: compute.UpdateHeartbeatRequest, tail: bytes
-) -> None:
-    # An unknown field (number 99, varint) and arbitrary trailing bytes: whatever
-    # betterproto2 makes of them (a message with unknown fields, or an error), so do we.
-    data = bytes(request) + b"\x98\x06\x01" + tail
+def _agrees_or_refuses(data: bytes) -> None:
+    """The property: the codec's decoder makes of ``data`` exactly what betterproto2
+    does, or raises ``Malformed``; never another exception, never a partial parse."""
     try:
-        theirs = compute.UpdateHeartbeatRequest.parse(data)
-    except Exception as exc:  # noqa: BLE001 - the same exception type is the contract
-        try:
-            heartbeat_codec.decode_heartbeat_request(data)
-        except Exception as failure:  # noqa: BLE001
-            assert type(failure) is type(exc)
-        else:
-            raise AssertionError("betterproto2 failed, the fast decoder did not") from exc
+        ours = heartbeat_codec.decode_heartbeat_request(data)
+    except wire.Malformed:
         return
-    ours = heartbeat_codec.decode_heartbeat_request(data)
+    theirs = compute.UpdateHeartbeatRequest.parse(data)
     assert ours == theirs
     assert ours._unknown_fields == theirs._unknown_fields
 
 
-def test_a_varint_over_64_bits_falls_back_to_betterproto2() -> None:
-    data = b"\x98\x03" + b"\xff" * 10 + b"\x01"  # sequence (51), an 11-byte varint
-    with pytest.raises(wire.Unreadable):
-        heartbeat_codec._decode_request(data)
-    try:
-        theirs: object = compute.UpdateHeartbeatRequest.parse(data)
-    except Exception as exc:  # noqa: BLE001 - whatever betterproto2 does, so do we
-        theirs = type(exc)
-    try:
-        ours: object = heartbeat_codec.decode_heartbeat_request(data)
-    except Exception as exc:  # noqa: BLE001
-        ours = type(exc)
-    assert ours == theirs
+def _mutate(data: bytes, draw: Any) -> bytes:
+    kind = draw(st.sampled_from(["flip", "truncate", "insert", "replace"]))
+    if not data:
+        return draw(st.binary(min_size=1, max_size=16))
+    at = draw(st.integers(0, len(data) - 1))
+    if kind == "flip":
+        return data[:at] + bytes([data[at] ^ draw(st.integers(1, 255))]) + data[at + 1 :]
+    if kind == "truncate":
+        return data[:at]
+    if kind == "insert":
+        return data[:at] + draw(st.binary(min_size=1, max_size=12)) + data[at:]
+    return data[:at] + draw(st.binary(min_size=1, max_size=12)) + data[at + 2 :]
+
+
+@settings(max_examples=300, deadline=None)
+@given(requests, st.data())
+def test_mutated_requests_decode_as_betterproto2_or_are_refused(
+    request: compute.UpdateHeartbeatRequest, data: st.DataObject
+) -> None:
+    _agrees_or_refuses(_mutate(bytes(request), data.draw))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=256))
+def test_random_bytes_decode_as_betterproto2_or_are_refused(data: bytes) -> None:
+    _agrees_or_refuses(data)
+
+
+@given(requests, st.binary(max_size=12))
+def test_unknown_fields_are_skipped_as_betterproto2_skips_them(
+    request: compute.UpdateHeartbeatRequest, payload: bytes
+) -> None:
+    # Unknown fields 99 (varint), 98 (length-delimited), 97 (64-bit), 96 (32-bit).
+    unknown = (
+        b"\x98\x06\x01"
+        + b"\x92\x06"
+        + wire.write_varint(len(payload))
+        + payload
+        + b"\x89\x06"
+        + b"\x01" * 8
+        + b"\x85\x06"
+        + b"\x02" * 4
+    )
+    data = bytes(request) + unknown
+    ours = heartbeat_codec.decode_heartbeat_request(data)
+    assert ours == compute.UpdateHeartbeatRequest.parse(data)
+    assert ours._unknown_fields == unknown
+
+
+_REPORT = bytes(compute.StoragePoolStatusReport(pool_id="p1", total_bytes=10))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(
+            b"\x5a" + wire.write_varint(2**32 - 1) + b"\x0a\x02p1" + b"\x00" * 6,
+            id="report-length-2^32-1-with-10-bytes",
+        ),
+        pytest.param(b"\x0a\x05ab", id="node-id-longer-than-the-message"),
+        pytest.param(b"\x5a\x02\x0a\x05", id="pool-id-longer-than-its-report"),
+        pytest.param(b"\x5a" + bytes([len(_REPORT) - 1]) + _REPORT, id="report-overruns"),
+        pytest.param(b"\x0b", id="group-start"),
+        pytest.param(b"\x0c", id="group-end"),
+        pytest.param(b"\x9b\x06\x9c\x06", id="unknown-group"),
+        pytest.param(b"\x5a\x02\x13\x14", id="group-in-a-report"),
+        pytest.param(b"\x0e\x00", id="wire-type-6"),
+        pytest.param(b"\x08\x01", id="node-id-as-varint"),
+        pytest.param(b"\x19" + b"\x00" * 8, id="memory-used-as-64-bit"),
+        pytest.param(b"\x12\x00", id="cpu-usage-length-delimited"),
+        pytest.param(b"\x5a\x02\x0d\x00", id="pool-id-as-32-bit"),
+        pytest.param(b"\x98\x03" + b"\xff" * 10 + b"\x01", id="11-byte-varint"),
+        pytest.param(b"\x98\x03" + b"\xff" * 9 + b"\x02", id="10-byte-varint-over-64-bits"),
+        pytest.param(b"\x98\x03\xff\xff", id="truncated-varint"),
+        pytest.param(b"\x98", id="truncated-key"),
+        pytest.param(b"\x11\x00\x00", id="truncated-double"),
+        pytest.param(b"\x0a\x01\xff", id="invalid-utf-8"),
+        pytest.param(b"\x00\x00", id="field-number-0"),
+    ],
+)
+def test_malformed_frames_are_refused(data: bytes) -> None:
+    with pytest.raises(wire.Malformed):
+        heartbeat_codec.decode_heartbeat_request(data)
+
+
+def test_the_refusal_names_the_field() -> None:
+    data = bytes(compute.UpdateHeartbeatRequest(storage_pools=[compute.StoragePoolStatusReport()]))
+    with pytest.raises(wire.Malformed) as info:
+        heartbeat_codec.decode_heartbeat_request(data + b"\x5a\x03\x0a\x05x")
+    assert info.value.field == "storage_pools[1].pool_id"
+    assert "length 5 declared" in str(info.value)
+
+
+def test_a_10_byte_varint_within_64_bits_is_read() -> None:
+    data = b"\x98\x03" + b"\xff" * 9 + b"\x01"
+    assert heartbeat_codec._decode_request(data).sequence == 2**64 - 1
+    assert heartbeat_codec.decode_heartbeat_request(data) == compute.UpdateHeartbeatRequest.parse(
+        data
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "saturated"),
+    [(2**64, 2**64 - 1), (2**70 + 3, 2**64 - 1), (-(2**63) - 1, -(2**63)), (-(2**80), -(2**63))],
+)
+def test_the_encoder_saturates_values_beyond_64_bits(value: int, saturated: int) -> None:
+    assert wire.write_varint(value) == wire.write_varint(saturated)
+    assert len(wire.write_varint(value)) == 10
+    response = compute.UpdateHeartbeatResponse(server_time_unix=value)
+    encoded = heartbeat_codec.encode_heartbeat_response(response)
+    assert compute.UpdateHeartbeatResponse.parse(encoded).server_time_unix == wire.to_int64(
+        saturated
+    )
 
 
 @given(responses)
