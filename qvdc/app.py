@@ -26,7 +26,9 @@ second signal; ``qvdc.__main__`` adds 2 for invalid settings.
 
 The gRPC server pings every connection (``GrpcSettings.keepalive_time``) and
 closes those that do not answer, so a host that vanished without closing its
-connection does not hold a stream for the kernel's two hours.
+connection does not hold a stream for the kernel's two hours. It also closes a
+connection with no call for ``GrpcSettings.idle_timeout``, and refuses a message
+over ``GrpcSettings.max_message_bytes`` before reading it (``qvdc.transport.serving``).
 """
 
 from __future__ import annotations
@@ -42,7 +44,6 @@ from collections.abc import AsyncIterator, Coroutine
 from typing import Any, Protocol
 
 from grpclib.config import Configuration
-from grpclib.server import Server
 
 from qvdc.api.node_service import NodeService
 from qvdc.api.pool_service import StoragePoolService
@@ -60,7 +61,7 @@ from qvdc.kits.timing import Clock, SystemClock
 from qvdc.settings import ControllerSettings, GrpcSettings
 from qvdc.store.embedded import EmbeddedEtcd
 from qvdc.store.etcd import EtcdStore
-from qvdc.transport import heartbeat_codec, keepalive
+from qvdc.transport import heartbeat_codec, keepalive, serving
 
 log = logging.getLogger(__name__)
 
@@ -180,10 +181,11 @@ class Controller:
             interval=settings.heartbeat.interval,
             send_timeout=settings.grpc.send_timeout,
         )
-        self.server = Server(
+        self.server = serving.Server(
             [self.node_service, self.pool_service],
-            codec=heartbeat_codec.server_codec(),
+            codec=heartbeat_codec.server_codec(max_message_bytes=settings.grpc.max_message_bytes),
             config=server_configuration(settings.grpc),
+            idle_timeout=settings.grpc.idle_timeout,
         )
         #: The bound port (``GrpcSettings.port`` 0 picks a free one); 0 until serving.
         self.port = 0

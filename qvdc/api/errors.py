@@ -5,8 +5,10 @@ etcd failures into ``Unavailable`` / ``DeadlineExceeded`` where they happen), an
 this module turns them into ``GRPCError``: :func:`to_grpc_error` maps each domain error
 class to its status (``_STATUS``, one entry per class: a test enumerates them) with a
 message that names the offending field. Anything else is unexpected: logged once with
-its traceback and answered INTERNAL. Expected trouble (etcd unreachable, a deadline
-passed) is logged at INFO without a traceback.
+its traceback and answered INTERNAL, which is kept for real bugs. A client error (a
+refused request) and expected trouble (etcd unreachable, a deadline passed) are logged
+as one INFO line without a traceback, rate-limited per method and status
+(``qvdc.transport.errors.RefusalLog``), so no client can flood the log.
 
 :func:`unary` also bounds what a call does downstream by the caller's deadline
 (``stream.deadline``): every etcd call the catalog makes for it gets at most the time
@@ -25,8 +27,11 @@ from grpclib.exceptions import GRPCError
 
 from qvdc.domain import errors
 from qvdc.engines import catalog
+from qvdc.transport import errors as transport_errors
 
 log = logging.getLogger(__name__)
+
+_refusals = transport_errors.RefusalLog(log)
 
 _STATUS: dict[type[errors.DomainError], Status] = {
     errors.InvalidArgument: Status.INVALID_ARGUMENT,
@@ -37,9 +42,6 @@ _STATUS: dict[type[errors.DomainError], Status] = {
     errors.DeadlineExceeded: Status.DEADLINE_EXCEEDED,
     errors.Conflict: Status.ABORTED,
 }
-
-#: Expected trouble, logged at INFO without a traceback.
-_EXPECTED = (errors.Unavailable, errors.DeadlineExceeded)
 
 T = TypeVar("T")
 
@@ -59,9 +61,9 @@ def to_grpc_error(exc: BaseException, *, method: str) -> GRPCError:
         for cls in type(exc).__mro__:
             status = _STATUS.get(cls)
             if status is not None:
-                if isinstance(exc, _EXPECTED):
-                    log.info("%s: %s", method, exc)
-                return GRPCError(status, message_of(exc))
+                message = message_of(exc)
+                _refusals.refused(method, status.name, message)
+                return GRPCError(status, message)
     log.error("%s failed unexpectedly", method, exc_info=exc)
     return GRPCError(Status.INTERNAL, f"internal error in {method}; see the controller log")
 

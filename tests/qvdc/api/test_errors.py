@@ -9,6 +9,7 @@ from grpclib.const import Status
 
 from qvdc.api import errors as api_errors
 from qvdc.domain import errors
+from qvdc.transport import errors as transport_errors
 
 
 def _subclasses(cls: type[errors.DomainError]) -> set[type[errors.DomainError]]:
@@ -42,14 +43,32 @@ def test_every_domain_error_is_mapped_to_its_own_status(cls: type[errors.DomainE
     assert error.message == "spec.x: what went wrong"
 
 
+@pytest.fixture(autouse=True)
+def fresh_refusal_log(monkeypatch: pytest.MonkeyPatch) -> transport_errors.RefusalLog:
+    """Each test starts with full token buckets (the module's log is process-wide)."""
+    refusals = transport_errors.RefusalLog(api_errors.log)
+    monkeypatch.setattr(api_errors, "_refusals", refusals)
+    return refusals
+
+
 @pytest.mark.parametrize(
     ("exc", "logged"),
     [
-        pytest.param(errors.Unavailable("etcd down"), "M: etcd down", id="unavailable"),
-        pytest.param(errors.DeadlineExceeded("too late"), "M: too late", id="deadline"),
+        pytest.param(
+            errors.Unavailable("etcd down"), "M: UNAVAILABLE: etcd down", id="unavailable"
+        ),
+        pytest.param(
+            errors.DeadlineExceeded("too late"), "M: DEADLINE_EXCEEDED: too late", id="deadline"
+        ),
+        pytest.param(
+            errors.InvalidArgument("is required", field="name"),
+            "M: INVALID_ARGUMENT: name: is required",
+            id="client-error",
+        ),
+        pytest.param(errors.NotFound("no pool p1"), "M: NOT_FOUND: no pool p1", id="not-found"),
     ],
 )
-def test_expected_trouble_is_logged_once_without_a_traceback(
+def test_a_refusal_or_expected_trouble_is_one_info_line_without_a_traceback(
     exc: errors.DomainError, logged: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="qvdc.api")
@@ -60,10 +79,36 @@ def test_expected_trouble_is_logged_once_without_a_traceback(
     ]
 
 
-def test_a_bad_request_is_not_logged(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, logger="qvdc.api")
-    api_errors.to_grpc_error(errors.InvalidArgument("is required", field="name"), method="M")
-    assert not [r for r in caplog.records if r.name == "qvdc.api.errors"]
+def test_refusals_are_rate_limited_per_method_and_status(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="qvdc.api")
+    for _ in range(1000):
+        api_errors.to_grpc_error(errors.InvalidArgument("x" * 10_000, field="id"), method="GetPool")
+    api_errors.to_grpc_error(errors.NotFound("no pool"), method="GetPool")
+    records = [r for r in caplog.records if r.name == "qvdc.api.errors"]
+    assert 1 < len(records) <= 12, len(records)
+    assert all(len(r.getMessage()) < 300 and r.exc_info is None for r in records)
+    assert records[-1].getMessage() == "GetPool: NOT_FOUND: no pool"  # its own bucket
+
+
+def test_the_first_line_after_a_pause_counts_the_suppressed_ones(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [0.0]
+    refusals = transport_errors.RefusalLog(
+        logging.getLogger("test.refusals"), burst=2, per_second=1.0, clock=lambda: now[0]
+    )
+    caplog.set_level(logging.INFO, logger="test.refusals")
+    logged = [refusals.refused("M", "INVALID_ARGUMENT", f"no {i}") for i in range(5)]
+    assert logged == [True, True, False, False, False]
+    now[0] = 1.0
+    assert refusals.refused("M", "INVALID_ARGUMENT", "again")
+    assert [r.getMessage() for r in caplog.records] == [
+        "M: INVALID_ARGUMENT: no 0",
+        "M: INVALID_ARGUMENT: no 1",
+        "M: INVALID_ARGUMENT: again (and 3 similar lines not logged)",
+    ]
+    assert not refusals.refused("M", "INVALID_ARGUMENT", "once more")  # 1 s: one token
+    assert refusals.refused("M", "NOT_FOUND", "other status, other bucket")
 
 
 @pytest.mark.parametrize(
