@@ -109,6 +109,23 @@ def build_parser() -> argparse.ArgumentParser:
     kind.add_argument("--local-dir", metavar="PATH", help="local directory pool at PATH")
     kind.add_argument("--nfs", metavar="SERVER:/EXPORT", help="NFS pool")
     c.add_argument("--capacity-gib", type=int, default=0, help="quota of a local-dir pool")
+    c.add_argument(
+        "--require-mountpoint",
+        action="store_true",
+        help="local-dir PATH must be a mount point (UNMOUNTED while nothing is mounted there)",
+    )
+    c.add_argument(
+        "--mount-point",
+        default="",
+        metavar="DIR",
+        help="local-dir: DIR (PATH or a parent) must be a mount point",
+    )
+    c.add_argument(
+        "--no-create-path",
+        dest="create_path",
+        action="store_false",
+        help="never create a missing local-dir PATH or NFS mount point",
+    )
     c.add_argument("--assign", action="append", default=[], metavar="NODE_ID")
     c.add_argument("--description", default="")
     d = pools.add_parser("delete", help="delete a pool")
@@ -176,14 +193,22 @@ async def run(args: argparse.Namespace) -> int:
                     backend = storage.StorageBackend(
                         type=storage.StorageBackendBackendType.LOCAL_DIR,
                         local_dir=storage.LocalDirConfig(
-                            path=args.local_dir, capacity_gib=args.capacity_gib
+                            path=args.local_dir,
+                            capacity_gib=args.capacity_gib,
+                            require_mountpoint=args.require_mountpoint,
+                            mount_point=args.mount_point,
+                            create_path=None if args.create_path else False,
                         ),
                     )
                 else:
                     server, _, export = args.nfs.partition(":")
                     backend = storage.StorageBackend(
                         type=storage.StorageBackendBackendType.NFS,
-                        nfs=storage.NfsConfig(server=server, export_path=export),
+                        nfs=storage.NfsConfig(
+                            server=server,
+                            export_path=export,
+                            create_path=None if args.create_path else False,
+                        ),
                     )
                 created = await pools.create_pool(
                     storage.CreatePoolRequest(

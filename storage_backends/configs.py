@@ -175,18 +175,53 @@ class LocalDirConfig:
 
     path: str = ""
     capacity_gib: int = 0
+    #: The path itself must be a mount point.
+    require_mountpoint: bool = False
+    #: A directory (the path or a parent) that must be a mount point; "" for none.
+    mount_point: str = ""
+    #: Whether attach creates a missing path.
+    create_path: bool = True
 
 
 def parse_local_dir(config: Mapping[str, Any]) -> LocalDirConfig:
     """``path``: empty or an absolute normalised path other than '/';
-    ``capacity_gib``: an integer >= 0."""
+    ``capacity_gib``: an integer >= 0; ``require_mountpoint``: a boolean;
+    ``mount_point``: empty or an absolute normalised path that is ``path`` (then
+    required) or one of its parents;
+    ``create_path``: a boolean, absent meaning true."""
     prefix = "local_dir"
     config = _require_mapping(config, prefix=prefix)
     path = _string(config, "path", prefix=prefix)
     if path:
         check_absolute_path(path, field=f"{prefix}.path")
     capacity = _integer(config, "capacity_gib", prefix=prefix, high=None)
-    return LocalDirConfig(path=path, capacity_gib=capacity)
+    require_mountpoint = _boolean(config, "require_mountpoint", prefix=prefix)
+    mount_point = _string(config, "mount_point", prefix=prefix)
+    if mount_point:
+        check_absolute_path(mount_point, field=f"{prefix}.mount_point")
+        if not path:
+            raise ConfigError(f"{prefix}.mount_point", "needs local_dir.path to be set")
+        if not is_within(path, mount_point):
+            raise ConfigError(
+                f"{prefix}.mount_point",
+                f"must be local_dir.path or one of its parents, got {mount_point!r} "
+                f"for path {path!r}",
+            )
+    create_path = config.get("create_path") is None or _boolean(
+        config, "create_path", prefix=prefix
+    )
+    return LocalDirConfig(
+        path=path,
+        capacity_gib=capacity,
+        require_mountpoint=require_mountpoint,
+        mount_point=mount_point,
+        create_path=create_path,
+    )
+
+
+def is_within(path: str, directory: str) -> bool:
+    """Whether normalised absolute ``path`` is ``directory`` or below it."""
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
 
 
 # -- nfs -----------------------------------------------------------------------------------
@@ -208,6 +243,8 @@ class NfsConfig:
     #: Extra mount options, in order, without empty items.
     options: tuple[str, ...] = ()
     mount_point: str = ""
+    #: Whether attach creates a missing mount point.
+    create_path: bool = True
 
     @property
     def source(self) -> str:
@@ -260,12 +297,16 @@ def parse_nfs(config: Mapping[str, Any]) -> NfsConfig:
     mount_point = _string(config, "mount_point", prefix=prefix)
     if mount_point:
         check_absolute_path(mount_point, field=f"{prefix}.mount_point")
+    create_path = config.get("create_path") is None or _boolean(
+        config, "create_path", prefix=prefix
+    )
     return NfsConfig(
         server=server,
         export_path=export_path,
         version=version,
         options=options,
         mount_point=mount_point,
+        create_path=create_path,
     )
 
 

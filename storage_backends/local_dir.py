@@ -23,8 +23,18 @@ part is not the measuring but knowing what is being measured:
   is still stuck in the kernel reports ``ERROR`` at once instead of stacking
   up threads.
 
-Health rules, first match wins (DESIGN §7):
+* **A disk that is not mounted yet must not be written to.** A pool may say
+  where its filesystem must be mounted (``require_mountpoint``: the path itself;
+  ``mount_point``: the path or a parent, Proxmox's ``is_mountpoint``) and that
+  its path must already exist (``create_path`` false, Proxmox's ``mkdir 0``).
+  While that does not hold, attach creates nothing and reports ``UNMOUNTED``,
+  and every later probe tries the attach again, so the pool comes up once the
+  disk is mounted (docs/failure-semantics.md, "Local directory not mounted").
 
+Health rules, first match wins:
+
+0. a required mount point is not mounted -> ``UNMOUNTED`` ("pool path P needs a
+   filesystem mounted at M, and none is mounted there");
 1. path missing -> ``UNMOUNTED`` ("pool path P does not exist");
 2. path on another filesystem than recorded at attach -> ``UNMOUNTED``, naming
    the expected mount point;
@@ -91,6 +101,18 @@ class Filesystem:
 
 
 @dataclass(frozen=True, slots=True)
+class _Pool:
+    """One pool's validated config, with this node's default path filled in."""
+
+    path: str
+    #: Quota in bytes, 0 for the whole filesystem.
+    quota: int
+    #: Directories that must be mount points before anything is created or measured.
+    mount_points: tuple[str, ...]
+    create_path: bool
+
+
+@dataclass(frozen=True, slots=True)
 class _Usage:
     total: int
     used: int
@@ -135,6 +157,9 @@ class LocalDirBackend:
         self._max_walk_entries = max_walk_entries
         #: Filesystem recorded at attach, per pool id; cleared by detach.
         self._filesystems: dict[str, Filesystem] = {}
+        #: Pools whose attach found their mount point or path missing: each probe
+        #: tries the attach again. Cleared by a successful attach and by detach.
+        self._deferred: set[str] = set()
         self._workers = _exec.ThreadRunner(name=f"quantix-{KIND}")
 
     # -- configuration -----------------------------------------------------
@@ -145,11 +170,10 @@ class LocalDirBackend:
 
     def pool_path(self, spec: base.PoolSpec) -> str:
         """The directory of ``spec``'s pool (validated)."""
-        path, _ = self._parse(spec)
-        return path
+        return self._parse(spec).path
 
-    def _parse(self, spec: base.PoolSpec) -> tuple[str, int]:
-        """Returns ``(pool path, quota in bytes or 0)``; raises InvalidConfig.
+    def _parse(self, spec: base.PoolSpec) -> _Pool:
+        """The pool's path, quota and mount rules; raises InvalidConfig.
 
         The config rules are :func:`storage_backends.configs.parse_local_dir`, the ones the
         controller applies; only the default path depends on this node."""
@@ -163,7 +187,15 @@ class LocalDirBackend:
                     "cannot name a directory under the pools root"
                 )
             path = str(self._pools_root / spec.pool_id)
-        return path, config.capacity_gib * _GIB
+        mount_points = [config.mount_point] if config.mount_point else []
+        if config.require_mountpoint and path not in mount_points:
+            mount_points.append(path)
+        return _Pool(
+            path=path,
+            quota=config.capacity_gib * _GIB,
+            mount_points=tuple(mount_points),
+            create_path=config.create_path,
+        )
 
     # -- StorageBackend ----------------------------------------------------
 
@@ -175,6 +207,10 @@ class LocalDirBackend:
     ) -> base.PoolInfo:
         """Create the pool directory, record its filesystem, then probe.
 
+        When a required mount point is not mounted, or the path is missing and
+        ``create_path`` is false, nothing is created: the returned PoolInfo is
+        UNMOUNTED saying why, and each probe tries the attach again.
+
         Re-attaching an attached pool does not adopt a different filesystem:
         if the recorded one has gone (unmounted underneath), the returned
         PoolInfo says UNMOUNTED. Only ``detach`` then ``attach`` adopts the
@@ -183,18 +219,27 @@ class LocalDirBackend:
         directory existed); a probe that times out afterwards is reported in
         the returned PoolInfo.
         """
-        path, _ = self._parse(spec)
+        pool = self._parse(spec)
+        path = pool.path
         deadline = time.monotonic() + timeout
         if spec.pool_id not in self._filesystems:
             with base.map_exceptions(
                 f"attach local_dir pool {spec.pool_id} at {path}", base.MountError
             ):
                 fs = await self._workers.run(
-                    functools.partial(_prepare_directory, path=path),
+                    functools.partial(_prepare_directory, pool=pool),
                     key=path,
                     timeout=timeout,
                     what=f"attach {path}",
                 )
+            if isinstance(fs, str):
+                if spec.pool_id not in self._deferred:
+                    logger.warning("local_dir pool %s not attached: %s", spec.pool_id, fs)
+                self._deferred.add(spec.pool_id)
+                return self._info(
+                    spec=spec, path=path, health=base.PoolHealth.UNMOUNTED, error_message=fs
+                )
+            self._deferred.discard(spec.pool_id)
             self._filesystems[spec.pool_id] = fs
             logger.info(
                 "attached local_dir pool %s at %s (filesystem %s on %s, dev %d:%d)",
@@ -215,6 +260,7 @@ class LocalDirBackend:
     ) -> None:
         """Forget the recorded filesystem. The directory and its data stay."""
         del timeout  # nothing to wait for: no I/O
+        self._deferred.discard(spec.pool_id)
         if self._filesystems.pop(spec.pool_id, None) is not None:
             logger.info("detached local_dir pool %s", spec.pool_id)
 
@@ -224,13 +270,24 @@ class LocalDirBackend:
         *,
         timeout: float,
     ) -> base.PoolInfo:
-        """Measure the pool; never raises for an unhealthy pool (only InvalidConfig)."""
-        path, quota = self._parse(spec)
+        """Measure the pool; never raises for an unhealthy pool (only InvalidConfig).
+
+        A pool whose attach was deferred (its disk not mounted) is attached now
+        if it can be.
+        """
+        pool = self._parse(spec)
+        path = pool.path
+        if spec.pool_id in self._deferred:
+            try:
+                return await self.attach(spec, timeout=timeout)
+            except base.BackendError as exc:
+                return self._info(
+                    spec=spec, path=path, health=base.PoolHealth.ERROR, error_message=str(exc)
+                )
         measure = functools.partial(
             self._measure,
             spec=spec,
-            path=path,
-            quota=quota,
+            pool=pool,
             expected=self._filesystems.get(spec.pool_id),
         )
         try:
@@ -255,10 +312,14 @@ class LocalDirBackend:
         is not the one recorded at attach (listing the parent filesystem would
         report a wrong, empty pool), BackendTimeout, or ProbeError.
         """
-        path, _ = self._parse(spec)
+        pool = self._parse(spec)
+        path = pool.path
         expected = self._filesystems.get(spec.pool_id)
 
         def work(abandoned: threading.Event) -> list[base.VolumeInfo]:
+            unmounted = _mount_point_problem(pool)
+            if unmounted is not None:
+                raise base.BackendUnavailable(unmounted)
             st = os.stat(path)
             problem = _filesystem_problem(path=path, st=st, expected=expected)
             if problem is not None:
@@ -281,13 +342,19 @@ class LocalDirBackend:
         abandoned: threading.Event,
         *,
         spec: base.PoolSpec,
-        path: str,
-        quota: int,
+        pool: _Pool,
         expected: Filesystem | None,
     ) -> base.PoolInfo:
         """Apply the health rules of the module docstring; returns a PoolInfo."""
         health = base.PoolHealth
+        path, quota = pool.path, pool.quota
         info = functools.partial(self._info, spec=spec, path=path)
+
+        # Rule 0: a required mount point that is not mounted; nothing is read or
+        # written, as the path would resolve on the parent filesystem.
+        unmounted = _mount_point_problem(pool)
+        if unmounted is not None:
+            return info(health=health.UNMOUNTED, error_message=unmounted)
 
         # Rules 1 and 2: is the pool's filesystem there at all? Checked before
         # statvfs or any write, which would otherwise hit the parent filesystem.
@@ -393,14 +460,48 @@ class LocalDirBackend:
 # -- blocking helpers (worker thread) ------------------------------------------
 
 
-def _prepare_directory(abandoned: threading.Event, *, path: str) -> Filesystem:
-    """``mkdir -p`` the pool directory (mode 0o750); returns its filesystem."""
-    del abandoned  # two quick syscalls; nothing to stop early
+def _prepare_directory(abandoned: threading.Event, *, pool: _Pool) -> Filesystem | str:
+    """``mkdir -p`` the pool directory (mode 0o750); returns its filesystem.
+
+    Returns why not instead, creating nothing, when a required mount point is
+    not mounted or the path is missing and ``create_path`` is false.
+    """
+    del abandoned  # a few quick syscalls; nothing to stop early
+    path = pool.path
+    unmounted = _mount_point_problem(pool)
+    if unmounted is not None:
+        return unmounted
+    if not pool.create_path and not os.path.lexists(path):
+        return (
+            f"pool path {path} does not exist and local_dir.create_path is false: "
+            "it is not created (mount the filesystem that holds it, or create it)"
+        )
     os.makedirs(path, mode=0o750, exist_ok=True)
     st = os.stat(path)
     if not stat.S_ISDIR(st.st_mode):
         raise base.MountError(f"pool path {path} is not a directory")
     return identify_filesystem(path, st_dev=st.st_dev)
+
+
+def _mount_point_problem(pool: _Pool) -> str | None:
+    """Why the pool's required mount points are not all mounted, or None.
+
+    A directory counts as a mount point when ``/proc/self/mountinfo`` lists its
+    real path (``os.path.ismount`` when there is no mountinfo).
+    """
+    if not pool.mount_points:
+        return None
+    mounts = read_mounts()
+    mounted = {m.mount_point for m in mounts}
+    for mount_point in pool.mount_points:
+        real = os.path.realpath(mount_point)
+        is_mount = real in mounted if mounts else os.path.ismount(real)
+        if not is_mount:
+            return (
+                f"pool path {pool.path} needs a filesystem mounted at {mount_point}, "
+                "and none is mounted there"
+            )
+    return None
 
 
 def identify_filesystem(path: str, *, st_dev: int) -> Filesystem:

@@ -185,7 +185,8 @@ class NfsBackend:
         """Mount the export unless it already is (idempotent), then probe.
 
         Raises InvalidConfig; MountError when the mount point holds another
-        mount, cannot be created, or the mount command fails (with its
+        mount, cannot be created (or is missing with ``create_path`` false), or
+        the mount command fails (with its
         stderr); BackendTimeout when mounting does not finish in time;
         BackendUnavailable when the mount command does not exist. A probe that
         finds trouble afterwards is reported in the returned PoolInfo.
@@ -340,6 +341,13 @@ class NfsBackend:
             raise base.MountError(
                 f"mount point {cfg.mount_point} already has {top.source} ({top.fstype}) "
                 f"mounted, not {cfg.source}; unmount it or choose another nfs.mount_point"
+            )
+        if not cfg.create_path and not os.path.lexists(cfg.mount_point):
+            # Its parent may be a disk that is not mounted yet: creating the
+            # mount point there would put it on the wrong filesystem.
+            raise base.MountError(
+                f"mount point {cfg.mount_point} does not exist and nfs.create_path is false: "
+                "create it (or mount the filesystem that holds it) first"
             )
         os.makedirs(cfg.mount_point, mode=0o755, exist_ok=True)
         if not stat.S_ISDIR(os.stat(cfg.mount_point).st_mode):

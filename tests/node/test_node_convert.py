@@ -26,7 +26,14 @@ def pool(pool_id: str, backend: storage.StorageBackend | None) -> storage.Storag
                 type=T.LOCAL_DIR, local_dir=storage.LocalDirConfig(path="/srv/p", capacity_gib=5)
             ),
             "local_dir",
-            {"path": "/srv/p", "node_id": "", "capacity_gib": 5},
+            {
+                "path": "/srv/p",
+                "node_id": "",
+                "capacity_gib": 5,
+                "require_mountpoint": False,
+                "mount_point": "",
+                "create_path": None,
+            },
         ),
         (
             storage.StorageBackend(
@@ -39,6 +46,7 @@ def pool(pool_id: str, backend: storage.StorageBackend | None) -> storage.Storag
                 "version": "4.1",
                 "options": "",
                 "mount_point": "",
+                "create_path": None,
             },
         ),
         (

@@ -43,6 +43,15 @@ GOOD = [
     good("local_dir", {}, id="local-dir-empty"),
     good("local_dir", {"path": "", "capacity_gib": 0}, id="local-dir-proto-defaults"),
     good("local_dir", {"path": "/var/lib/pools/a", "capacity_gib": 10}, id="local-dir-full"),
+    good(
+        "local_dir",
+        {"path": "/mnt/disk/images", "mount_point": "/mnt/disk", "create_path": False},
+        id="local-dir-mount-point",
+    ),
+    good("local_dir", {"path": "/mnt/disk", "require_mountpoint": True}, id="local-dir-is-mount"),
+    good(
+        "local_dir", {"require_mountpoint": True, "create_path": True}, id="local-dir-default-mnt"
+    ),
     good("nfs", NFS_OK, id="nfs-minimal"),
     good(
         "nfs",
@@ -57,6 +66,7 @@ GOOD = [
     ),
     good("nfs", {**NFS_OK, "version": "", "options": "", "mount_point": ""}, id="nfs-defaults"),
     good("nfs", {**NFS_OK, "version": "3"}, id="nfs-v3"),
+    good("nfs", {**NFS_OK, "create_path": False}, id="nfs-no-create-path"),
     good("nfs", {**NFS_OK, "options": "hard,,noatime"}, id="nfs-empty-option-item"),
     good("ceph_rbd", CEPH_OK, id="ceph-minimal"),
     good(
@@ -105,6 +115,41 @@ BAD = [
         "local_dir", {"path": "//var/p"}, "local_dir.path", "must be normalised", id="ld-2-leading"
     ),
     bad("local_dir", {"path": "/var/./p"}, "local_dir.path", "must be normalised", id="ld-dot"),
+    bad(
+        "local_dir",
+        {"path": "/srv/pool", "mount_point": "/srv/poo"},
+        "local_dir.mount_point",
+        "must be local_dir.path or one of its parents",
+        id="ld-mount-point-outside",
+    ),
+    bad(
+        "local_dir",
+        {"mount_point": "/mnt/disk"},
+        "local_dir.mount_point",
+        "needs local_dir.path to be set",
+        id="ld-mount-point-no-path",
+    ),
+    bad(
+        "local_dir",
+        {"path": "/mnt/d", "mount_point": "mnt"},
+        "local_dir.mount_point",
+        "must be an absolute path",
+        id="ld-mount-point-relative",
+    ),
+    bad(
+        "local_dir",
+        {"require_mountpoint": "yes"},
+        "local_dir.require_mountpoint",
+        "must be true or false",
+        id="ld-require-mountpoint-string",
+    ),
+    bad(
+        "local_dir",
+        {"create_path": 1},
+        "local_dir.create_path",
+        "must be true or false",
+        id="ld-cp-int",
+    ),
     bad("local_dir", {"path": "/var/p/"}, "local_dir.path", "must be normalised", id="ld-trailing"),
     bad(
         "local_dir",

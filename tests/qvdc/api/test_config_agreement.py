@@ -21,8 +21,10 @@ from grpclib.exceptions import GRPCError
 
 from node import convert
 from protos.limiquantix.storage import v1 as storage
+from qvdc import cli
 from qvdc.api import pool_service
-from storage_backends import base, ceph_rbd, iscsi, local_dir, nfs
+from qvdc.app import Controller
+from storage_backends import base, ceph_rbd, configs, iscsi, local_dir, nfs
 from tests.qvdc.api.helpers import TIMEOUT
 from tests.storage_backends import config_cases
 from tests.storage_backends.config_cases import Case
@@ -132,3 +134,70 @@ async def test_a_rejected_pool_is_not_stored(
         await pools.create_pool(request, timeout=TIMEOUT)
     listed = await pools.list_pools(storage.ListPoolsRequest(), timeout=TIMEOUT)
     assert [p.name for p in listed.pools] == []
+
+
+async def test_the_mount_rules_of_local_dir_and_nfs_reach_the_node(
+    pools: storage.StoragePoolServiceStub,
+) -> None:
+    # The wire fields 51-53 (LocalDirConfig) and 50 (NfsConfig) are stored and sent on:
+    # a false create_path must not come back as "unset", which means true.
+    backends = {
+        "ld": storage.StorageBackend(
+            type=Type.LOCAL_DIR,
+            local_dir=storage.LocalDirConfig(
+                path="/mnt/disk/images",
+                require_mountpoint=True,
+                mount_point="/mnt/disk",
+                create_path=False,
+            ),
+        ),
+        "nfs": storage.StorageBackend(
+            type=Type.NFS,
+            nfs=storage.NfsConfig(server="nas", export_path="/x", create_path=False),
+        ),
+    }
+    for name, backend in backends.items():
+        request = storage.CreatePoolRequest(
+            name=name, spec=storage.StoragePoolSpec(backend=backend)
+        )
+        created = await pools.create_pool(request, timeout=TIMEOUT)
+        fetched = await pools.get_pool(storage.GetPoolRequest(id=created.id), timeout=TIMEOUT)
+        spec = convert.storage_pool_to_spec(fetched)
+        assert spec.config["create_path"] is False
+        if name == "ld":
+            assert spec.config["require_mountpoint"] is True
+            assert spec.config["mount_point"] == "/mnt/disk"
+            parsed = configs.parse_local_dir(spec.config)
+            assert (parsed.require_mountpoint, parsed.create_path) == (True, False)
+
+
+async def test_qvdcctl_sends_the_mount_rules(
+    controller: Controller,
+    pools: storage.StoragePoolServiceStub,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["--controller", f"127.0.0.1:{controller.port}", "pools", "create"]
+    args = cli.build_parser().parse_args(
+        [
+            *argv,
+            "on-disk",
+            "--local-dir=/mnt/disk/images",
+            "--mount-point=/mnt/disk",
+            "--require-mountpoint",
+            "--no-create-path",
+        ]
+    )
+    assert await cli.run(args) == 0
+    pool_id = capsys.readouterr().out.strip()
+    got = await pools.get_pool(storage.GetPoolRequest(id=pool_id), timeout=TIMEOUT)
+    assert got.spec is not None and got.spec.backend is not None
+    assert got.spec.backend.local_dir == storage.LocalDirConfig(
+        path="/mnt/disk/images", require_mountpoint=True, mount_point="/mnt/disk", create_path=False
+    )
+    # Without the flags nothing changes: create_path stays unset (true).
+    args = cli.build_parser().parse_args([*argv, "plain", "--local-dir", "/srv/plain"])
+    assert await cli.run(args) == 0
+    pool_id = capsys.readouterr().out.strip()
+    got = await pools.get_pool(storage.GetPoolRequest(id=pool_id), timeout=TIMEOUT)
+    assert got.spec is not None and got.spec.backend is not None
+    assert got.spec.backend.local_dir == storage.LocalDirConfig(path="/srv/plain")

@@ -379,6 +379,24 @@ class LocalDirConfig(betterproto2.Message):
     Quota in GiB for this pool; 0 = the whole filesystem.
     """
 
+    require_mountpoint: "bool" = betterproto2.field(51, betterproto2.TYPE_BOOL)
+    """
+    The path itself must be a mount point (Proxmox's is_mountpoint yes): while
+    nothing is mounted there the pool is UNMOUNTED and nothing is created.
+    """
+
+    mount_point: "str" = betterproto2.field(52, betterproto2.TYPE_STRING)
+    """
+    A directory that must be a mount point: the path or one of its parents
+    (Proxmox's is_mountpoint <path>). Empty: no such requirement.
+    """
+
+    create_path: "bool | None" = betterproto2.field(53, betterproto2.TYPE_BOOL, optional=True)
+    """
+    Create the path at attach when it is missing (Proxmox's mkdir). Unset
+    means true; false: a missing path is UNMOUNTED and is never created.
+    """
+
 
 default_message_pool.register_message("limiquantix.storage.v1", "LocalDirConfig", LocalDirConfig)
 
@@ -414,6 +432,12 @@ class NfsConfig(betterproto2.Message):
     mount_point: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
     """
     chosen by the node daemon when empty
+    """
+
+    create_path: "bool | None" = betterproto2.field(50, betterproto2.TYPE_BOOL, optional=True)
+    """
+    Create the mount point at attach when it is missing. Unset means true;
+    false: a missing mount point fails the attach and is never created.
     """
 
 
