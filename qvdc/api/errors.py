@@ -46,12 +46,24 @@ _STATUS: dict[type[errors.DomainError], Status] = {
 T = TypeVar("T")
 
 
+#: Characters of a status message (UTF-8 bytes: twice that) past which it is cut: a
+#: message quoting client input at length would make a reply header over what the
+#: client accepts, and break its connection (and every other call on it).
+MESSAGE_MAX = 300
+
+
 def message_of(exc: errors.DomainError) -> str:
-    """The error's message, prefixed with its field unless the message already names it."""
+    """The error's message, prefixed with its field unless the message already names it,
+    cut to :data:`MESSAGE_MAX` characters."""
     text = str(exc)
     field = getattr(exc, "field", None)
     if field and field not in text:
-        return f"{field}: {text}"
+        text = f"{field}: {text}"
+    if len(text) > MESSAGE_MAX or len(text.encode()) > 2 * MESSAGE_MAX:
+        cut = text[:MESSAGE_MAX]
+        while len(cut.encode()) > 2 * MESSAGE_MAX:
+            cut = cut[: len(cut) // 2]
+        text = f"{cut}… ({len(text)} characters)"
     return text
 
 

@@ -21,6 +21,7 @@ import grpclib.config
 import grpclib.const
 import pytest
 from grpclib.const import Status
+from grpclib.encoding.base import CodecBase
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from protos.limiquantix.compute import v1 as compute
@@ -271,3 +272,155 @@ async def test_etcd_failing_is_unavailable_named_by_the_catalog(
 def test_the_send_timeout_is_validated(send_timeout: float) -> None:
     with pytest.raises(SettingsError, match="send_timeout"):
         GrpcSettings(send_timeout=send_timeout)
+
+
+# ---------------------------------------------------------------- transport bounds
+
+MAX_MESSAGE = 64 * 1024
+IDLE_TIMEOUT = 0.5
+
+
+class _RawCodec(CodecBase):
+    """Bytes in, bytes out: a request sent exactly as built."""
+
+    __content_subtype__ = "proto"
+
+    def encode(self, message: Any, message_type: Any) -> bytes:
+        return bytes(message)
+
+    def decode(self, data: bytes, message_type: Any) -> Any:
+        return bytes(data)
+
+
+@pytest.fixture
+async def transport_bounded(
+    store: EtcdStore, etcd_settings: EtcdSettings
+) -> AsyncIterator[Controller]:
+    base = controller_settings(etcd_settings)
+    settings = dataclasses.replace(
+        base,
+        grpc=GrpcSettings(
+            host="127.0.0.1", port=0, max_message_bytes=MAX_MESSAGE, idle_timeout=IDLE_TIMEOUT
+        ),
+    )
+    c = Controller(store=store, settings=settings)
+    await c.start()
+    try:
+        yield c
+    finally:
+        await c.stop()
+
+
+def _rpcs() -> list[tuple[str, grpclib.const.Cardinality]]:
+    found = []
+    for base in (compute.NodeServiceBase, storage.StoragePoolServiceBase):
+        for path, handler in base.__mapping__(base).items():  # type: ignore[arg-type]
+            found.append((path, handler.cardinality))
+    return sorted(found)
+
+
+RPCS = _rpcs()
+
+
+async def _raw_call(
+    port: int, path: str, cardinality: grpclib.const.Cardinality, body: bytes
+) -> GRPCError | None:
+    channel = grpclib.client.Channel("127.0.0.1", port, codec=_RawCodec())
+    try:
+        async with channel.request(path, cardinality, bytes, bytes, timeout=TIMEOUT) as call:
+            await call.send_message(body, end=True)
+            with contextlib.suppress(StreamTerminatedError):
+                while await call.recv_message() is not None:
+                    pass
+    except GRPCError as error:
+        return error
+    finally:
+        channel.close()
+    return None
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b"\x0b", id="group-wire-type"),
+        pytest.param(b"\x0a\xff\xff\xff\xff\x0f" + b"\x01" * 10, id="length-2^32-1-with-10-bytes"),
+        pytest.param(b"\x08" + b"\xff" * 10 + b"\x01", id="11-byte-varint"),
+    ],
+)
+async def test_malformed_bytes_are_invalid_argument_for_every_rpc(
+    transport_bounded: Controller, body: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    before = await transport_bounded.store.get_prefix("", timeout=TIMEOUT)
+    for path, cardinality in RPCS:
+        error = await _raw_call(transport_bounded.port, path, cardinality, body)
+        assert error is not None, f"{path} accepted {body!r}"
+        assert error.status == Status.INVALID_ARGUMENT, (path, error)
+        assert (error.message or "").startswith("malformed "), (path, error.message)
+        assert len(error.message or "") < 256
+    assert "Traceback" not in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    after = await transport_bounded.store.get_prefix("", timeout=TIMEOUT)
+
+    def state(kvs: Sequence[Any]) -> list[tuple[str, int]]:  # the election writes its own
+        return [(kv.key, kv.mod_revision) for kv in kvs if not kv.key.startswith("election/")]
+
+    assert state(after[0]) == state(before[0])
+
+
+async def test_a_heartbeat_whose_report_length_overruns_is_refused_not_recorded(
+    transport_bounded: Controller, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before: parsed by betterproto2 as one empty report, and the node's pools recorded
+    UNMOUNTED."""
+    caplog.set_level(logging.INFO)
+    channel = grpclib.client.Channel("127.0.0.1", transport_bounded.port)
+    try:
+        node = await compute.NodeServiceStub(channel).register_node(
+            register_request("overrun"), timeout=TIMEOUT
+        )
+    finally:
+        channel.close()
+    body = bytes(compute.UpdateHeartbeatRequest(node_id=node.id, sequence=1)) + (
+        b"\x5a\xff\xff\xff\xff\x0f" + b"\x0a\x02p1" + b"\x00" * 6
+    )
+    for path in (
+        "/limiquantix.compute.v1.NodeService/UpdateHeartbeat",
+        "/limiquantix.compute.v1.NodeService/StreamHeartbeat",
+    ):
+        cardinality = dict(RPCS)[path]
+        error = await _raw_call(transport_bounded.port, path, cardinality, body)
+        assert error is not None and error.status == Status.INVALID_ARGUMENT, (path, error)
+        assert "storage_pools[0]" in (error.message or ""), error.message
+    assert "Traceback" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/limiquantix.storage.v1.StoragePoolService/CreatePool",
+        "/limiquantix.compute.v1.NodeService/StreamHeartbeat",
+    ],
+)
+async def test_a_message_over_max_message_bytes_is_resource_exhausted(
+    transport_bounded: Controller, path: str
+) -> None:
+    body = bytes(storage.CreatePoolRequest(name="x" * MAX_MESSAGE))
+    error = await _raw_call(transport_bounded.port, path, dict(RPCS)[path], body)
+    assert error is not None and error.status == Status.RESOURCE_EXHAUSTED, error
+    assert f"over the limit of {MAX_MESSAGE} bytes" in (error.message or "")
+
+
+async def test_a_silent_connection_is_closed_after_the_idle_timeout(
+    transport_bounded: Controller,
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", transport_bounded.port)
+    try:
+        writer.write(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        started = time.monotonic()
+        async with asyncio.timeout(IDLE_TIMEOUT + 3.0):
+            while await reader.read(65536):
+                pass
+        assert time.monotonic() - started >= IDLE_TIMEOUT * 0.9
+    finally:
+        writer.close()

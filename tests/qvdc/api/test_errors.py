@@ -129,3 +129,15 @@ def test_anything_else_is_internal_and_logged_with_its_traceback(
     records = [r for r in caplog.records if r.name == "qvdc.api.errors"]
     assert len(records) == 1 and records[0].levelno == logging.ERROR
     assert records[0].exc_info is not None and records[0].exc_info[1] is exc
+
+
+@pytest.mark.parametrize("char", ["x", "é", "\U0001f600"])
+def test_a_message_quoting_huge_input_is_cut(char: str) -> None:
+    """A 1 MiB echo once made a reply header the client refused, breaking its connection."""
+    error = api_errors.to_grpc_error(
+        errors.NotFound(f"no pool {char * 1_048_576!r}", field="id"), method="GetPool"
+    )
+    message = error.message or ""
+    assert message.startswith("id: no pool '")
+    assert len(message.encode()) <= 2 * api_errors.MESSAGE_MAX + 64
+    assert message.endswith(f"({1_048_576 + len('id: no pool ') + 2} characters)")
