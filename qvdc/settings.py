@@ -142,14 +142,18 @@ class GrpcSettings:
     with UNAVAILABLE instead of holding the server's stream for ever."""
 
     max_message_bytes: int = 4 * 1024 * 1024
-    """Largest request message, in bytes (4 MiB, gRPC's usual default). Checked against
-    the message's declared length before its body is read: a larger one is refused with
-    RESOURCE_EXHAUSTED and never buffered."""
+    """Largest request message, in bytes (4 MiB, gRPC's usual default), for every RPC and
+    each message of the heartbeat stream. Checked against the length a message's gRPC
+    prefix declares, before its body is read: a larger one ends the call with
+    RESOURCE_EXHAUSTED naming the limit, and none of its body is buffered or
+    acknowledged (the client may have sent at most the HTTP/2 window, 4 MiB)."""
 
     idle_timeout: float = 120.0
-    """Seconds a connection may stay open with no call in progress (or without ever
-    finishing its HTTP/2 preface) before the server closes it. Node heartbeat streams
-    keep their connections busy; an idle operator connection reconnects on demand."""
+    """Seconds a connection may stay open with no call in progress before the server
+    sends GOAWAY and closes it. A connection that never sends or finishes its HTTP/2
+    preface has no call either, so this bounds the handshake too; one that sends
+    garbage is closed at once. Node heartbeat streams keep their connections busy; an
+    idle operator connection reconnects on demand."""
 
     def __post_init__(self) -> None:
         _require(0 <= self.port <= 65535, f"port out of range: {self.port}")
