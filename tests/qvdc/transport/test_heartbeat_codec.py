@@ -175,15 +175,17 @@ def _agrees_or_refuses(data: bytes) -> None:
 def _mutate(data: bytes, draw: Any) -> bytes:
     kind = draw(st.sampled_from(["flip", "truncate", "insert", "replace"]))
     if not data:
-        return draw(st.binary(min_size=1, max_size=16))
+        fresh: bytes = draw(st.binary(min_size=1, max_size=16))
+        return fresh
     at = draw(st.integers(0, len(data) - 1))
+    extra: bytes = draw(st.binary(min_size=1, max_size=12))
     if kind == "flip":
         return data[:at] + bytes([data[at] ^ draw(st.integers(1, 255))]) + data[at + 1 :]
     if kind == "truncate":
         return data[:at]
     if kind == "insert":
-        return data[:at] + draw(st.binary(min_size=1, max_size=12)) + data[at:]
-    return data[:at] + draw(st.binary(min_size=1, max_size=12)) + data[at + 2 :]
+        return data[:at] + extra + data[at:]
+    return data[:at] + extra + data[at + 2 :]
 
 
 @settings(max_examples=300, deadline=None)

@@ -32,7 +32,7 @@ REQUESTS = _request_types()
 
 
 def test_betterproto2_metadata_has_what_the_check_reads() -> None:
-    info: Any = storage.CreatePoolRequest._betterproto  # type: ignore[attr-defined]
+    info: Any = getattr(storage.CreatePoolRequest, "_betterproto")  # noqa: B009
     assert info.field_name_by_number[1] == "name"
     meta = info.meta_by_field_name["labels"]
     assert meta.proto_type == "map"
@@ -115,7 +115,7 @@ def test_valid_nested_messages_pass(cls: type[betterproto2.Message], message: An
     ],
 )
 def test_malformed_create_pool_requests_name_the_field(data: bytes, field: str) -> None:
-    info: Any = storage.CreatePoolRequest._betterproto  # type: ignore[attr-defined]
+    info: Any = getattr(storage.CreatePoolRequest, "_betterproto")  # noqa: B009
     assert info.field_name_by_number[5] == "spec"
     with pytest.raises(wire.Malformed) as caught:
         wire.check(data, storage.CreatePoolRequest)
@@ -126,14 +126,13 @@ def test_a_packed_repeated_scalar_is_accepted_and_a_broken_one_refused() -> None
     # betterproto2 writes repeated scalars packed; a packed run must fill its length.
     message = compute.StorageDevice(path="p")
     wire.check(bytes(message), compute.StorageDevice)
-    packed_fields = [
-        (cls, number, name)
-        for cls in REQUESTS
-        for number, name in cls._betterproto.field_name_by_number.items()  # type: ignore[attr-defined]
-        if cls._betterproto.meta_by_field_name[name].repeated  # type: ignore[attr-defined]
-        and cls._betterproto.meta_by_field_name[name].proto_type  # type: ignore[attr-defined]
-        in ("uint64", "uint32", "int64", "int32", "enum", "bool")
-    ]
+    packed_fields = []
+    for cls in REQUESTS:
+        info: Any = getattr(cls, "_betterproto")  # noqa: B009
+        for number, name in info.field_name_by_number.items():
+            meta = info.meta_by_field_name[name]
+            if meta.repeated and meta.proto_type in ("uint64", "int64", "enum", "bool"):
+                packed_fields.append((cls, number, name))
     assert packed_fields  # ListNodesRequest.phases at least
     for cls, number, _ in packed_fields:
         tag = wire.write_varint(number << 3 | wire.LEN)
