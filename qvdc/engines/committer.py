@@ -14,8 +14,19 @@ naive baseline passes a buffer that keeps every submission.)
 
 Cases:
 
-* a commit fails (etcd down, timeout) -> the batch is put back (newer submits
-  for the same key win) and retried with capped backoff; nothing is dropped;
+* a commit fails because etcd is unreachable or slow (``StoreUnavailable``) -> the
+  batch is put back (newer submits for the same key win) and retried with capped
+  backoff; nothing is dropped;
+* etcd *refuses* a commit (any other ``StoreError``: a request too large, a bad key)
+  -> retrying it unchanged would fail for ever and hold every other host's write
+  behind it (a poison pill). The batch is bisected until the refused ops are alone;
+  each is dropped with one WARNING, and ``on_refused(key, reason)`` may give a small
+  value to write in its place (the intake writes an ERROR row, so the host's row does
+  not keep showing its last accepted report). The rest of the batch lands;
+* a transaction is kept under ``max_txn_bytes`` (keys and values), so a batch of large
+  rows is split instead of refused by etcd's request limit (1.5 MiB by default).
+  :attr:`GroupCommitter.max_op_bytes` is the largest single write the intake should
+  submit; it checks before it submits;
 * the task is cancelled (shutdown) -> a batch in flight is put back (its fate
   is unknown; writing it again is harmless), then **every** pending write is
   committed in batches of ``max_ops``, retried, for at most ``flush_timeout``
@@ -30,15 +41,30 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+from collections.abc import Callable
 from typing import Protocol
 
 from qvdc.kits.backoff import Backoff
-from qvdc.store.etcd import EtcdStore, Op, StoreError
+from qvdc.store.etcd import EtcdStore, Op, StoreError, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
 Write = tuple[str, bytes | None]
 """``(key, value)``: a put of ``value``, or a delete when ``value`` is None."""
+
+RefusedHandler = Callable[[str, str], bytes | None]
+"""``on_refused(key, reason)``: what to write at ``key`` instead of a write etcd refused
+(None: nothing)."""
+
+#: etcd's default ``--max-request-bytes`` is 1.5 MiB; a transaction stays well under it.
+DEFAULT_MAX_TXN_BYTES = 1024 * 1024
+#: The largest single host-status row worth writing (a normal one is under 1 KB).
+DEFAULT_MAX_OP_BYTES = 256 * 1024
+
+
+def _size(write: Write) -> int:
+    key, value = write
+    return len(key) + (len(value) if value is not None else 0)
 
 
 class WriteBuffer(Protocol):
@@ -104,8 +130,18 @@ class GroupCommitter:
         timeout: float,
         flush_timeout: float,
         buffer: WriteBuffer | None = None,
+        max_txn_bytes: int = DEFAULT_MAX_TXN_BYTES,
+        max_op_bytes: int = DEFAULT_MAX_OP_BYTES,
+        on_refused: RefusedHandler | None = None,
     ) -> None:
+        if not 0 < max_op_bytes <= max_txn_bytes:
+            raise ValueError(f"need 0 < max_op_bytes ({max_op_bytes}) <= max_txn_bytes")
         self._store = store
+        self._max_txn_bytes = max_txn_bytes
+        #: The largest write :meth:`submit` should be given (module docstring).
+        self.max_op_bytes = max_op_bytes
+        #: Called for each write etcd refused (module docstring); settable after construction.
+        self.on_refused = on_refused
         self._delay = delay
         self._max_ops = max_ops
         self._timeout = timeout
@@ -117,6 +153,7 @@ class GroupCommitter:
         #: Counters for tests and the benchmark.
         self.ops_committed = 0
         self.txns_committed = 0
+        self.ops_refused = 0
 
     def submit(self, key: str, value: bytes | None) -> None:
         """Queue a put (``value``) or a delete (``None``) of ``key``."""
@@ -134,11 +171,70 @@ class GroupCommitter:
         async with asyncio.timeout(timeout):
             await self._idle.wait()
 
+    def _take(self) -> list[Write]:
+        """The next batch: at most ``max_ops`` writes and ``max_txn_bytes`` (at least one)."""
+        batch = self._buffer.take(self._max_ops)
+        total = 0
+        for i, write in enumerate(batch):
+            total += _size(write)
+            if total > self._max_txn_bytes and i > 0:
+                self._buffer.put_back(batch[i:])
+                return batch[:i]
+        return batch
+
     async def _commit(self, batch: list[Write], *, timeout: float) -> None:
+        """Commit ``batch``; ops etcd refuses are isolated and dropped (module docstring).
+
+        Raises ``StoreUnavailable`` (etcd unreachable or slow) with nothing of the batch
+        known to be written; the caller puts it back."""
+        try:
+            await self._commit_txn(batch, timeout=timeout)
+        except StoreUnavailable:
+            raise
+        except StoreError as exc:
+            if len(batch) == 1:
+                await self._refused(batch[0], exc, timeout=timeout)
+                return
+            middle = len(batch) // 2
+            first, rest = batch[:middle], batch[middle:]
+            try:
+                await self._commit(first, timeout=timeout)
+            except _Partial:
+                self._buffer.put_back(rest)  # part of ``first`` landed; the rest goes back
+                raise
+            try:
+                await self._commit(rest, timeout=timeout)
+            except _Partial:
+                raise
+            except StoreUnavailable:
+                self._buffer.put_back(rest)  # ``first`` landed: only the rest goes back
+                raise _Partial() from None
+
+    async def _commit_txn(self, batch: list[Write], *, timeout: float) -> None:
         ops = [Op.put(k, v) if v is not None else Op.delete(k) for k, v in batch]
         await self._store.txn(compares=(), success=ops, timeout=timeout)
         self.ops_committed += len(ops)
         self.txns_committed += 1
+
+    async def _refused(self, write: Write, exc: StoreError, *, timeout: float) -> None:
+        key, value = write
+        self.ops_refused += 1
+        size = _size(write)
+        log.warning("etcd refused the write of %s (%d bytes); dropping it: %s", key, size, exc)
+        replacement = (
+            self.on_refused(key, f"refused by etcd ({size} bytes)")
+            if (self.on_refused is not None and value is not None)
+            else None
+        )
+        if replacement is None or replacement == value:
+            return
+        try:
+            await self._commit_txn([(key, replacement)], timeout=timeout)
+        except StoreUnavailable:
+            self._buffer.put_back([(key, replacement)])
+            raise _Partial() from None
+        except StoreError as again:
+            log.warning("etcd refused the replacement of %s too; dropping it: %s", key, again)
 
     async def run(self) -> None:
         """Commit what is submitted until cancelled; then flush it all (module docstring)."""
@@ -151,11 +247,12 @@ class GroupCommitter:
                 if self._delay:
                     await asyncio.sleep(self._delay)
                 while buffer:
-                    batch = buffer.take(self._max_ops)
+                    batch = self._take()
                     try:
                         await self._commit(batch, timeout=self._timeout)
-                    except StoreError as exc:
-                        buffer.put_back(batch)
+                    except StoreUnavailable as exc:
+                        if not isinstance(exc, _Partial):
+                            buffer.put_back(batch)
                         delay = backoff.next()
                         log.warning(
                             "host-status commit of %d ops failed (%s); retrying in %.2fs",
@@ -186,11 +283,12 @@ class GroupCommitter:
         log.info("flushing %d host-status writes before stopping", len(buffer))
         try:
             while buffer and (remaining := deadline - loop.time()) > 0:
-                batch = buffer.take(self._max_ops)
+                batch = self._take()
                 try:
                     await self._commit(batch, timeout=min(self._timeout, remaining))
-                except StoreError as exc:
-                    buffer.put_back(batch)
+                except StoreUnavailable as exc:
+                    if not isinstance(exc, _Partial):
+                        buffer.put_back(batch)
                     why = f"not written within {self._flush_timeout:g} s; last error: {exc}"
                     await asyncio.sleep(min(backoff.next(), max(0.0, deadline - loop.time())))
                 except BaseException:
@@ -211,3 +309,11 @@ class GroupCommitter:
             else:
                 self._idle.set()
                 log.info("flushed %d host-status writes", written)
+
+
+class _Partial(StoreUnavailable):
+    """etcd became unreachable part-way through an isolated batch; what did not land was
+    put back already."""
+
+    def __init__(self) -> None:
+        super().__init__("etcd became unreachable while a refused batch was being isolated")

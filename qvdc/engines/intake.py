@@ -19,7 +19,10 @@ Report handling, by case:
 * a full heartbeat that omits an *unassigned* pool the host had a row for ->
   the row is deleted (the host let go of it);
 * a DELTA heartbeat lists changed reports only; pools it does not list are
-  unchanged; ``removed_pool_ids`` are handled like omissions in a full one.
+  unchanged; ``removed_pool_ids`` are handled like omissions in a full one;
+* a report whose row would exceed the committer's ``max_op_bytes``, or whose write
+  etcd refused (``GroupCommitter.on_refused``) -> the row becomes ERROR with a message
+  saying why, never the host's last accepted report, and no other host waits on it.
 
 What counts as material is ``materiality_rule`` (default
 :func:`qvdc.kits.materiality.is_material_change`); the benchmark's naive
@@ -88,6 +91,16 @@ class Assignment:
     revisions: tuple[int, ...]
 
 
+def _refused(status: HostPoolStatus, reason: str) -> HostPoolStatus:
+    """``status`` as an ERROR row saying its report was refused, and why."""
+    report = PoolReport(
+        pool_id=status.report.pool_id,
+        health=Health.ERROR,
+        error_message=f"report refused by the controller: {reason}",
+    )
+    return replace(status, report=report)
+
+
 class HeartbeatIntake:
     def __init__(
         self,
@@ -116,6 +129,7 @@ class HeartbeatIntake:
         # Pool ids known to exist (view.pool() decoded them); dropped on any pool change.
         self._known_pools: set[str] = set()
         view.subscribe(self._on_change)
+        committer.on_refused = self._refused_row
         #: Counters for tests and the benchmark.
         self.heartbeats = 0
         self.reports_seen = 0
@@ -257,9 +271,40 @@ class HeartbeatIntake:
         )
         value = codec.encode_host_status(status)
         key = keys.host_status(report.pool_id, status.node_id)
+        limit = self._committer.max_op_bytes
+        if len(key) + len(value) > limit:
+            log.warning(
+                "%s: a report of %d bytes is over the %d bytes a row may hold; "
+                "recording the row as ERROR",
+                key,
+                len(value),
+                limit,
+            )
+            status = _refused(status, f"its row would be {len(value)} bytes, over {limit}")
+            value = codec.encode_host_status(status)
+        # ``report`` as sent, so the same oversized report is not material again.
         self._written.setdefault(status.node_id, {})[report.pool_id] = (report, value)
         self._view.expect(key, value, status)
         self._committer.submit(key, value)
+
+    def _refused_row(self, key: str, reason: str) -> bytes | None:
+        """The ERROR row written instead of a host-status write etcd refused."""
+        parts = keys.split(key)
+        if len(parts) != 3 or parts[0] + "/" != keys.HOST_STATUS:
+            return None
+        pool_id, node_id = PoolId(parts[1]), NodeId(parts[2])
+        refused = HostPoolStatus(
+            node_id=node_id,
+            report=PoolReport(pool_id=pool_id, health=Health.ERROR),
+            changed_at=self._clock.time(),
+        )
+        status = _refused(refused, reason)
+        value = codec.encode_host_status(status)
+        written = self._written.get(node_id, {}).get(pool_id)
+        if written is not None:
+            self._written[node_id][pool_id] = (written[0], value)
+        self._view.expect(key, value, status)
+        return value
 
     def _drop(self, node_id: NodeId, pool_id: str) -> None:
         key = keys.host_status(pool_id, node_id)

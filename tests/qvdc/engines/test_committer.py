@@ -188,3 +188,82 @@ async def test_a_second_cancellation_stops_the_flush_and_logs_what_is_left(
         "300 host-status writes lost" in r.getMessage() and "forced" in r.getMessage()
         for r in caplog.records
     )
+
+
+# ---------------------------------------------------------------- refused writes
+
+
+async def test_an_op_etcd_refuses_is_isolated_and_the_rest_of_the_batch_lands(
+    store: EtcdStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A poison pill: one write over etcd's request limit (1.5 MiB) among 100. Retried
+    whole, it would hold every other host's write for ever."""
+    refused: list[tuple[str, str]] = []
+
+    def on_refused(key: str, reason: str) -> bytes:
+        refused.append((key, reason))
+        return b"ERROR row"
+
+    committer = GroupCommitter(
+        store=store,
+        delay=0.01,
+        max_ops=128,
+        timeout=TIMEOUT,
+        flush_timeout=TIMEOUT,
+        max_txn_bytes=8 * 1024 * 1024,  # let the big one reach etcd
+        max_op_bytes=8 * 1024 * 1024,
+        on_refused=on_refused,
+    )
+    for i in range(100):
+        big = i == 37
+        committer.submit(f"pp/{i:03d}", b"x" * (2 * 1024 * 1024) if big else str(i).encode())
+    with caplog.at_level(logging.WARNING, logger="qvdc.engines.committer"):
+        async with running(committer):
+            await committer.flushed(timeout=TIMEOUT)
+    stored = await values(store, "pp/")
+    assert stored == {
+        f"pp/{i:03d}": (b"ERROR row" if i == 37 else str(i).encode()) for i in range(100)
+    }
+    assert [key for key, _ in refused] == ["pp/037"]
+    assert "refused by etcd" in refused[0][1]
+    assert committer.ops_refused == 1
+    assert any("pp/037" in r.getMessage() and r.exc_info is None for r in caplog.records)
+
+
+async def test_a_transaction_stays_under_max_txn_bytes(store: EtcdStore) -> None:
+    committer = GroupCommitter(
+        store=store,
+        delay=0.01,
+        max_ops=128,
+        timeout=TIMEOUT,
+        flush_timeout=TIMEOUT,
+        max_txn_bytes=1024 * 1024,
+        max_op_bytes=400 * 1024,
+    )
+    row = b"y" * (300 * 1024)
+    for i in range(10):
+        committer.submit(f"tb/{i}", row)
+    async with running(committer):
+        await committer.flushed(timeout=TIMEOUT)
+    assert await values(store, "tb/") == {f"tb/{i}": row for i in range(10)}
+    assert committer.ops_refused == 0
+    assert committer.txns_committed == 4  # 3 + 3 + 3 + 1 rows of 300 KiB under 1 MiB
+
+
+async def test_etcd_unreachable_is_retried_not_refused(store: EtcdStore) -> None:
+    faulty = FaultyStore(store)
+    faulty.fail("txn", times=3)
+    committer = GroupCommitter(
+        store=faulty,
+        delay=0.01,
+        max_ops=128,
+        timeout=TIMEOUT,
+        flush_timeout=TIMEOUT,
+        on_refused=lambda key, reason: pytest.fail(f"{key} refused: {reason}"),
+    )
+    for i in range(10):
+        committer.submit(f"ur/{i}", b"v")
+    async with running(committer):
+        await committer.flushed(timeout=TIMEOUT)
+    assert await values(store, "ur/") == {f"ur/{i}": b"v" for i in range(10)}
+    assert committer.ops_refused == 0
