@@ -46,6 +46,7 @@ from qvdc.domain.model import (
     PoolRecord,
     PoolReport,
 )
+from qvdc.domain.reports import UINT32_MAX, UINT64_MAX
 
 #: Error text of the row synthesised for an assigned host that has no report for the pool.
 NOT_REPORTED_MESSAGE = "pool not reported by host"
@@ -156,7 +157,7 @@ def compute_capacity(*, backend: BackendType, healthy_rows: Iterable[HostRow]) -
 
     * no healthy row      -> ``Capacity()`` (all zero; never a stale earlier figure);
     * shared backend      -> the freshest healthy row's total / used / available;
-    * local backend       -> the sums over the healthy rows.
+    * local backend       -> the sums over the healthy rows, saturating at 2^64-1.
 
     ``provisioned_bytes`` is always 0: hosts do not report it.
     """
@@ -166,10 +167,11 @@ def compute_capacity(*, backend: BackendType, healthy_rows: Iterable[HostRow]) -
         rows = [] if source is None else [source]
     if not rows:
         return Capacity()
+    # Sums saturate at the wire's uint64, so a pool of many huge hosts stays encodable.
     return Capacity(
-        total_bytes=sum(row.report.total_bytes for row in rows),
-        used_bytes=sum(row.report.used_bytes for row in rows),
-        available_bytes=sum(row.report.available_bytes for row in rows),
+        total_bytes=min(UINT64_MAX, sum(row.report.total_bytes for row in rows)),
+        used_bytes=min(UINT64_MAX, sum(row.report.used_bytes for row in rows)),
+        available_bytes=min(UINT64_MAX, sum(row.report.available_bytes for row in rows)),
     )
 
 
@@ -193,7 +195,7 @@ def compute_volume_count(
         if source is not None:
             return source.report.volume_count
         return max((row.report.volume_count for row in live), default=0)
-    return sum(row.report.volume_count for row in live)
+    return min(UINT32_MAX, sum(row.report.volume_count for row in live))
 
 
 def describe_unhealthy_row(row: HostRow) -> str:

@@ -20,6 +20,8 @@ Report handling, by case:
   the row is deleted (the host let go of it);
 * a DELTA heartbeat lists changed reports only; pools it does not list are
   unchanged; ``removed_pool_ids`` are handled like omissions in a full one;
+* a report whose capacities contradict each other or overflow uint64
+  (:func:`qvdc.domain.reports.checked`) -> an ERROR row naming the contradiction;
 * a report whose row would exceed the committer's ``max_op_bytes``, or whose write
   etcd refused (``GroupCommitter.on_refused``) -> the row becomes ERROR with a message
   saying why, never the host's last accepted report, and no other host waits on it.
@@ -36,7 +38,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from qvdc.domain import errors
+from qvdc.domain import errors, reports
 from qvdc.domain.model import Health, HostPoolStatus, NodeId, PoolId, PoolReport
 from qvdc.engines.committer import GroupCommitter
 from qvdc.engines.liveness import LivenessMonitor
@@ -259,6 +261,8 @@ class HeartbeatIntake:
 
     def _write(self, node_id: NodeId, report: PoolReport) -> None:
         self.material_changes += 1
+        sent = report
+        report = reports.checked(report)
         # The view keeps this very object (expect()): share its strings as decoding does.
         report = replace(
             report,
@@ -282,8 +286,8 @@ class HeartbeatIntake:
             )
             status = _refused(status, f"its row would be {len(value)} bytes, over {limit}")
             value = codec.encode_host_status(status)
-        # ``report`` as sent, so the same oversized report is not material again.
-        self._written.setdefault(status.node_id, {})[report.pool_id] = (report, value)
+        # The report as sent, so the same refused report is not material again.
+        self._written.setdefault(status.node_id, {})[report.pool_id] = (sent, value)
         self._view.expect(key, value, status)
         self._committer.submit(key, value)
 

@@ -397,6 +397,16 @@ CAPACITY_CASES = [
         id="shared-only-stale-zeros",
     ),
     pytest.param(BackendType.NFS, {}, Capacity(), id="no-hosts-zeros"),
+    # Sums saturate at the wire's uint64: two hosts of 2^64-1 bytes each stay encodable.
+    pytest.param(
+        BackendType.LOCAL_DIR,
+        {
+            "a": Host(H.HEALTHY, total=2**64 - 1, used=2**64 - 1, available=0),
+            "b": Host(H.HEALTHY, total=2**64 - 1, used=0, available=2**64 - 1),
+        },
+        Capacity(2**64 - 1, 2**64 - 1, 2**64 - 1),
+        id="local-sums-saturate-at-uint64",
+    ),
 ]
 
 
@@ -690,10 +700,11 @@ def test_property_local_capacity_is_the_sum_over_counted_rows(
         for row in result.rows
         if row.assigned and not row.stale and row.report.health == Health.HEALTHY
     ]
+    cap = 2**64 - 1
     assert result.capacity == Capacity(
-        total_bytes=sum(row.report.total_bytes for row in counted),
-        used_bytes=sum(row.report.used_bytes for row in counted),
-        available_bytes=sum(row.report.available_bytes for row in counted),
+        total_bytes=min(cap, sum(row.report.total_bytes for row in counted)),
+        used_bytes=min(cap, sum(row.report.used_bytes for row in counted)),
+        available_bytes=min(cap, sum(row.report.available_bytes for row in counted)),
     )
     assert tuple(row.node_id for row in counted) == result.healthy_node_ids
 
