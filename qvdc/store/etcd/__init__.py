@@ -23,10 +23,11 @@ The contract::
                                        idle_timeout=None): WatchEvent
     rev = await store.revision(); await store.compact(rev); await store.close()
 
-- ``get_prefix`` reads in pages of ``page_size`` keys, all pinned to the first
-  page's revision: one consistent snapshot that never hits gRPC's message size
-  limit. If etcd compacts that revision mid-listing, the listing restarts (a
-  few times, then :class:`StoreUnavailable`).
+- ``get_prefix`` reads in pages of at most ``page_size`` keys sized to about
+  ``page_bytes``, all pinned to the first page's revision: one consistent
+  snapshot of any size that never hits gRPC's message size limit. If etcd
+  compacts that revision mid-listing, the listing restarts (a few times, then
+  :class:`StoreUnavailable`).
 - ``watch_prefix`` raises :class:`Compacted` if ``start_revision`` was
   compacted, :class:`StoreUnavailable` if the stream ends or breaks (the caller
   re-watches), and :class:`StoreTimeout` after ``idle_timeout`` s of silence

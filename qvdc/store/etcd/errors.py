@@ -4,7 +4,7 @@ gRPC ``UNAVAILABLE``/``CANCELLED``/``ABORTED`` (the channel closed), an unusable
 client and etcd's "too many requests" become :class:`StoreUnavailable`;
 ``DEADLINE_EXCEEDED`` and our own deadline become :class:`StoreTimeout`;
 everything else etcd rejects becomes :class:`StoreError` with etcd's reason.
-Two rejections a caller inside this package handles itself get their own
+Three rejections a caller inside this package handles itself get their own
 private types. Exceptions that are not from the client (programming errors)
 are returned unchanged, so they propagate as they are.
 """
@@ -19,6 +19,10 @@ from qvdc.store import records
 
 class RevisionCompacted(records.StoreError):
     """A read or compaction named a compacted revision (handled inside this package)."""
+
+
+class ResponseTooLarge(records.StoreError):
+    """etcd's answer was over the client's receive limit (a listing asks for fewer keys)."""
 
 
 class LeaseNotFound(records.StoreError):
@@ -44,6 +48,8 @@ def map_exception(exc: Exception, *, endpoint: str, what: str, limit: float | No
             return records.StoreUnavailable(message)
         if code == "OUT_OF_RANGE" and "compacted" in details:
             return RevisionCompacted(message)
+        if code == "RESOURCE_EXHAUSTED" and "larger than max" in details:
+            return ResponseTooLarge(message)
         if code == "NOT_FOUND" and "lease not found" in details:
             return LeaseNotFound(message)
         return records.StoreError(message)

@@ -23,31 +23,54 @@ _T = TypeVar("_T")
 _LIST_RESTARTS = 3
 """How often ``get_prefix`` restarts a listing whose pinned revision got compacted."""
 
+DEFAULT_PAGE_BYTES = 8 * 1024 * 1024
+"""The bytes (keys and values) a listing page aims at: well under the client's 64 MiB
+receive limit (``connections``)."""
+
+_LARGEST_KV = 1536 * 1024 + 512
+"""The largest key and value etcd stores with its default ``--max-request-bytes``
+(1.5 MiB): what a page's first guess assumes of every key."""
+
 
 class EtcdStore:
     """See the package docstring for the contract."""
 
     settings: EtcdSettings
 
-    def __init__(self, *, settings: EtcdSettings, page_size: int = 10_000) -> None:
+    def __init__(
+        self,
+        *,
+        settings: EtcdSettings,
+        page_size: int = 10_000,
+        page_bytes: int = DEFAULT_PAGE_BYTES,
+    ) -> None:
         """Use :meth:`connect`; this only sets up an unconnected store."""
         if page_size < 1:
             raise ValueError(f"page_size must be >= 1: {page_size}")
+        if page_bytes < 1:
+            raise ValueError(f"page_bytes must be >= 1: {page_bytes}")
         self.settings = settings
         self._prefix = settings.prefix.encode()
         self._messages = messages.Messages(prefix=self._prefix)
         self._page_size = page_size
+        self._page_bytes = page_bytes
         self._endpoints = connections.Endpoints(settings=settings, probe_key=self._prefix)
 
     # ---------------------------------------------------------------- lifecycle
 
     @classmethod
-    async def connect(cls, *, settings: EtcdSettings, page_size: int = 10_000) -> EtcdStore:
+    async def connect(
+        cls,
+        *,
+        settings: EtcdSettings,
+        page_size: int = 10_000,
+        page_bytes: int = DEFAULT_PAGE_BYTES,
+    ) -> EtcdStore:
         """Connect to the first endpoint that answers, in order.
 
         Raises :class:`StoreUnavailable` (naming every endpoint's failure) if none does.
         """
-        store = cls(settings=settings, page_size=page_size)
+        store = cls(settings=settings, page_size=page_size, page_bytes=page_bytes)
         await store._endpoints.open_first()
         return store
 
@@ -96,8 +119,11 @@ class EtcdStore:
     ) -> tuple[list[records.KeyValue], int]:
         """Every key under ``prefix``, sorted by key, as of one revision: returns (items, revision).
 
-        Read in pages of ``page_size`` keys pinned to the first page's revision;
-        ``timeout`` bounds each page.
+        Read in pages pinned to the first page's revision; ``timeout`` bounds each
+        page. A page holds at most ``page_size`` keys and aims at ``page_bytes``: the
+        first assumes etcd's largest values, each next one at most doubles its count
+        and is sized by the bytes per key seen so far; a page the client still refuses
+        as too large is asked again with half the keys. So any amount of state loads.
         """
         for _attempt in range(_LIST_RESTARTS):
             listed = await self._list_pages(prefix, timeout)
@@ -117,10 +143,10 @@ class EtcdStore:
         key_value = self._messages.key_value
         revision = 0  # 0: the first page reads the current revision and pins it
         items: list[records.KeyValue] = []
+        count = min(self._page_size, max(1, self._page_bytes // _LARGEST_KV))
+        seen_keys = seen_bytes = 0
         while True:
-            request = rpc.RangeRequest(
-                key=start, range_end=end, limit=self._page_size, revision=revision
-            )
+            request = rpc.RangeRequest(key=start, range_end=end, limit=count, revision=revision)
 
             async def invoke(client: Any, md: Any, limit: float, request: Any = request) -> Any:
                 return await client.kvstub.Range(request, timeout=limit, metadata=md)
@@ -129,12 +155,22 @@ class EtcdStore:
                 response = await self._call(f"list {prefix!r}", page_timeout, invoke)
             except errors.RevisionCompacted:
                 return None
+            except errors.ResponseTooLarge:
+                if count == 1:
+                    raise
+                count //= 2
+                continue
             if revision == 0:
                 revision = response.header.revision
-            items.extend(key_value(kv) for kv in response.kvs)
-            if not response.more or not response.kvs:
+            page = [key_value(kv) for kv in response.kvs]
+            items.extend(page)
+            if not response.more or not page:
                 return items, revision
             start = response.kvs[-1].key + b"\0"
+            seen_keys += len(page)
+            seen_bytes += sum(len(kv.key) + len(kv.value) for kv in response.kvs)
+            fits = self._page_bytes * seen_keys // max(1, seen_bytes)
+            count = max(1, min(self._page_size, 2 * count, fits))
 
     async def put(
         self, key: str, value: bytes, *, lease: int | None = None, timeout: float | None = None

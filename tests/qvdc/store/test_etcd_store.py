@@ -14,6 +14,7 @@ import pytest
 
 from qvdc.settings import EtcdSettings
 from qvdc.store import embedded, etcd
+from qvdc.store.etcd import connections
 from tests.fixtures import procs
 from tests.fixtures.etcd import EtcdServer, FaultyStore
 
@@ -107,6 +108,62 @@ async def test_paged_listing_is_one_snapshot(
         await writer.delete_prefix("")
         await writer.close()
         await paged.close()
+
+
+async def test_pages_are_bounded_by_bytes_as_well_as_keys(
+    etcd_settings: EtcdSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    page_bytes = 3 * 1024
+    paged = await etcd.EtcdStore.connect(
+        settings=etcd_settings, page_size=1_000, page_bytes=page_bytes
+    )
+    try:
+        values = {f"big/{i:02}": bytes([65 + i % 26]) * 1000 for i in range(20)}
+        for key, value in values.items():
+            await paged.put(key, value)
+        real_call: Callable[..., Awaitable[Any]] = paged._call
+        page_sizes: list[int] = []
+
+        async def counting(what: str, call_timeout: float | None, invoke: Any) -> Any:
+            response = await real_call(what, call_timeout, invoke)
+            page_sizes.append(sum(len(kv.key) + len(kv.value) for kv in response.kvs))
+            return response
+
+        monkeypatch.setattr(paged, "_call", counting)
+        items, _revision = await paged.get_prefix("big/")
+
+        assert {kv.key: kv.value for kv in items} == values
+        assert len(page_sizes) >= 20_000 // page_bytes  # not one page of 1,000 keys
+        assert max(page_sizes) <= page_bytes
+    finally:
+        monkeypatch.undo()
+        await paged.delete_prefix("")
+        await paged.close()
+
+
+async def test_a_page_over_the_clients_receive_limit_is_asked_again_smaller(
+    etcd_settings: EtcdSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A prefix holding more than the client may receive in one message still lists."""
+    receive_limit = 64 * 1024
+    options = dict(connections._GRPC_OPTIONS)
+    options["grpc.max_receive_message_length"] = receive_limit
+    monkeypatch.setattr(connections, "_GRPC_OPTIONS", tuple(options.items()))
+    # page_bytes far above the receive limit: the first pages are refused by the client
+    small = await etcd.EtcdStore.connect(settings=etcd_settings, page_bytes=1 << 30)
+    try:
+        values = {f"huge/{i:02}": bytes([97 + i % 26]) * (20 * 1024) for i in range(30)}
+        for key, value in values.items():
+            await small.put(key, value)
+        assert sum(map(len, values.values())) > 5 * receive_limit
+
+        items, revision = await small.get_prefix("huge/")
+
+        assert {kv.key: kv.value for kv in items} == values
+        assert revision == await small.revision()
+    finally:
+        await small.delete_prefix("")
+        await small.close()
 
 
 async def test_delete_prefix_counts(store: etcd.EtcdStore) -> None:

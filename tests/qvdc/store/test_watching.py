@@ -50,6 +50,63 @@ async def test_follow_prefix_lists_then_streams_changes(store: etcd.EtcdStore) -
     assert (second.event.kind, second.event.key) == ("delete", "pools/a")
 
 
+async def test_a_listing_of_several_pages_then_the_watch_loses_no_event(
+    etcd_settings: EtcdSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paged = await etcd.EtcdStore.connect(settings=etcd_settings, page_size=3, page_bytes=4096)
+    writer = await etcd.EtcdStore.connect(settings=etcd_settings)
+    try:
+        before = {f"hs/{i:02}": f"v{i}".encode() * 100 for i in range(12)}
+        for key, value in before.items():
+            await writer.put(key, value)
+        real_call = paged._call
+        pages = 0
+        written: list[int] = []
+
+        async def call_then_write(what: str, call_timeout: float | None, invoke: object) -> object:
+            nonlocal pages
+            result: object = await real_call(what, call_timeout, invoke)  # type: ignore[arg-type]
+            if what.startswith("list"):
+                pages += 1
+                # between pages: ahead of the cursor, behind it, and a delete
+                written.append(await writer.put(f"hs/{pages:02}x", b"during"))
+                written.append(await writer.put("hs/99", str(pages).encode()))
+                if pages == 2:
+                    written.append(await writer.put("hs/00", b"changed"))
+                    assert await writer.delete("hs/11")
+                    written.append(await writer.revision())
+            return result
+
+        monkeypatch.setattr(paged, "_call", call_then_write)
+        stream = watching.follow_prefix(paged, "hs/")
+        async with contextlib.aclosing(stream):
+            listed = await _next(stream)
+            assert isinstance(listed, watching.Listed)
+            assert pages >= 3
+            monkeypatch.undo()  # the watch sees the writes made while listing
+            assert {kv.key: kv.value for kv in listed.items} == before
+            assert listed.revision < written[0]
+            cache = {kv.key: kv.value for kv in listed.items}
+            after = await writer.revision()
+            while True:
+                changed = await _next(stream)
+                assert isinstance(changed, watching.Changed)
+                event = changed.event
+                if event.kind == "put":
+                    cache[event.key] = event.value
+                else:
+                    cache.pop(event.key)
+                if event.mod_revision == after:
+                    break
+        items, _ = await writer.get_prefix("hs/")
+        assert cache == {kv.key: kv.value for kv in items}
+    finally:
+        monkeypatch.undo()
+        await writer.delete_prefix("")
+        await writer.close()
+        await paged.close()
+
+
 async def test_follow_prefix_relists_after_compaction(
     store: etcd.EtcdStore, caplog: pytest.LogCaptureFixture
 ) -> None:
