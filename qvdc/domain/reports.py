@@ -5,7 +5,10 @@ capacities do not fit the wire type (uint64) or contradict each other (more used
 there is, more available than there is) says the host's measurement is broken, so the
 row is recorded as ERROR naming the contradiction, with its capacities zeroed so that
 nothing downstream (the pool's capacity, a scheduler) counts them. It is never stored
-as HEALTHY. The intake applies :func:`checked` to every report it writes.
+as HEALTHY. A health that is not a :class:`Health` member (the API refuses unknown
+enum values; this rule does not rely on it) is an inconsistency too. Used plus
+available may be less than total (reserved blocks), so only each alone is bounded.
+The intake applies :func:`checked` to every report it writes.
 """
 
 from __future__ import annotations
@@ -22,6 +25,10 @@ UINT32_MAX = 2**32 - 1
 
 def inconsistency(report: PoolReport) -> str | None:
     """Why ``report`` cannot be true, or None when it can."""
+    try:
+        Health(report.health)
+    except ValueError:
+        return f"health {report.health!r} is not a known value"
     for name in ("total_bytes", "used_bytes", "available_bytes"):
         value = getattr(report, name)
         if not 0 <= value <= UINT64_MAX:

@@ -38,6 +38,9 @@ def report(**fields: object) -> PoolReport:
         ({"total_bytes": UINT64_MAX + 1}, "total_bytes 18446744073709551616 is outside"),
         ({"used_bytes": -1}, "used_bytes -1 is outside"),
         ({"volume_count": 2**32}, "volume_count 4294967296 is outside"),
+        ({"health": 999}, "health 999 is not a known value"),
+        ({"health": -1}, "health -1 is not a known value"),
+        ({"health": 4}, None),  # UNMOUNTED as a plain int is a member
         ({"total_bytes": UINT64_MAX, "used_bytes": UINT64_MAX, "available_bytes": 0}, None),
     ],
 )
@@ -82,3 +85,13 @@ def test_a_checked_report_always_fits_uint64_and_is_consistent(
     assert (out.health is health) == consistent or (not consistent and health is Health.ERROR)
     if not consistent:
         assert out.health is Health.ERROR and out.error_message
+
+
+@given(health=st.integers(min_value=-(2**31), max_value=2**31 - 1))
+def test_a_health_that_is_no_member_is_never_healthy(health: int) -> None:
+    got = checked(report(health=health))
+    if health in {h.value for h in Health}:
+        assert got.health == health
+    else:
+        assert got.health is Health.ERROR
+        assert f"health {health}" in got.error_message
