@@ -98,7 +98,7 @@ def _refused(status: HostPoolStatus, reason: str) -> HostPoolStatus:
     report = PoolReport(
         pool_id=status.report.pool_id,
         health=Health.ERROR,
-        error_message=f"report refused by the controller: {reason}",
+        error_message=f"report refused by the store: {reason}",
     )
     return replace(status, report=report)
 
