@@ -25,8 +25,9 @@ Cases:
   not keep showing its last accepted report). The rest of the batch lands;
 * a transaction is kept under ``max_txn_bytes`` (keys and values), so a batch of large
   rows is split instead of refused by etcd's request limit (1.5 MiB by default).
-  :attr:`GroupCommitter.max_op_bytes` is the largest single write the intake should
-  submit; it checks before it submits;
+  :attr:`GroupCommitter.max_op_bytes` is the largest single write: ``submit`` refuses
+  a larger one at once (lengths of the bytes already encoded, like etcd's refusal
+  above); the intake checks first so its own row says why;
 * the task is cancelled (shutdown) -> a batch in flight is put back (its fate
   is unknown; writing it again is harmless), then **every** pending write is
   committed in batches of ``max_ops``, retried, for at most ``flush_timeout``
@@ -156,7 +157,24 @@ class GroupCommitter:
         self.ops_refused = 0
 
     def submit(self, key: str, value: bytes | None) -> None:
-        """Queue a put (``value``) or a delete (``None``) of ``key``."""
+        """Queue a put (``value``) or a delete (``None``) of ``key``.
+
+        A put over ``max_op_bytes`` (key and value, already encoded: two lengths
+        compared) is refused here as etcd would refuse it: one WARNING, and
+        ``on_refused``'s replacement is queued instead, or nothing."""
+        if value is not None and len(key) + len(value) > self.max_op_bytes:
+            size = len(key) + len(value)
+            self.ops_refused += 1
+            log.warning(
+                "%s: a write of %d bytes is over %d; dropping it", key, size, self.max_op_bytes
+            )
+            value = (
+                self.on_refused(key, f"its write of {size} bytes is over {self.max_op_bytes}")
+                if self.on_refused is not None
+                else None
+            )
+            if value is None or len(key) + len(value) > self.max_op_bytes:
+                return
         self._buffer.add(key, value)
         self._idle.clear()
         self._wakeup.set()

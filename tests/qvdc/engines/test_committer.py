@@ -267,3 +267,32 @@ async def test_etcd_unreachable_is_retried_not_refused(store: EtcdStore) -> None
         await committer.flushed(timeout=TIMEOUT)
     assert await values(store, "ur/") == {f"ur/{i}": b"v" for i in range(10)}
     assert committer.ops_refused == 0
+
+
+async def test_a_write_over_max_op_bytes_is_refused_at_submit(
+    store: EtcdStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    refused: list[str] = []
+
+    def on_refused(key: str, reason: str) -> bytes:
+        refused.append(reason)
+        return b"ERROR row"
+
+    committer = GroupCommitter(
+        store=store,
+        delay=0.01,
+        max_ops=128,
+        timeout=TIMEOUT,
+        flush_timeout=TIMEOUT,
+        max_op_bytes=1024,
+        on_refused=on_refused,
+    )
+    with caplog.at_level(logging.WARNING, logger="qvdc.engines.committer"):
+        committer.submit("sb/big", b"z" * 2000)
+        committer.submit("sb/small", b"ok")
+    assert committer.ops_refused == 1
+    assert refused and "2006 bytes is over 1024" in refused[0]
+    assert len([r for r in caplog.records if "sb/big" in r.getMessage()]) == 1
+    async with running(committer):
+        await committer.flushed(timeout=TIMEOUT)
+    assert await values(store, "sb/") == {"sb/big": b"ERROR row", "sb/small": b"ok"}
