@@ -169,6 +169,7 @@ class Controller:
             view=self.view,
             clock=self.clock,
             send_timeout=settings.grpc.send_timeout,
+            limits=settings.limits,
         )
         self.node_service = NodeService(
             catalog=self.catalog,
@@ -180,6 +181,7 @@ class Controller:
             clock=self.clock,
             interval=settings.heartbeat.interval,
             send_timeout=settings.grpc.send_timeout,
+            limits=settings.limits,
         )
         self.server = serving.Server(
             [self.node_service, self.pool_service],

@@ -25,7 +25,9 @@ from typing import Any, TypeVar
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
+from qvdc.api import limits as request_limits
 from qvdc.domain import errors
+from qvdc.domain.limits import Limits
 from qvdc.engines import catalog
 from qvdc.transport import errors as transport_errors
 
@@ -91,12 +93,23 @@ async def guarded(method: str, call: Callable[[], Awaitable[T]]) -> T:
 
 
 def unary(
-    method: str, handler: Callable[[Any], Awaitable[Any]], *, send_timeout: float
+    method: str,
+    handler: Callable[[Any], Awaitable[Any]],
+    *,
+    send_timeout: float,
+    limits: Limits | None = None,
 ) -> Callable[[Any], Awaitable[None]]:
     """A grpclib unary-unary handler around ``handler(request) -> response``.
 
-    The response must be sent within ``send_timeout`` seconds: a client that does not read
-    (its HTTP/2 window full) gets UNAVAILABLE rather than holding the stream."""
+    Every field of the request is checked against ``limits`` (:mod:`qvdc.api.limits`)
+    before the handler runs. The response must be sent within ``send_timeout`` seconds: a
+    client that does not read (its HTTP/2 window full) gets UNAVAILABLE rather than
+    holding the stream."""
+    bound = Limits() if limits is None else limits
+
+    async def call(request: Any) -> Any:
+        request_limits.check(request, bound)
+        return await handler(request)
 
     async def serve(stream: Any) -> None:
         request = await stream.recv_message()
@@ -104,7 +117,7 @@ def unary(
             raise GRPCError(Status.INVALID_ARGUMENT, "empty request stream")
         deadline = stream.deadline
         with catalog.bounded_by(deadline.time_remaining() if deadline is not None else None):
-            response = await guarded(method, lambda: handler(request))
+            response = await guarded(method, lambda: call(request))
         try:
             async with asyncio.timeout(send_timeout):
                 await stream.send_message(response)

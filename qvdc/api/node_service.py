@@ -38,9 +38,11 @@ from grpclib.exceptions import GRPCError
 
 from protos.limiquantix.compute import v1 as compute
 from qvdc.api import convert, paging
+from qvdc.api import limits as request_limits
 from qvdc.api.errors import guarded, send_timed_out, to_grpc_error, unary
 from qvdc.api.pool_service import PoolMessages
 from qvdc.domain import errors, validation
+from qvdc.domain.limits import Limits
 from qvdc.engines.catalog import Catalog
 from qvdc.engines.intake import Assignment, HeartbeatIntake
 from qvdc.engines.liveness import LivenessMonitor
@@ -66,7 +68,9 @@ class NodeService:
         clock: Clock,
         interval: float,
         send_timeout: float,
+        limits: Limits | None = None,
     ) -> None:
+        self._limits = Limits() if limits is None else limits
         self._catalog = catalog
         self._view = view
         self._intake = intake
@@ -95,7 +99,7 @@ class NodeService:
         ]
         mapping = {
             prefix + name: grpclib.const.Handler(
-                unary(name, fn, send_timeout=self._send_timeout),
+                unary(name, fn, send_timeout=self._send_timeout, limits=self._limits),
                 grpclib.const.Cardinality.UNARY_UNARY,
                 req,
                 resp,
@@ -417,6 +421,7 @@ class _StreamSession:
                 await cancel_and_wait(self._pusher)
 
     async def _first(self, request: compute.UpdateHeartbeatRequest) -> None:
+        request_limits.check(request, self._svc._limits)
         await self._svc._known_node(request.node_id)
         self._svc._intake.require_node(request.node_id)
         self.node_id = request.node_id
@@ -428,6 +433,8 @@ class _StreamSession:
     ) -> None:
         # guarded(), inlined: this runs for every heartbeat of every node.
         try:
+            if not first:
+                request_limits.check(request, self._svc._limits)
             self._svc._accept(request, full=not request.delta)
             response = self._reply(sequence=request.sequence, full_sync=first and request.delta)
             assert response is not None

@@ -20,6 +20,7 @@ from protos.limiquantix.storage import v1 as storage
 from qvdc.api import convert, paging
 from qvdc.api.errors import unary
 from qvdc.domain import errors, validation
+from qvdc.domain.limits import Limits
 from qvdc.domain.model import BackendType, PoolRecord
 from qvdc.engines.catalog import Catalog, Document
 from qvdc.engines.view import ClusterView
@@ -109,8 +110,15 @@ class PoolMessages:
 
 class StoragePoolService:
     def __init__(
-        self, *, catalog: Catalog, view: ClusterView, clock: Clock, send_timeout: float
+        self,
+        *,
+        catalog: Catalog,
+        view: ClusterView,
+        clock: Clock,
+        send_timeout: float,
+        limits: Limits | None = None,
     ) -> None:
+        self._limits = Limits() if limits is None else limits
         self._catalog = catalog
         self._send_timeout = send_timeout
         self._view = view
@@ -141,7 +149,7 @@ class StoragePoolService:
         ]
         return {
             prefix + name: grpclib.const.Handler(
-                unary(name, fn, send_timeout=self._send_timeout),
+                unary(name, fn, send_timeout=self._send_timeout, limits=self._limits),
                 grpclib.const.Cardinality.UNARY_UNARY,
                 req,
                 resp,

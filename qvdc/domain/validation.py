@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from qvdc.domain.errors import FailedPrecondition, InvalidArgument
+from qvdc.domain.limits import quote
 from qvdc.domain.model import BackendType
 from storage_backends import configs
 
@@ -94,7 +95,7 @@ def validate_pool_name(name: str) -> None:
         )
     if not POOL_NAME_RE.fullmatch(name):
         raise InvalidArgument(
-            f"{name!r} is not a DNS label: use lowercase letters, digits and '-', "
+            f"{quote(name)} is not a DNS label: use lowercase letters, digits and '-', "
             "starting and ending with a letter or digit",
             field="name",
         )
@@ -110,13 +111,14 @@ def validate_labels(labels: Mapping[str, str], *, field: str) -> None:
     for key, value in labels.items():
         if not isinstance(key, str) or not LABEL_KEY_RE.fullmatch(key):
             raise InvalidArgument(
-                f"key {key!r} must be 1-63 characters of [A-Za-z0-9._/-]", field=field
+                f"key {quote(key)} must be 1-63 characters of [A-Za-z0-9._/-]", field=field
             )
         if not isinstance(value, str):
-            raise InvalidArgument(f"value of {key!r} must be a string", field=field)
+            raise InvalidArgument(f"value of {quote(key)} must be a string", field=field)
         if len(value) > LABEL_VALUE_MAX:
             raise InvalidArgument(
-                f"value of {key!r} must be at most {LABEL_VALUE_MAX} characters, got {len(value)}",
+                f"value of {quote(key)} must be at most {LABEL_VALUE_MAX} characters, "
+                f"got {len(value)}",
                 field=field,
             )
 
@@ -183,7 +185,7 @@ def validate_assigned_node_ids(
     seen: set[str] = set()
     for i, node_id in enumerate(node_ids):
         if node_id in seen:
-            raise InvalidArgument(f"node '{node_id}' listed twice", field=f"{field}[{i}]")
+            raise InvalidArgument(f"node {quote(node_id)} listed twice", field=f"{field}[{i}]")
         seen.add(node_id)
 
 
@@ -192,19 +194,30 @@ def normalize_management_ip(value: str, *, field: str = "management_ip") -> str:
     address; ``InvalidArgument`` naming ``field`` for anything else."""
     if not value:
         raise InvalidArgument("is required", field=field)
-    host = value
+    host, port = value, ""
     if value.startswith("["):
-        host = value[1 : value.find("]")] if "]" in value else value
+        end = value.find("]")
+        host = value[1:end] if end > 0 else value
+        rest = value[end + 1 :] if end > 0 else ""
+        if rest:
+            if not rest.startswith(":"):
+                raise InvalidArgument(f"{quote(value)} is not [address]:port", field=field)
+            port = rest[1:]
+            _check_port(port, value=value, field=field)
     elif value.count(":") == 1:
         host, _, port = value.partition(":")
-        if not port.isdigit():
-            raise InvalidArgument(f"bad port in '{value}'", field=field)
+        _check_port(port, value=value, field=field)
     try:
         return str(ipaddress.ip_address(host))
     except ValueError as exc:
         raise InvalidArgument(
-            f"'{value}' is not an IP address (optionally with :port)", field=field
+            f"{quote(value)} is not an IP address (optionally with :port)", field=field
         ) from exc
+
+
+def _check_port(port: str, *, value: str, field: str) -> None:
+    if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        raise InvalidArgument(f"port in {quote(value)} must be 1-65535", field=field)
 
 
 def validate_hostname(hostname: str, *, field: str = "hostname") -> None:
@@ -214,7 +227,7 @@ def validate_hostname(hostname: str, *, field: str = "hostname") -> None:
     if not hostname:
         raise InvalidArgument("is required", field=field)
     if not configs.is_hostname(hostname):
-        raise InvalidArgument(f"{hostname!r} is not a valid host name (RFC 1123)", field=field)
+        raise InvalidArgument(f"{quote(hostname)} is not a valid host name (RFC 1123)", field=field)
 
 
 # -- helpers -------------------------------------------------------------------------------
@@ -227,5 +240,5 @@ def _normalise_kind(kind: str | None, *, field: str) -> str | None:
         if kind in (snake, camel):
             return snake
     raise InvalidArgument(
-        f"unknown config {kind!r}; expected one of {', '.join(CONFIG_KINDS)}", field=field
+        f"unknown config {quote(kind)}; expected one of {', '.join(CONFIG_KINDS)}", field=field
     )

@@ -287,7 +287,12 @@ def test_management_ip_is_normalised(value: str, address: str) -> None:
     ("value", "message"),
     [
         ("", "management_ip: is required"),
-        ("10.0.0.5:http", "management_ip: bad port in '10.0.0.5:http'"),
+        ("10.0.0.5:http", "management_ip: port in '10.0.0.5:http' must be 1-65535"),
+        ("10.0.0.5:0", "management_ip: port in '10.0.0.5:0' must be 1-65535"),
+        ("10.0.0.5:65536", "management_ip: port in '10.0.0.5:65536' must be 1-65535"),
+        ("[fd00::1]:70000", "management_ip: port in '[fd00::1]:70000' must be 1-65535"),
+        ("[fd00::1]x", "management_ip: '[fd00::1]x' is not [address]:port"),
+        ("1" * 5000, "management_ip: '" + "1" * 64 + "'… (5000 characters) is not an IP"),
         ("host-1", "management_ip: 'host-1' is not an IP address"),
         ("10.0.0.256", "management_ip: '10.0.0.256' is not an IP address"),
     ],
