@@ -159,7 +159,12 @@ class Controller:
         self.aggregator = Aggregator(store=store, view=self.view, clock=self.clock, timeout=timeout)
         self.hub = PushHub(view=self.view)
         self.catalog = Catalog(
-            store=store, view=self.view, monitor=self.monitor, clock=self.clock, timeout=timeout
+            store=store,
+            view=self.view,
+            monitor=self.monitor,
+            clock=self.clock,
+            timeout=timeout,
+            limits=settings.limits,
         )
         self.election = Election(
             store=store, view=self.view, replica_id=self.replica_id, timeout=timeout

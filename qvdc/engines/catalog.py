@@ -41,6 +41,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from qvdc.domain import errors, model
+from qvdc.domain.limits import Limits
 from qvdc.domain.model import NodeCondition, NodeId, NodePhase, NodeState, PoolRecord
 from qvdc.engines.liveness import LivenessMonitor
 from qvdc.engines.view import ClusterView
@@ -90,12 +91,30 @@ class Catalog:
         monitor: LivenessMonitor,
         clock: Clock,
         timeout: float,
+        limits: Limits | None = None,
     ) -> None:
+        self._limits = Limits() if limits is None else limits
         self._store = store
         self._view = view
         self._monitor = monitor
         self._clock = clock
         self._timeout = timeout
+
+    def _sized(self, kind: str, encoded: bytes) -> bytes:
+        """``encoded`` if it fits its document bound (``Limits``), else InvalidArgument:
+        refused here, never late by etcd (as UNAVAILABLE) or by a later restart's list."""
+        limit = (
+            self._limits.max_pool_document_bytes
+            if kind == "pool"
+            else self._limits.max_node_document_bytes
+        )
+        if len(encoded) > limit:
+            raise errors.InvalidArgument(
+                f"the stored {kind} document would be {len(encoded)} bytes, over the limit of "
+                f"{limit} bytes (max_{kind}_document_bytes)",
+                field=kind,
+            )
+        return encoded
 
     def _budget(self) -> float:
         """Seconds the next etcd call may take: the etcd timeout, or less when the call
@@ -183,8 +202,9 @@ class Catalog:
             await self._require_nodes(assigned, field="spec.assigned_node_ids")
             compares = [Compare.absent(keys.pool_name(name)), Compare.absent(keys.pool(pool_id))]
             compares += [Compare.present(keys.node(n)) for n in assigned]
+            encoded = self._sized("pool", codec.encode_pool_document(document))
             success = [
-                Op.put(keys.pool(pool_id), codec.encode_pool_document(document)),
+                Op.put(keys.pool(pool_id), encoded),
                 Op.put(keys.pool_name(name), pool_id.encode()),
             ] + [Op.put(keys.assignment(n, pool_id), b"") for n in assigned]
             result = await self._txn(compares=compares, success=success)
@@ -204,7 +224,7 @@ class Catalog:
             new_doc = mutate(dict(current.document))
             new_doc["id"] = pool_id
             new_doc["name"] = current.name
-            encoded = codec.encode_pool_document(new_doc)
+            encoded = self._sized("pool", codec.encode_pool_document(new_doc))
             new_record = codec.decode_pool(encoded)
             old_nodes = set(current.assigned_node_ids)
             new_nodes = set(new_record.assigned_node_ids)
@@ -330,7 +350,10 @@ class Catalog:
                 result = await self._txn(
                     compares=[Compare.absent(keys.node_name(hostname))],
                     success=[
-                        Op.put(keys.node(node_id), codec.encode_node_document(document)),
+                        Op.put(
+                            keys.node(node_id),
+                            self._sized("node", codec.encode_node_document(document)),
+                        ),
                         Op.put(keys.node_name(hostname), node_id.encode()),
                         Op.put(keys.node_status(node_id), codec.encode_node_state(state)),
                     ],
@@ -344,7 +367,9 @@ class Catalog:
                 document = build(existing, old.document if old else None)
                 result = await self._txn(
                     compares=[Compare.mod_revision(key, self._view.mod_revision(key))],
-                    success=[Op.put(key, codec.encode_node_document(document))],
+                    success=[
+                        Op.put(key, self._sized("node", codec.encode_node_document(document)))
+                    ],
                 )
                 if result.succeeded:
                     self._monitor.observe(NodeId(existing))

@@ -404,3 +404,28 @@ async def test_metrics_follow_the_aggregate(
     assert metrics.used_bytes == 5 << 30
     assert metrics.available_bytes == 45 << 30
     assert metrics.volume_count == 2
+
+
+async def test_a_pool_document_over_its_bound_is_refused_before_etcd(
+    pools: storage.StoragePoolServiceStub, store: EtcdStore
+) -> None:
+    """Every field within its own bound, the whole document over max_pool_document_bytes
+    (64 KiB): INVALID_ARGUMENT naming the document and the limit, nothing stored."""
+    host = ".".join(["a" * 60] * 4)  # a valid 243-character host name
+    monitors = [f"{host}:{6789 + i}" for i in range(300)]  # about 75 KB of monitors
+    ceph = storage.StorageBackend(
+        type=storage.StorageBackendBackendType.CEPH_RBD,
+        ceph=storage.CephConfig(pool_name="rbd", monitors=monitors, user="admin"),
+    )
+    before, _ = await store.get_prefix("", timeout=TIMEOUT)
+    await expect_error(
+        pools.create_pool(create_request("huge", backend=ceph), timeout=TIMEOUT),
+        Status.INVALID_ARGUMENT,
+        "pool",
+        "65536 bytes",
+        "max_pool_document_bytes",
+    )
+    after, _ = await store.get_prefix("", timeout=TIMEOUT)
+    assert [(kv.key, kv.value) for kv in after if "election" not in kv.key] == [
+        (kv.key, kv.value) for kv in before if "election" not in kv.key
+    ]
