@@ -24,6 +24,11 @@ Conversions, and the rules they follow:
   silently fell back to LOCAL_DIR): it raises :class:`InvalidPoolDefinition`
   and the reconciler reports the pool as ERROR with that reason.
 * host facts -> ``RegisterNodeRequest`` and ``Heartbeat`` -> ``UpdateHeartbeatRequest``.
+* Free text the node writes itself (a pool's ``error_message``, its ``mount_path``, the
+  CPU model, label values) is cut to the controller's default limits
+  (docs/configuration.md, "Limits") with a marker, so a long mount error from a backend is
+  reported shortened instead of getting the whole heartbeat refused. Ids and the hostname
+  are identities and are sent as they are.
 """
 
 from __future__ import annotations
@@ -41,6 +46,21 @@ from protos.limiquantix.storage import v1 as storage
 from storage_backends import base
 
 _MIB = 1024 * 1024
+
+#: The controller's default bounds (``qvdc.domain.limits.Limits``) on what the node writes;
+#: the node may not import the controller, so a test checks these agree.
+MAX_REPORT_MESSAGE_LENGTH = 4096
+MAX_PATH_LENGTH = 4096
+MAX_TEXT_LENGTH = 1024
+_CUT_MARKER = "… (cut)"
+
+
+def bounded(text: str, limit: int) -> str:
+    """``text``, or its head plus a marker, in at most ``limit`` characters."""
+    if len(text) <= limit:
+        return text
+    return text[: limit - len(_CUT_MARKER)] + _CUT_MARKER
+
 
 KIND_BY_BACKEND_TYPE: Mapping[storage.StorageBackendBackendType, str] = {
     storage.StorageBackendBackendType.LOCAL_DIR: "local_dir",
@@ -109,9 +129,9 @@ def pool_info_to_report(info: base.PoolInfo) -> compute.StoragePoolStatusReport:
         total_bytes=max(0, info.total_bytes),
         used_bytes=max(0, info.used_bytes),
         available_bytes=max(0, info.available_bytes),
-        mount_path=info.mount_path,
+        mount_path=bounded(info.mount_path, MAX_PATH_LENGTH),
         volume_count=max(0, info.volume_count),
-        error_message=info.error_message,
+        error_message=bounded(info.error_message, MAX_REPORT_MESSAGE_LENGTH),
     )
 
 
@@ -209,10 +229,10 @@ def register_request(
     return compute.RegisterNodeRequest(
         hostname=hostname,
         management_ip=management_ip,
-        labels=dict(labels),
+        labels={key: bounded(value, MAX_TEXT_LENGTH) for key, value in labels.items()},
         role=compute.NodeRole(compute=True, storage=False, control_plane=False),
         cpu_info=compute.CpuInfo(
-            model=facts.cpu_model,
+            model=bounded(facts.cpu_model, MAX_TEXT_LENGTH),
             sockets=facts.cpu_sockets,
             cores_per_socket=facts.cpu_cores_per_socket,
             threads_per_core=facts.cpu_threads_per_core,
