@@ -54,6 +54,18 @@ _DOTTED_NUMBERS: Final = re.compile(r"[0-9.]+")
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
 HOSTNAME_MAX: Final = 253
 
+#: Characters of a config value an error quotes (as ``qvdc.domain.limits.ECHO_MAX``).
+QUOTE_MAX: Final = 64
+
+
+def quote(value: object) -> str:
+    """``repr``-style quotation of a config value cut to :data:`QUOTE_MAX` characters, with
+    the length, so an error about a huge value stays small."""
+    text = repr(value)
+    if len(text) <= QUOTE_MAX:
+        return text
+    return f"{text[:QUOTE_MAX]}… ({len(text)} characters)"
+
 
 def is_hostname(text: str) -> bool:
     """True for an RFC 1123 host name: dot-separated labels of letters, digits and '-'
@@ -86,7 +98,7 @@ def parse_endpoint(
     required. Raises ConfigError naming ``field``.
     """
     wanted = f"must be {'host:port' if default_port is None else 'host[:port]'}"
-    bad = ConfigError(field, f"{wanted} with port 1-65535 ({example}), got {text!r}")
+    bad = ConfigError(field, f"{wanted} with port 1-65535 ({example}), got {quote(text)}")
     port_text: str | None
     if text.startswith("["):
         host, sep, rest = text[1:].partition("]")
@@ -99,7 +111,9 @@ def parse_endpoint(
         port_text = rest[1:] if rest else None
     else:
         if text.count(":") > 1:
-            raise ConfigError(field, f"{wanted}: write IPv6 addresses as [addr]:port, got {text!r}")
+            raise ConfigError(
+                field, f"{wanted}: write IPv6 addresses as [addr]:port, got {quote(text)}"
+            )
         host, sep, after = text.partition(":")
         port_text = after if sep else None
         if not host or not is_host(host):
@@ -117,14 +131,14 @@ def check_absolute_path(path: str, *, field: str) -> None:
     """Require an absolute, normalised path other than '/': no '.', '..', empty or
     trailing parts, no control characters. Raises ConfigError naming ``field``."""
     if _CONTROL.search(path):
-        raise ConfigError(field, f"must not contain control characters, got {path!r}")
+        raise ConfigError(field, f"must not contain control characters, got {quote(path)}")
     if not path.startswith("/"):
-        raise ConfigError(field, f"must be an absolute path, got {path!r}")
+        raise ConfigError(field, f"must be an absolute path, got {quote(path)}")
     if path == "/":
         raise ConfigError(field, "must not be the filesystem root '/'")
     if posixpath.normpath(path) != path or path.startswith("//"):
         raise ConfigError(
-            field, f"must be normalised (no '..', '.', '//' or trailing '/'), got {path!r}"
+            field, f"must be normalised (no '..', '.', '//' or trailing '/'), got {quote(path)}"
         )
 
 
@@ -144,7 +158,7 @@ def _integer(config: Mapping[str, Any], key: str, *, prefix: str, high: int | No
         return 0
     within = f"in [0, {high}]" if high is not None else ">= 0"
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{prefix}.{key}", f"must be an integer {within}, got {value!r}")
+        raise ConfigError(f"{prefix}.{key}", f"must be an integer {within}, got {quote(value)}")
     if value < 0 or (high is not None and value > high):
         raise ConfigError(f"{prefix}.{key}", f"must be {within}, got {value}")
     return value
@@ -155,7 +169,7 @@ def _boolean(config: Mapping[str, Any], key: str, *, prefix: str) -> bool:
     if value is None:
         return False
     if not isinstance(value, bool):
-        raise ConfigError(f"{prefix}.{key}", f"must be true or false, got {value!r}")
+        raise ConfigError(f"{prefix}.{key}", f"must be true or false, got {quote(value)}")
     return value
 
 
@@ -204,8 +218,8 @@ def parse_local_dir(config: Mapping[str, Any]) -> LocalDirConfig:
         if not is_within(path, mount_point):
             raise ConfigError(
                 f"{prefix}.mount_point",
-                f"must be local_dir.path or one of its parents, got {mount_point!r} "
-                f"for path {path!r}",
+                f"must be local_dir.path or one of its parents, got {quote(mount_point)} "
+                f"for path {quote(path)}",
             )
     create_path = config.get("create_path") is None or _boolean(
         config, "create_path", prefix=prefix
@@ -266,7 +280,7 @@ def parse_nfs(config: Mapping[str, Any]) -> NfsConfig:
         raise ConfigError(
             f"{prefix}.server",
             "must be a hostname or IPv4 address (no port, path or spaces; the export goes "
-            f"in export_path), got {server!r}",
+            f"in export_path), got {quote(server)}",
         )
     export_path = _string(config, "export_path", prefix=prefix)
     if not export_path:
@@ -274,25 +288,25 @@ def parse_nfs(config: Mapping[str, Any]) -> NfsConfig:
     if not export_path.startswith("/") or _CONTROL.search(export_path):
         raise ConfigError(
             f"{prefix}.export_path",
-            f"must be an absolute path without control characters, got {export_path!r}",
+            f"must be an absolute path without control characters, got {quote(export_path)}",
         )
     version = _string(config, "version", prefix=prefix) or NFS_DEFAULT_VERSION
     if version not in NFS_VERSIONS:
         raise ConfigError(
             f"{prefix}.version",
-            f"must be one of {', '.join(sorted(NFS_VERSIONS))}, got {version!r}",
+            f"must be one of {', '.join(sorted(NFS_VERSIONS))}, got {quote(version)}",
         )
     options = tuple(item for item in _string(config, "options", prefix=prefix).split(",") if item)
     for option in options:
         if _CONTROL.search(option) or any(c.isspace() for c in option):
             raise ConfigError(
                 f"{prefix}.options",
-                f"must be a comma-separated list without whitespace, got {option!r}",
+                f"must be a comma-separated list without whitespace, got {quote(option)}",
             )
         if option.split("=", 1)[0] in {"vers", "nfsvers"}:
             raise ConfigError(
                 f"{prefix}.options",
-                f"must not set the protocol version ({option!r}); set nfs.version instead",
+                f"must not set the protocol version ({quote(option)}); set nfs.version instead",
             )
     mount_point = _string(config, "mount_point", prefix=prefix)
     if mount_point:
@@ -356,7 +370,7 @@ class CephRbdConfig:
 def parse_monitor(entry: object, *, field: str = "ceph.monitors[0]") -> Monitor:
     """``host``, ``host:port``, ``[v6]`` or ``[v6]:port``; the port defaults to 6789."""
     if not isinstance(entry, str):
-        raise ConfigError(field, f"must be host[:port] with port 1-65535, got {entry!r}")
+        raise ConfigError(field, f"must be host[:port] with port 1-65535, got {quote(entry)}")
     host, port = parse_endpoint(
         entry, field=field, default_port=CEPH_DEFAULT_MON_PORT, example="e.g. 10.0.0.1:6789"
     )
@@ -365,7 +379,7 @@ def parse_monitor(entry: object, *, field: str = "ceph.monitors[0]") -> Monitor:
 
 def _check_ceph_name(value: str, *, field: str) -> None:
     if _FORBIDDEN_IN_CEPH_NAMES & set(value) or any(c.isspace() for c in value):
-        raise ConfigError(field, f"must not contain '/', '@' or whitespace, got {value!r}")
+        raise ConfigError(field, f"must not contain '/', '@' or whitespace, got {quote(value)}")
 
 
 def parse_ceph_rbd(config: Mapping[str, Any], *, monitors_from_conf: bool = False) -> CephRbdConfig:
@@ -387,7 +401,7 @@ def parse_ceph_rbd(config: Mapping[str, Any], *, monitors_from_conf: bool = Fals
         raw_monitors = []
     if not isinstance(raw_monitors, list | tuple):
         raise ConfigError(
-            f"{prefix}.monitors", f"must be a list of host[:port], got {raw_monitors!r}"
+            f"{prefix}.monitors", f"must be a list of host[:port], got {quote(raw_monitors)}"
         )
     monitors = tuple(
         parse_monitor(entry, field=f"{prefix}.monitors[{i}]")
@@ -400,16 +414,16 @@ def parse_ceph_rbd(config: Mapping[str, Any], *, monitors_from_conf: bool = Fals
     if user.startswith("client."):
         raise ConfigError(
             f"{prefix}.user",
-            f"is the client id without the 'client.' prefix (e.g. 'admin'), got {user!r}",
+            f"is the client id without the 'client.' prefix (e.g. 'admin'), got {quote(user)}",
         )
     if any(c.isspace() for c in user) or _FORBIDDEN_IN_CEPH_NAMES & set(user):
-        raise ConfigError(f"{prefix}.user", f"must be a plain client id, got {user!r}")
+        raise ConfigError(f"{prefix}.user", f"must be a plain client id, got {quote(user)}")
 
     keyring_path = _string(config, "keyring_path", prefix=prefix)
     if keyring_path and (not keyring_path.startswith("/") or _CONTROL.search(keyring_path)):
         raise ConfigError(
             f"{prefix}.keyring_path",
-            f"must be an absolute path without control characters, got {keyring_path!r}",
+            f"must be an absolute path without control characters, got {quote(keyring_path)}",
         )
 
     namespace = _string(config, "namespace", prefix=prefix)
@@ -423,7 +437,7 @@ def parse_ceph_rbd(config: Mapping[str, Any], *, monitors_from_conf: bool = Fals
         except ValueError:
             raise ConfigError(
                 f"{prefix}.secret_uuid",
-                f"must be a UUID (the libvirt secret), got {secret_uuid!r}",
+                f"must be a UUID (the libvirt secret), got {quote(secret_uuid)}",
             ) from None
 
     return CephRbdConfig(
@@ -487,7 +501,7 @@ def normalize_portal(raw: str, *, field: str = "iscsi.portal") -> str:
     if not raw:
         raise ConfigError(field, f"is required ({example})")
     if any(c.isspace() for c in raw) or "/" in raw or "," in raw:
-        raise ConfigError(field, f"must be host[:port] ({example}), got {raw!r}")
+        raise ConfigError(field, f"must be host[:port] ({example}), got {quote(raw)}")
     host, port = parse_endpoint(raw, field=field, default_port=ISCSI_DEFAULT_PORT, example=example)
     shown = f"[{host}]" if ":" in host else host
     return f"{shown}:{port}"
@@ -510,7 +524,7 @@ def parse_iscsi(config: Mapping[str, Any]) -> IscsiConfig:
         raise ConfigError(
             f"{prefix}.target",
             "must be an iSCSI name: iqn.YYYY-MM.naming-authority[:id], "
-            f"eui.<16 hex digits> or naa.<16 or 32 hex digits>; got {target!r}",
+            f"eui.<16 hex digits> or naa.<16 or 32 hex digits>; got {quote(target)}",
         )
     lun = _integer(config, "lun", prefix=prefix, high=ISCSI_MAX_LUN)
     chap_enabled = _boolean(config, "chap_enabled", prefix=prefix)
@@ -521,7 +535,7 @@ def parse_iscsi(config: Mapping[str, Any]) -> IscsiConfig:
             raise ConfigError(f"{prefix}.chap_user", "is required when chap_enabled is true")
         if any(c.isspace() for c in chap_user):
             raise ConfigError(
-                f"{prefix}.chap_user", f"must not contain whitespace, got {chap_user!r}"
+                f"{prefix}.chap_user", f"must not contain whitespace, got {quote(chap_user)}"
             )
         if not chap_password:
             raise ConfigError(f"{prefix}.chap_password", "is required when chap_enabled is true")
@@ -536,7 +550,7 @@ def parse_iscsi(config: Mapping[str, Any]) -> IscsiConfig:
         raise ConfigError(
             f"{prefix}.volume_group",
             f"must be a valid LVM volume group name (letters, digits, '+', '_', '.', '-', "
-            f"not starting with '-'), got {volume_group!r}",
+            f"not starting with '-'), got {quote(volume_group)}",
         )
     return IscsiConfig(
         portal=portal,

@@ -7,6 +7,7 @@ controller's CreatePool in ``tests/qvdc/api/test_config_agreement.py``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -116,3 +117,45 @@ def test_hostname_rule(name: str, valid: bool) -> None:
 def test_hosts_are_addresses_or_names() -> None:
     assert configs.is_host("10.0.0.5") and configs.is_host("fd00::5") and configs.is_host("nas")
     assert not configs.is_host("10.0.0.256") and not configs.is_host("nas_1")
+
+
+_MIB = 1024 * 1024
+
+
+def _padded(value: Any) -> Any:
+    """``value`` grown by a 1 MiB tail (a list: its entries, and 1,000 more of them)."""
+    if isinstance(value, str):
+        return value + " " * _MIB
+    if isinstance(value, list):
+        return [_padded(v) for v in value] + ["x" * 1024] * 1000
+    return value
+
+
+@pytest.mark.parametrize("case", config_cases.BAD)
+def test_an_error_never_echoes_a_huge_value(case: Case) -> None:
+    # The field a bad case is refused for, grown by a megabyte: if refused, the message
+    # quotes at most configs.QUOTE_MAX characters of it.
+    assert case.field is not None
+    key = case.field.split(".", 1)[1].split("[", 1)[0]
+    config = dict(case.config)
+    if key not in config or not isinstance(config[key], (str, list)):
+        pytest.skip("the field is absent or not text in this case")
+    config[key] = _padded(config[key])
+    try:
+        configs.parse(case.kind, config)
+    except configs.ConfigError as error:
+        assert len(str(error)) < 400, str(error)[:500]
+    # Accepted (a long trailing blank can make a value valid): the API edge bounds its
+    # length (tests/qvdc/api/test_request_limits.py).
+
+
+@pytest.mark.parametrize("value", ["", "abc", "a" * 64, "a" * 65, "a" * _MIB, 7, ["a"] * 100_000])
+def test_quote_is_repr_up_to_its_limit_then_cut_with_the_length(value: Any) -> None:
+    quoted = configs.quote(value)
+    text = repr(value)
+    if len(text) <= configs.QUOTE_MAX:
+        assert quoted == text
+    else:
+        assert quoted.startswith(text[: configs.QUOTE_MAX])
+        assert f"({len(text)} characters)" in quoted
+        assert len(quoted) < configs.QUOTE_MAX + 40
