@@ -19,7 +19,7 @@ from protos.google import protobuf as pb
 from protos.limiquantix.storage import v1 as storage
 from qvdc.api import convert, paging
 from qvdc.api.errors import unary
-from qvdc.domain import errors, validation
+from qvdc.domain import errors, limits, validation
 from qvdc.domain.limits import Limits
 from qvdc.domain.model import BackendType, PoolRecord
 from qvdc.engines.catalog import Catalog, Document
@@ -220,7 +220,7 @@ class StoragePoolService:
         for i, path in enumerate(paths):
             if path not in ("description", "labels", "spec", *_SPEC_FIELDS):
                 raise errors.InvalidArgument(
-                    f"unknown path '{path}'", field=f"update_mask.paths[{i}]"
+                    f"unknown path {limits.quote(path)}", field=f"update_mask.paths[{i}]"
                 )
         validation.validate_description(request.description)
         validation.validate_labels(request.labels, field="labels")

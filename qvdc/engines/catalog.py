@@ -40,7 +40,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
-from qvdc.domain import errors, model
+from qvdc.domain import errors, limits, model
 from qvdc.domain.limits import Limits
 from qvdc.domain.model import NodeCondition, NodeId, NodePhase, NodeState, PoolRecord
 from qvdc.engines.liveness import LivenessMonitor
@@ -179,7 +179,7 @@ class Catalog:
             await self.catch_up()
             record = self._view.pool(pool_id)
         if record is None:
-            raise errors.NotFound(f"pool '{pool_id}' not found", field="id")
+            raise errors.NotFound(f"pool {limits.quote(pool_id)} not found", field="id")
         return record
 
     async def _require_nodes(self, node_ids: Sequence[str], *, field: str) -> None:
@@ -189,7 +189,9 @@ class Catalog:
             if self._view.node(node_id) is None:
                 await self.catch_up()
             if self._view.node(node_id) is None:
-                raise errors.NotFound(f"node '{node_id}' not found", field=f"{field}[{i}]")
+                raise errors.NotFound(
+                    f"node {limits.quote(node_id)} not found", field=f"{field}[{i}]"
+                )
 
     async def create_pool(self, document: Document) -> PoolRecord:
         """Store a new pool. ``document`` is the StoragePool JSON (id, name, spec, ...)."""
@@ -198,7 +200,9 @@ class Catalog:
         assigned = list(document.get("spec", {}).get("assignedNodeIds") or [])
         for attempt in range(MAX_CONFLICT_RETRIES):
             if self._view.pool_id_by_name(name) is not None:
-                raise errors.AlreadyExists(f"a pool named '{name}' already exists", field="name")
+                raise errors.AlreadyExists(
+                    f"a pool named {limits.quote(name)} already exists", field="name"
+                )
             await self._require_nodes(assigned, field="spec.assigned_node_ids")
             compares = [Compare.absent(keys.pool_name(name)), Compare.absent(keys.pool(pool_id))]
             compares += [Compare.present(keys.node(n)) for n in assigned]
@@ -212,7 +216,9 @@ class Catalog:
                 return await self.pool(pool_id)
             log.debug("create pool %s lost a race (attempt %d)", name, attempt + 1)
             await self.catch_up()
-        raise errors.Conflict(f"pool '{name}' changed concurrently; retry", field="name")
+        raise errors.Conflict(
+            f"pool {limits.quote(name)} changed concurrently; retry", field="name"
+        )
 
     async def update_pool(self, pool_id: str, mutate: Callable[[Document], Document]) -> PoolRecord:
         """Apply ``mutate`` (pure: old document -> new document, may raise domain errors)
@@ -243,7 +249,9 @@ class Catalog:
             if result.succeeded:
                 return await self.pool(pool_id)
             await self.catch_up()
-        raise errors.Conflict(f"pool '{pool_id}' changed concurrently; retry", field="id")
+        raise errors.Conflict(
+            f"pool {limits.quote(pool_id)} changed concurrently; retry", field="id"
+        )
 
     async def assign(self, pool_id: str, node_id: str) -> PoolRecord:
         self._check_ids(pool_id, node_id)
@@ -293,7 +301,7 @@ class Catalog:
             if busy and not force:
                 total = sum(busy.values())
                 raise errors.FailedPrecondition(
-                    f"pool '{current.name}' still holds {total} volume(s) on "
+                    f"pool {limits.quote(current.name)} still holds {total} volume(s) on "
                     f"{len(busy)} host(s); delete them or set force",
                     field="force",
                 )
@@ -316,7 +324,9 @@ class Catalog:
                     log.warning("pool %s deleted; its host rows remain (%s)", pool_id, exc)
                 return
             await self.catch_up()
-        raise errors.Conflict(f"pool '{pool_id}' changed concurrently; retry", field="id")
+        raise errors.Conflict(
+            f"pool {limits.quote(pool_id)} changed concurrently; retry", field="id"
+        )
 
     # --- nodes --------------------------------------------------------------------
 
@@ -375,7 +385,9 @@ class Catalog:
                     self._monitor.observe(NodeId(existing))
                     return existing, False
             await self.catch_up()
-        raise errors.Conflict(f"node '{hostname}' changed concurrently; retry", field="hostname")
+        raise errors.Conflict(
+            f"node {limits.quote(hostname)} changed concurrently; retry", field="hostname"
+        )
 
     async def node(self, node_id: str) -> tuple[Mapping[str, Any], NodeState | None]:
         if not node_id:
@@ -385,7 +397,7 @@ class Catalog:
             await self.catch_up()
             record = self._view.node(node_id)
         if record is None:
-            raise errors.NotFound(f"node '{node_id}' not found", field="id")
+            raise errors.NotFound(f"node {limits.quote(node_id)} not found", field="id")
         return record.document, self._view.node_state(node_id)
 
     async def set_operator_phase(self, node_id: str, *, maintenance: bool, reason: str) -> None:
@@ -430,4 +442,6 @@ class Catalog:
             if result.succeeded:
                 return
             await self.catch_up()
-        raise errors.Conflict(f"node '{node_id}' changed concurrently; retry", field="id")
+        raise errors.Conflict(
+            f"node {limits.quote(node_id)} changed concurrently; retry", field="id"
+        )

@@ -8,16 +8,25 @@ model, label value) builds requests the controller's edge check accepts.
 
 from __future__ import annotations
 
+import secrets
+from collections.abc import Callable
+from typing import Any
+
 import pytest
+from grpclib.const import Status
 from hypothesis import given
 from hypothesis import strategies as st
 
 from node import convert as node_convert
 from node import hostfacts
+from protos.limiquantix.compute import v1 as compute
+from protos.limiquantix.storage import v1 as storage
 from qvdc.api import limits as request_limits
-from qvdc.domain import errors
+from qvdc.domain import errors, validation
 from qvdc.domain.limits import Limits
+from qvdc.store.etcd import EtcdStore
 from storage_backends import base
+from tests.qvdc.api import helpers
 
 _MIB = 1024 * 1024
 
@@ -89,3 +98,110 @@ def test_bounded_is_identity_under_the_limit_and_never_over_it(text: str, limit:
     else:
         assert cut.endswith("(cut)")
         assert text.startswith(cut[: -len("… (cut)")])
+
+
+# -- through a real controller: each limit, just under and just over --------------------
+
+_L = Limits()
+
+
+def _create(**fields: Any) -> storage.CreatePoolRequest:
+    request = helpers.create_request(f"pool-{secrets.token_hex(3)}")
+    for name, value in fields.items():
+        setattr(request, name, value)
+    return request
+
+
+def _pool_description(n: int) -> storage.CreatePoolRequest:
+    return _create(description="d" * n)
+
+
+def _pool_project(n: int) -> storage.CreatePoolRequest:
+    return _create(project_id="p" * n)
+
+
+def _pool_label_value(n: int) -> storage.CreatePoolRequest:
+    return _create(labels={"zone": "z" * n})
+
+
+def _pool_label_count(n: int) -> storage.CreatePoolRequest:
+    return _create(labels={f"k{i}": "v" for i in range(n)})
+
+
+def _pool_nfs_options(n: int) -> storage.CreatePoolRequest:
+    backend = helpers.nfs_backend()
+    assert backend.nfs is not None
+    backend.nfs.options = "o" * n
+    return _create(spec=storage.StoragePoolSpec(backend=backend))
+
+
+def _node_cpu_model(n: int) -> compute.RegisterNodeRequest:
+    request = helpers.register_request(f"host-{secrets.token_hex(3)}")
+    assert request.cpu_info is not None
+    request.cpu_info.model = "c" * n
+    return request
+
+
+CASES = [
+    pytest.param(_pool_description, _L.max_text_length, "description", id="description"),
+    pytest.param(_pool_project, _L.max_id_length, "project_id", id="project_id"),
+    # Label values: the domain's rule (253) is tighter than the edge's max_text_length.
+    pytest.param(_pool_label_value, validation.LABEL_VALUE_MAX, "labels", id="label-value"),
+    pytest.param(_pool_label_count, _L.max_labels, "labels", id="label-count"),
+    pytest.param(_pool_nfs_options, _L.max_text_length, "spec.backend.nfs.options", id="nfs"),
+    pytest.param(_node_cpu_model, _L.max_text_length, "cpu_info.model", id="cpu-model"),
+]
+
+
+async def _send(
+    pools: storage.StoragePoolServiceStub, nodes: compute.NodeServiceStub, request: Any
+) -> object:
+    if isinstance(request, storage.CreatePoolRequest):
+        return await pools.create_pool(request)
+    return await nodes.register_node(request)
+
+
+@pytest.mark.parametrize(("build", "limit", "field"), CASES)
+async def test_just_under_a_limit_is_accepted(
+    pools: storage.StoragePoolServiceStub,
+    nodes: compute.NodeServiceStub,
+    build: Callable[[int], Any],
+    limit: int,
+    field: str,
+) -> None:
+    await _send(pools, nodes, build(limit))  # stored: no exception
+
+
+@pytest.mark.parametrize("size", ["over", "huge"])
+@pytest.mark.parametrize(("build", "limit", "field"), CASES)
+async def test_over_a_limit_is_refused_naming_field_and_limit_and_changes_nothing(
+    pools: storage.StoragePoolServiceStub,
+    nodes: compute.NodeServiceStub,
+    store: EtcdStore,
+    build: Callable[[int], Any],
+    limit: int,
+    field: str,
+    size: str,
+) -> None:
+    huge = 10_000 if build is _pool_label_count else _MIB
+    n = limit + 1 if size == "over" else huge
+    # Just over names this limit; a huge value may be caught by a wider one first (a label
+    # value by the edge's max_text_length before the domain's 253).
+    bound = f"at most {limit}" if size == "over" else "at most"
+    before = await _state(store)
+    error = await helpers.expect_error(
+        _send(pools, nodes, build(n)), Status.INVALID_ARGUMENT, field, bound
+    )
+    assert len((error.message or "").encode()) < 300, error.message
+    assert await _state(store) == before
+
+
+async def _state(store: EtcdStore) -> list[tuple[str, int, bytes]]:
+    """Every key in etcd with its revision, but the replica's own election and presence
+    keys (renewed in the background whatever the clients send)."""
+    kvs, _ = await store.get_prefix("", timeout=5.0)
+    return [
+        (kv.key, kv.mod_revision, kv.value)
+        for kv in kvs
+        if not kv.key.startswith(("election/", "replicas/"))
+    ]
