@@ -1,32 +1,66 @@
-"""``qvdcctl``: the operator's command line for QvDC.
+"""``qvdcctl``: the operator's command line for QvDC (click + rich, a pure gRPC client).
 
-    qvdcctl [--controller HOST:PORT] pools list | get ID | create NAME ... | delete ID [--force]
-                                     | assign POOL NODE | unassign POOL NODE
-    qvdcctl nodes list | get ID | disable ID [--reason ...] | enable ID
-    qvdcctl watch [--interval S] [--once]     live pool table, one row per host
+    qvdcctl [--controller HOST[:PORT]] pools list|get|create|update|delete|assign|unassign|metrics
+    qvdcctl nodes list|get|enable|disable
+    qvdcctl status | watch [--once] | context show|controller|etcd-endpoint
 
-Exit status: 0 on success, 1 when the controller answers with an error (its
-gRPC status and message are printed), 2 on bad usage, 3 when the controller
-cannot be reached.
+Pools and nodes are named by id or by name / hostname (resolved with ListPools /
+ListNodes). The controller is the ``--controller`` flag, else ``QVDC_CONTROLLER``,
+else the context file ``make run`` writes (``$QVDC_CONTEXT``, ``./.run/context.json``,
+``~/.config/qvdc/context.json``), else 127.0.0.1:7443; a host without a port
+means port 7443. There is no watch RPC, so ``watch`` and ``--watch`` poll.
+
+Exit status: 0 on success, 1 when the controller answers with an error (its gRPC
+status and message are printed), 2 on bad usage, 3 when the controller cannot be
+reached. Bad input never ends in a traceback.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
+import collections
 import datetime as dt
+import io
 import json
+import os
 import sys
-from collections.abc import Sequence
-from typing import Any
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
 
+import click
 import grpclib.client
+import grpclib.const
+import grpclib.exceptions
+import yaml
 from grpclib.exceptions import GRPCError
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
 
+from protos.google import protobuf
 from protos.limiquantix.compute import v1 as compute
 from protos.limiquantix.storage import v1 as storage
 
 RPC_TIMEOUT = 10.0
+DEFAULT_PORT = 7443
+DEFAULT_CONTROLLER = f"127.0.0.1:{DEFAULT_PORT}"
+EXIT_OK, EXIT_CONTROLLER, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+VERSION = "0.1.0"
+
+T = TypeVar("T")
+
+HEALTH_STYLE = {
+    "HEALTHY": "green",
+    "READY": "green",
+    "DEGRADED": "yellow",
+    "PENDING": "yellow",
+    "MAINTENANCE": "cyan",
+    "DRAINING": "cyan",
+    "UNKNOWN": "magenta",
+    "STALE": "magenta",
+}
 
 
 def human_bytes(n: int) -> str:
@@ -49,236 +83,740 @@ def _age(ts: dt.datetime | None, now: dt.datetime) -> str:
     return f"{seconds // 3600}h ago"
 
 
-def render_pools(pools: Sequence[storage.StoragePool], *, now: dt.datetime | None = None) -> str:
-    """The live pool table: one line per pool, then one indented line per host."""
+def _styled(word: str) -> Text:
+    return Text(word, style=HEALTH_STYLE.get(word.split(" ")[0], "red"))
+
+
+def _render(table: Table, *, color: bool) -> str:
+    buf = io.StringIO()
+    console = Console(
+        file=buf, width=220, force_terminal=color, no_color=not color, highlight=False
+    )
+    console.print(table)
+    return "\n".join(line.rstrip() for line in buf.getvalue().splitlines())
+
+
+def render_pools(
+    pools: Sequence[storage.StoragePool],
+    *,
+    nodes: Sequence[compute.Node] = (),
+    now: dt.datetime | None = None,
+    wide: bool = False,
+    color: bool = False,
+) -> str:
+    """The pool table: one row per pool, then one indented row per host.
+
+    A host row says STALE when its report is not live and MAINTENANCE / DRAINING
+    when the operator disabled the node, so neither hides behind HEALTHY.
+    """
     now = now or dt.datetime.now(tz=dt.UTC)
-    lines = [
-        f"{'POOL':<24} {'BACKEND':<10} {'PHASE':<9} {'USED / TOTAL':<24} {'FREE':>10} "
-        f"{'VOLS':>5}  HOSTS"
-    ]
+    node_phase = {n.id: (n.status or compute.NodeStatus()).phase.name for n in nodes}
+    table = Table(box=None, pad_edge=False, show_edge=False)
+    for col in ("POOL / HOST", "BACKEND", "PHASE", "USED / TOTAL", "VOLS", "HOSTS / PATH"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("CHANGED", no_wrap=True)
+    if wide:
+        table.add_column("ID", no_wrap=True)
     if not pools:
-        lines.append("(no pools)")
+        table.add_row("(no pools)", *[""] * (len(table.columns) - 1))
     for pool in pools:
         status = pool.status or storage.StoragePoolStatus()
         cap = status.capacity or storage.StorageCapacity()
         backend = pool.spec.backend.type.name if pool.spec and pool.spec.backend else "-"
-        healthy = len(status.healthy_node_ids)
         assigned = len(pool.spec.assigned_node_ids) if pool.spec else 0
-        lines.append(
-            f"{pool.name:<24} {backend:<10} {status.phase.name:<9} "
-            f"{human_bytes(cap.used_bytes) + ' / ' + human_bytes(cap.total_bytes):<24} "
-            f"{human_bytes(cap.available_bytes):>10} "
-            f"{status.volume_count:>5}  {healthy}/{assigned} healthy"
-        )
+        row: list[str | Text] = [
+            pool.name,
+            backend,
+            _styled(status.phase.name),
+            f"{human_bytes(cap.used_bytes)} / {human_bytes(cap.total_bytes)}",
+            str(status.volume_count),
+            f"{len(status.healthy_node_ids)}/{assigned} healthy",
+            "",
+        ]
+        table.add_row(*row, *([pool.id] if wide else []))
         if status.error_message:
-            lines.append(f"    ! {status.error_message}")
-        for row in status.host_statuses:
+            table.add_row(Text(f"  ! {status.error_message}", style="red"))
+        for host in status.host_statuses:
             flags = []
-            if row.stale:
+            if host.stale:
                 flags.append("STALE")
-            if not row.assigned:
+            if node_phase.get(host.node_id) in ("MAINTENANCE", "DRAINING"):
+                flags.append(node_phase[host.node_id])
+            if not host.assigned:
                 flags.append("unassigned")
-            name = row.hostname or row.node_id[:8]
-            health = row.health.name + (f" ({', '.join(flags)})" if flags else "")
-            lines.append(
-                f"    {name:<20} {health:<22} {row.mount_path or '-':<28} "
-                f"{human_bytes(row.used_bytes)} / {human_bytes(row.total_bytes)} "
-                f"({human_bytes(row.available_bytes)} free)  "
-                f"vols {row.volume_count}  changed {_age(row.last_changed, now)}"
-                + (f"  {row.error_message}" if row.error_message else "")
-            )
-    return "\n".join(lines)
+            health = host.health.name + (f" ({', '.join(flags)})" if flags else "")
+            word = flags[0] if flags and flags[0] != "unassigned" else host.health.name
+            hrow: list[str | Text] = [
+                f"  {host.hostname or host.node_id[:8]}",
+                "",
+                Text(health, style=HEALTH_STYLE.get(word, "red")),
+                f"{human_bytes(host.used_bytes)} / {human_bytes(host.total_bytes)}",
+                str(host.volume_count),
+                (host.mount_path or "-")
+                + (f"  {host.error_message}" if host.error_message else ""),
+                _age(host.last_changed, now),
+            ]
+            table.add_row(*hrow, *([host.node_id] if wide else []))
+    return _render(table, color=color)
 
 
-def _print_message(message: Any) -> None:
-    print(json.dumps(message.to_dict(), indent=2, sort_keys=True))
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="qvdcctl", description="Operate a QvDC controller.")
-    p.add_argument("--controller", default="127.0.0.1:7443", help="HOST:PORT (default %(default)s)")
-    sub = p.add_subparsers(dest="group", required=True)
-
-    pools = sub.add_parser("pools", help="storage pools").add_subparsers(dest="cmd", required=True)
-    pools.add_parser("list", help="list pools as a table")
-    g = pools.add_parser("get", help="show one pool as JSON")
-    g.add_argument("id")
-    c = pools.add_parser("create", help="create a pool")
-    c.add_argument("name")
-    kind = c.add_mutually_exclusive_group(required=True)
-    kind.add_argument("--local-dir", metavar="PATH", help="local directory pool at PATH")
-    kind.add_argument("--nfs", metavar="SERVER:/EXPORT", help="NFS pool")
-    c.add_argument("--capacity-gib", type=int, default=0, help="quota of a local-dir pool")
-    c.add_argument(
-        "--require-mountpoint",
-        action="store_true",
-        help="local-dir PATH must be a mount point (UNMOUNTED while nothing is mounted there)",
-    )
-    c.add_argument(
-        "--mount-point",
-        default="",
-        metavar="DIR",
-        help="local-dir: DIR (PATH or a parent) must be a mount point",
-    )
-    c.add_argument(
-        "--no-create-path",
-        dest="create_path",
-        action="store_false",
-        help="never create a missing local-dir PATH or NFS mount point",
-    )
-    c.add_argument("--assign", action="append", default=[], metavar="NODE_ID")
-    c.add_argument("--description", default="")
-    d = pools.add_parser("delete", help="delete a pool")
-    d.add_argument("id")
-    d.add_argument("--force", action="store_true")
-    for name in ("assign", "unassign"):
-        a = pools.add_parser(name, help=f"{name} a pool to/from a node")
-        a.add_argument("pool_id")
-        a.add_argument("node_id")
-
-    nodes = sub.add_parser("nodes", help="hosts").add_subparsers(dest="cmd", required=True)
-    nodes.add_parser("list", help="list nodes")
-    for name in ("get", "enable", "disable"):
-        n = nodes.add_parser(name)
-        n.add_argument("id")
-        if name == "disable":
-            n.add_argument("--reason", default="")
-
-    w = sub.add_parser("watch", help="live pool table")
-    w.add_argument("--interval", type=float, default=1.0)
-    w.add_argument("--once", action="store_true", help="print once and exit")
-    return p
-
-
-async def _list_all_pools(stub: storage.StoragePoolServiceStub) -> list[storage.StoragePool]:
-    pools: list[storage.StoragePool] = []
-    token = ""
-    while True:
-        page = await stub.list_pools(
-            storage.ListPoolsRequest(page_size=500, page_token=token), timeout=RPC_TIMEOUT
+def render_nodes(nodes: Sequence[compute.Node], *, wide: bool = False, color: bool = False) -> str:
+    table = Table(box=None, pad_edge=False, show_edge=False)
+    for col in ("HOSTNAME", "PHASE", "MANAGEMENT IP", "LAST HEARTBEAT", "ID"):
+        table.add_column(col, no_wrap=True)
+    if wide:
+        table.add_column("LABELS", no_wrap=True)
+    if not nodes:
+        table.add_row("(no nodes)", "", "", "", "", *([""] if wide else []))
+    for node in nodes:
+        st = node.status or compute.NodeStatus()
+        beat = st.last_heartbeat.isoformat(timespec="seconds") if st.last_heartbeat else "-"
+        extra = [",".join(f"{k}={v}" for k, v in sorted(node.labels.items()))] if wide else []
+        table.add_row(
+            node.hostname, _styled(st.phase.name), node.management_ip or "-", beat, node.id, *extra
         )
-        pools.extend(page.pools)
-        token = page.next_page_token
-        if not token:
-            return pools
+    return _render(table, color=color)
 
 
-async def run(args: argparse.Namespace) -> int:
-    host, _, port = args.controller.rpartition(":")
-    channel = grpclib.client.Channel(host, int(port))
-    pools = storage.StoragePoolServiceStub(channel)
-    nodes = compute.NodeServiceStub(channel)
+# ---- endpoint and context ---------------------------------------------------------------
+
+
+def context_paths() -> list[Path]:
+    env = os.environ.get("QVDC_CONTEXT")
+    if env:
+        return [Path(env)]
+    return [Path.cwd() / ".run" / "context.json", Path.home() / ".config/qvdc/context.json"]
+
+
+def load_context() -> dict[str, Any]:
+    for path in context_paths():
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict):
+            return data
+    return {}
+
+
+def parse_endpoint(text: str) -> tuple[str, int]:
+    """``host[:port]`` (``[v6]:port`` too); the port defaults to 7443."""
+    text = text.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    else:
+        host, port_text = text, ""
+    if not host:
+        raise click.BadParameter(f"'{text}': no host", param_hint="--controller")
+    if not port_text:
+        return host, DEFAULT_PORT
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise click.BadParameter(f"'{text}': the port must be 1-65535", param_hint="--controller")
+    return host, int(port_text)
+
+
+class Ctx:
+    def __init__(self, controller: str) -> None:
+        self.controller = controller
+        self.host, self.port = parse_endpoint(controller)
+        self.color = sys.stdout.isatty()
+
+
+def _fail(code: int, message: str) -> None:
+    click.echo(f"qvdcctl: {message}", err=True)
+    raise SystemExit(code)
+
+
+def rpc(ctx: Ctx, body: Callable[[Client], Awaitable[T]]) -> T:
+    """Run ``body`` with a connected client; map errors to the documented exit codes."""
+
+    async def go() -> T:
+        channel = grpclib.client.Channel(ctx.host, ctx.port)
+        try:
+            return await body(Client(channel))
+        finally:
+            channel.close()
+
     try:
-        if args.group == "watch":
-            while True:
-                table = render_pools(await _list_all_pools(pools))
-                if args.once:
-                    print(table)
-                    return 0
-                stamp = dt.datetime.now().strftime("%H:%M:%S")
-                clear = "\x1b[2J\x1b[H" if sys.stdout.isatty() else "\n"
-                print(
-                    f"{clear}QvDC {args.controller}  {stamp}  (Ctrl-C to stop)\n{table}", flush=True
-                )
-                await asyncio.sleep(args.interval)
-        if args.group == "pools":
-            if args.cmd == "list":
-                print(render_pools(await _list_all_pools(pools)))
-            elif args.cmd == "get":
-                _print_message(
-                    await pools.get_pool(storage.GetPoolRequest(id=args.id), timeout=RPC_TIMEOUT)
-                )
-            elif args.cmd == "create":
-                if args.local_dir is not None:
-                    backend = storage.StorageBackend(
-                        type=storage.StorageBackendBackendType.LOCAL_DIR,
-                        local_dir=storage.LocalDirConfig(
-                            path=args.local_dir,
-                            capacity_gib=args.capacity_gib,
-                            require_mountpoint=args.require_mountpoint,
-                            mount_point=args.mount_point,
-                            create_path=None if args.create_path else False,
-                        ),
-                    )
-                else:
-                    server, _, export = args.nfs.partition(":")
-                    backend = storage.StorageBackend(
-                        type=storage.StorageBackendBackendType.NFS,
-                        nfs=storage.NfsConfig(
-                            server=server,
-                            export_path=export,
-                            create_path=None if args.create_path else False,
-                        ),
-                    )
-                created = await pools.create_pool(
-                    storage.CreatePoolRequest(
-                        name=args.name,
-                        description=args.description,
-                        spec=storage.StoragePoolSpec(
-                            backend=backend, assigned_node_ids=args.assign
-                        ),
-                    ),
-                    timeout=RPC_TIMEOUT,
-                )
-                print(created.id)
-            elif args.cmd == "delete":
-                await pools.delete_pool(
-                    storage.DeletePoolRequest(id=args.id, force=args.force), timeout=RPC_TIMEOUT
-                )
-            elif args.cmd == "assign":
-                await pools.assign_pool_to_node(
-                    storage.AssignPoolToNodeRequest(pool_id=args.pool_id, node_id=args.node_id),
-                    timeout=RPC_TIMEOUT,
-                )
-            elif args.cmd == "unassign":
-                await pools.unassign_pool_from_node(
-                    storage.UnassignPoolFromNodeRequest(pool_id=args.pool_id, node_id=args.node_id),
-                    timeout=RPC_TIMEOUT,
-                )
-        elif args.group == "nodes":
-            if args.cmd == "list":
-                listed = await nodes.list_nodes(
-                    compute.ListNodesRequest(page_size=1000), timeout=RPC_TIMEOUT
-                )
-                print(f"{'ID':<38} {'HOSTNAME':<24} {'PHASE':<12} {'LAST HEARTBEAT'}")
-                for node in listed.nodes:
-                    st = node.status or compute.NodeStatus()
-                    print(
-                        f"{node.id:<38} {node.hostname:<24} {st.phase.name:<12} "
-                        f"{st.last_heartbeat.isoformat() if st.last_heartbeat else '-'}"
-                    )
-            elif args.cmd == "get":
-                _print_message(
-                    await nodes.get_node(compute.GetNodeRequest(id=args.id), timeout=RPC_TIMEOUT)
-                )
-            elif args.cmd == "disable":
-                _print_message(
-                    await nodes.disable_node(
-                        compute.DisableNodeRequest(id=args.id, reason=args.reason),
-                        timeout=RPC_TIMEOUT,
-                    )
-                )
-            elif args.cmd == "enable":
-                _print_message(
-                    await nodes.enable_node(
-                        compute.EnableNodeRequest(id=args.id), timeout=RPC_TIMEOUT
-                    )
-                )
-        return 0
+        return asyncio.run(go())
     except GRPCError as exc:
-        print(f"qvdcctl: {exc.status.name}: {exc.message}", file=sys.stderr)
-        return 1
-    except (OSError, TimeoutError) as exc:
-        print(f"qvdcctl: cannot reach the controller at {args.controller}: {exc}", file=sys.stderr)
-        return 3
-    finally:
-        channel.close()
+        _fail(EXIT_CONTROLLER, f"{exc.status.name}: {exc.message}")
+    except (OSError, TimeoutError, grpclib.exceptions.StreamTerminatedError) as exc:
+        _fail(EXIT_UNREACHABLE, f"cannot reach the controller at {ctx.controller}: {exc}")
+    raise AssertionError("unreachable")
+
+
+class Client:
+    def __init__(self, channel: grpclib.client.Channel) -> None:
+        self.pools = storage.StoragePoolServiceStub(channel, timeout=RPC_TIMEOUT)
+        self.nodes = compute.NodeServiceStub(channel, timeout=RPC_TIMEOUT)
+
+    async def all_pools(self) -> list[storage.StoragePool]:
+        out: list[storage.StoragePool] = []
+        token = ""
+        while True:
+            page = await self.pools.list_pools(
+                storage.ListPoolsRequest(page_size=1000, page_token=token)
+            )
+            out.extend(page.pools)
+            token = page.next_page_token
+            if not token:
+                return out
+
+    async def all_nodes(self) -> list[compute.Node]:
+        out: list[compute.Node] = []
+        token = ""
+        while True:
+            page = await self.nodes.list_nodes(
+                compute.ListNodesRequest(page_size=1000, page_token=token)
+            )
+            out.extend(page.nodes)
+            token = page.next_page_token
+            if not token:
+                return out
+
+    async def pool(self, ref: str) -> storage.StoragePool:
+        pools = await self.all_pools()
+        found = next((p for p in pools if p.id == ref), None) or next(
+            (p for p in pools if p.name == ref), None
+        )
+        if found is None:
+            raise GRPCError(grpclib.const.Status.NOT_FOUND, f"no pool named or with id '{ref}'")
+        return found
+
+    async def node(self, ref: str) -> compute.Node:
+        nodes = await self.all_nodes()
+        found = next((n for n in nodes if n.id == ref), None) or next(
+            (n for n in nodes if n.hostname == ref), None
+        )
+        if found is None:
+            raise GRPCError(grpclib.const.Status.NOT_FOUND, f"no node with hostname or id '{ref}'")
+        return found
+
+
+def _dump(messages: Any, fmt: str) -> str:
+    data = [m.to_dict() for m in messages] if isinstance(messages, list) else messages.to_dict()
+    if fmt == "yaml":
+        return str(yaml.safe_dump(data, sort_keys=True)).rstrip()
+    return json.dumps(data, indent=2, sort_keys=True)
+
+
+output_option = click.option(
+    "-o",
+    "--output",
+    type=click.Choice(["table", "wide", "json", "yaml"]),
+    default="table",
+    show_default=True,
+    help="output format",
+)
+watch_option = click.option("-w", "--watch", is_flag=True, help="repeat until Ctrl-C (polls)")
+interval_option = click.option(
+    "--interval", type=click.FloatRange(min=0.1), default=2.0, show_default=True
+)
+
+
+def _repeat(render: Callable[[], str], *, watch: bool, interval: float, title: str) -> None:
+    while True:
+        text = render()
+        if not watch:
+            click.echo(text)
+            return
+        clear = "\x1b[2J\x1b[H" if sys.stdout.isatty() else "\n"
+        stamp = dt.datetime.now().strftime("%H:%M:%S")
+        click.echo(f"{clear}{title}  {stamp}  (Ctrl-C to stop)\n{text}")
+        time.sleep(interval)
+
+
+# ---- commands ---------------------------------------------------------------------------
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--controller",
+    envvar="QVDC_CONTROLLER",
+    default=None,
+    metavar="HOST[:PORT]",
+    help="controller address (env QVDC_CONTROLLER, then the context file, then 127.0.0.1:7443)",
+)
+@click.version_option(VERSION, prog_name="qvdcctl")
+@click.pass_context
+def cli(ctx: click.Context, controller: str | None) -> None:
+    """Operate a QvDC controller. Exit: 0 ok, 1 controller error, 2 usage, 3 unreachable."""
+    endpoint = controller or str(load_context().get("controller") or DEFAULT_CONTROLLER)
+    ctx.obj = Ctx(endpoint)
+
+
+pass_ctx = click.make_pass_decorator(Ctx)
+
+
+@cli.group()
+def pools() -> None:
+    """Storage pools."""
+
+
+@pools.command("list")
+@output_option
+@watch_option
+@interval_option
+@pass_ctx
+def pools_list(ctx: Ctx, output: str, watch: bool, interval: float) -> None:
+    """Pools and their per-host rows."""
+
+    def render() -> str:
+        async def body(c: Client) -> tuple[list[storage.StoragePool], list[compute.Node]]:
+            return await c.all_pools(), await c.all_nodes()
+
+        listed, nodes = rpc(ctx, body)
+        if output in ("json", "yaml"):
+            return _dump(listed, output)
+        return render_pools(listed, nodes=nodes, wide=output == "wide", color=ctx.color)
+
+    _repeat(render, watch=watch, interval=interval, title=f"QvDC {ctx.controller}")
+
+
+@pools.command("get")
+@click.argument("pool")
+@output_option
+@pass_ctx
+def pools_get(ctx: Ctx, pool: str, output: str) -> None:
+    """One pool (by name or id); the table view, or its full JSON / YAML."""
+
+    async def body(c: Client) -> tuple[storage.StoragePool, list[compute.Node]]:
+        found = await c.pool(pool)
+        return await c.pools.get_pool(storage.GetPoolRequest(id=found.id)), await c.all_nodes()
+
+    got, nodes = rpc(ctx, body)
+    if output in ("json", "yaml"):
+        click.echo(_dump(got, output))
+    else:
+        click.echo(render_pools([got], nodes=nodes, wide=output == "wide", color=ctx.color))
+
+
+def _backend(
+    local_dir: str | None,
+    nfs: str | None,
+    iscsi: str | None,
+    ceph: str | None,
+    opts: dict[str, Any],
+) -> storage.StorageBackend:
+    chosen = [b for b in (local_dir, nfs, iscsi, ceph) if b is not None]
+    if len(chosen) != 1:
+        raise click.UsageError("give exactly one of --local-dir, --nfs, --iscsi, --ceph-rbd")
+    create_path = False if opts["no_create_path"] else None
+    if local_dir is not None:
+        return storage.StorageBackend(
+            type=storage.StorageBackendBackendType.LOCAL_DIR,
+            local_dir=storage.LocalDirConfig(
+                path=local_dir,
+                capacity_gib=opts["capacity_gib"],
+                require_mountpoint=opts["require_mountpoint"],
+                mount_point=opts["mount_point"],
+                create_path=create_path,
+            ),
+        )
+    if nfs is not None:
+        server, sep, export = nfs.partition(":")
+        if not sep or not server or not export.startswith("/"):
+            raise click.BadParameter(f"'{nfs}': expected SERVER:/EXPORT", param_hint="--nfs")
+        return storage.StorageBackend(
+            type=storage.StorageBackendBackendType.NFS,
+            nfs=storage.NfsConfig(
+                server=server,
+                export_path=export,
+                version=opts["nfs_version"],
+                options=opts["nfs_options"],
+                mount_point=opts["mount_point"],
+                create_path=create_path,
+            ),
+        )
+    if iscsi is not None:
+        portal, sep, target = iscsi.partition("/")
+        if not sep or not portal or not target:
+            raise click.BadParameter(
+                f"'{iscsi}': expected PORTAL/IQN (host:3260/iqn....)", param_hint="--iscsi"
+            )
+        user = opts["chap_user"]
+        return storage.StorageBackend(
+            type=storage.StorageBackendBackendType.ISCSI,
+            iscsi=storage.IscsiConfig(
+                portal=portal,
+                target=target,
+                lun=opts["lun"],
+                chap_enabled=bool(user),
+                chap_user=user,
+                chap_password=opts["chap_password"],
+            ),
+        )
+    assert ceph is not None
+    if not opts["monitor"]:
+        raise click.UsageError("--ceph-rbd needs at least one --monitor HOST[:PORT]")
+    return storage.StorageBackend(
+        type=storage.StorageBackendBackendType.CEPH_RBD,
+        ceph=storage.CephConfig(
+            pool_name=ceph,
+            monitors=list(opts["monitor"]),
+            user=opts["ceph_user"],
+            keyring_path=opts["keyring"],
+            namespace=opts["namespace"],
+            cluster_id=opts["cluster_id"],
+            secret_uuid=opts["secret_uuid"],
+        ),
+    )
+
+
+def _labels(pairs: Sequence[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"'{pair}': expected KEY=VALUE", param_hint="--label")
+        out[key] = value
+    return out
+
+
+@pools.command("create")
+@click.argument("name")
+@click.option("--local-dir", metavar="PATH", help="local directory pool at PATH")
+@click.option("--nfs", metavar="SERVER:/EXPORT", help="NFS pool")
+@click.option(
+    "--iscsi", metavar="PORTAL/IQN", help="iSCSI pool, e.g. 10.0.0.5:3260/iqn.2024-01.x:t"
+)
+@click.option("--ceph-rbd", "ceph", metavar="RADOS_POOL", help="Ceph RBD pool (needs --monitor)")
+@click.option("--capacity-gib", type=click.IntRange(min=0), default=0, help="local-dir quota")
+@click.option("--require-mountpoint", is_flag=True, help="local-dir PATH must be a mount point")
+@click.option("--mount-point", default="", metavar="DIR", help="local-dir/NFS mount point")
+@click.option("--no-create-path", is_flag=True, help="never create a missing path / mount point")
+@click.option("--nfs-version", default="", help="NFS version (3, 4, 4.1, 4.2)")
+@click.option("--nfs-options", default="", help="extra NFS mount options")
+@click.option("--lun", type=click.IntRange(min=0), default=0, help="iSCSI LUN")
+@click.option("--chap-user", default="", help="iSCSI CHAP user (enables CHAP)")
+@click.option("--chap-password", default="", help="iSCSI CHAP password")
+@click.option("--monitor", multiple=True, metavar="HOST[:PORT]", help="Ceph monitor (repeatable)")
+@click.option("--ceph-user", default="", help="Ceph user (e.g. admin)")
+@click.option("--keyring", default="", metavar="PATH", help="Ceph keyring path")
+@click.option("--namespace", default="", help="RBD namespace")
+@click.option("--cluster-id", default="", help="Ceph cluster id")
+@click.option("--secret-uuid", default="", help="libvirt secret holding the Ceph key")
+@click.option("--assign", multiple=True, metavar="NODE", help="node hostname or id (repeatable)")
+@click.option("--description", default="")
+@click.option("--label", multiple=True, metavar="KEY=VALUE")
+@pass_ctx
+def pools_create(
+    ctx: Ctx,
+    /,
+    name: str,
+    local_dir: str | None,
+    nfs: str | None,
+    iscsi: str | None,
+    ceph: str | None,
+    assign: tuple[str, ...],
+    description: str,
+    label: tuple[str, ...],
+    **opts: Any,
+) -> None:
+    """Create a pool with one backend."""
+    backend = _backend(local_dir, nfs, iscsi, ceph, opts)
+    labels = _labels(label)
+
+    async def body(c: Client) -> tuple[storage.StoragePool, list[str]]:
+        hosts = [await c.node(ref) for ref in assign]
+        created = await c.pools.create_pool(
+            storage.CreatePoolRequest(
+                name=name,
+                description=description,
+                labels=labels,
+                spec=storage.StoragePoolSpec(
+                    backend=backend, assigned_node_ids=[h.id for h in hosts]
+                ),
+            )
+        )
+        return created, [h.hostname for h in hosts]
+
+    created, hostnames = rpc(ctx, body)
+    suffix = f", assigned to {', '.join(hostnames)}" if hostnames else ""
+    click.echo(f"pool {created.name} (id {created.id}) created{suffix}")
+
+
+@pools.command("update")
+@click.argument("pool")
+@click.option("--description", default=None)
+@click.option("--label", multiple=True, metavar="KEY=VALUE", help="replaces all labels")
+@click.option("--capacity-gib", type=click.IntRange(min=0), default=None, help="local-dir quota")
+@pass_ctx
+def pools_update(
+    ctx: Ctx, pool: str, description: str | None, label: tuple[str, ...], capacity_gib: int | None
+) -> None:
+    """Change a pool's description, labels or local-dir quota."""
+    labels = _labels(label)
+    if description is None and not label and capacity_gib is None:
+        raise click.UsageError("nothing to update: give --description, --label or --capacity-gib")
+
+    async def body(c: Client) -> storage.StoragePool:
+        found = await c.pool(pool)
+        paths: list[str] = []
+        spec = None
+        if description is not None:
+            paths.append("description")
+        if label:
+            paths.append("labels")
+        if capacity_gib is not None:
+            backend = found.spec.backend if found.spec else None
+            if backend is None or backend.local_dir is None:
+                raise click.UsageError("--capacity-gib applies to local-dir pools only")
+            backend.local_dir.capacity_gib = capacity_gib
+            spec = storage.StoragePoolSpec(backend=backend)
+            paths.append("spec.backend")
+        return await c.pools.update_pool(
+            storage.UpdatePoolRequest(
+                id=found.id,
+                description=description or "",
+                labels=labels,
+                spec=spec,
+                update_mask=protobuf.FieldMask(paths=paths),
+            )
+        )
+
+    updated = rpc(ctx, body)
+    click.echo(f"pool {updated.name} (id {updated.id}) updated")
+
+
+@pools.command("delete")
+@click.argument("pool")
+@click.option("--force", is_flag=True, help="delete even though hosts still report volumes")
+@pass_ctx
+def pools_delete(ctx: Ctx, pool: str, force: bool) -> None:
+    """Delete a pool."""
+
+    async def body(c: Client) -> storage.StoragePool:
+        found = await c.pool(pool)
+        await c.pools.delete_pool(storage.DeletePoolRequest(id=found.id, force=force))
+        return found
+
+    found = rpc(ctx, body)
+    click.echo(f"pool {found.name} (id {found.id}) deleted")
+
+
+def _assignment(ctx: Ctx, pool: str, node: str, *, assign: bool) -> None:
+    async def body(c: Client) -> tuple[storage.StoragePool, compute.Node]:
+        p, n = await c.pool(pool), await c.node(node)
+        if assign:
+            await c.pools.assign_pool_to_node(
+                storage.AssignPoolToNodeRequest(pool_id=p.id, node_id=n.id)
+            )
+        else:
+            await c.pools.unassign_pool_from_node(
+                storage.UnassignPoolFromNodeRequest(pool_id=p.id, node_id=n.id)
+            )
+        return p, n
+
+    p, n = rpc(ctx, body)
+    click.echo(f"pool {p.name} {'assigned to' if assign else 'unassigned from'} {n.hostname}")
+
+
+@pools.command("assign")
+@click.argument("pool")
+@click.argument("node")
+@pass_ctx
+def pools_assign(ctx: Ctx, pool: str, node: str) -> None:
+    """Assign POOL (name or id) to NODE (hostname or id)."""
+    _assignment(ctx, pool, node, assign=True)
+
+
+@pools.command("unassign")
+@click.argument("pool")
+@click.argument("node")
+@pass_ctx
+def pools_unassign(ctx: Ctx, pool: str, node: str) -> None:
+    """Unassign POOL (name or id) from NODE (hostname or id)."""
+    _assignment(ctx, pool, node, assign=False)
+
+
+@pools.command("metrics")
+@click.argument("pool")
+@output_option
+@pass_ctx
+def pools_metrics(ctx: Ctx, pool: str, output: str) -> None:
+    """A pool's capacity and volume counters (GetPoolMetrics)."""
+
+    async def body(c: Client) -> storage.PoolMetrics:
+        found = await c.pool(pool)
+        return await c.pools.get_pool_metrics(storage.GetPoolMetricsRequest(id=found.id))
+
+    m = rpc(ctx, body)
+    if output in ("json", "yaml"):
+        click.echo(_dump(m, output))
+        return
+    table = Table(box=None, pad_edge=False, show_header=False)
+    for key, value in (
+        ("total", human_bytes(m.total_bytes)),
+        ("used", human_bytes(m.used_bytes)),
+        ("available", human_bytes(m.available_bytes)),
+        ("provisioned", human_bytes(m.provisioned_bytes)),
+        ("volumes", str(m.volume_count)),
+        ("snapshots", str(m.snapshot_count)),
+    ):
+        table.add_row(key, value)
+    click.echo(_render(table, color=ctx.color))
+
+
+@cli.group()
+def nodes() -> None:
+    """Hosts running qvdc-node."""
+
+
+@nodes.command("list")
+@output_option
+@watch_option
+@interval_option
+@pass_ctx
+def nodes_list(ctx: Ctx, output: str, watch: bool, interval: float) -> None:
+    """Nodes and their phase."""
+
+    def render() -> str:
+        listed = rpc(ctx, lambda c: c.all_nodes())
+        if output in ("json", "yaml"):
+            return _dump(listed, output)
+        return render_nodes(listed, wide=output == "wide", color=ctx.color)
+
+    _repeat(render, watch=watch, interval=interval, title=f"QvDC {ctx.controller}")
+
+
+@nodes.command("get")
+@click.argument("node")
+@output_option
+@pass_ctx
+def nodes_get(ctx: Ctx, node: str, output: str) -> None:
+    """One node (by hostname or id)."""
+    found = rpc(ctx, lambda c: c.node(node))
+    if output in ("json", "yaml"):
+        click.echo(_dump(found, output))
+    else:
+        click.echo(render_nodes([found], wide=output == "wide", color=ctx.color))
+
+
+@nodes.command("disable")
+@click.argument("node")
+@click.option("--reason", default="", help="why (kept on the node)")
+@pass_ctx
+def nodes_disable(ctx: Ctx, node: str, reason: str) -> None:
+    """Put a node into maintenance (heartbeats never override it)."""
+
+    async def body(c: Client) -> compute.Node:
+        found = await c.node(node)
+        return await c.nodes.disable_node(compute.DisableNodeRequest(id=found.id, reason=reason))
+
+    got = rpc(ctx, body)
+    click.echo(f"node {got.hostname} disabled ({(got.status or compute.NodeStatus()).phase.name})")
+
+
+@nodes.command("enable")
+@click.argument("node")
+@pass_ctx
+def nodes_enable(ctx: Ctx, node: str) -> None:
+    """Take a node out of maintenance."""
+
+    async def body(c: Client) -> compute.Node:
+        found = await c.node(node)
+        return await c.nodes.enable_node(compute.EnableNodeRequest(id=found.id))
+
+    got = rpc(ctx, body)
+    click.echo(f"node {got.hostname} enabled ({(got.status or compute.NodeStatus()).phase.name})")
+
+
+def summarize(pools: Sequence[storage.StoragePool], nodes: Sequence[compute.Node]) -> list[str]:
+    pool_phases = collections.Counter(
+        (p.status or storage.StoragePoolStatus()).phase.name for p in pools
+    )
+    node_phases = collections.Counter((n.status or compute.NodeStatus()).phase.name for n in nodes)
+    lines = [
+        f"pools: {len(pools)}  " + "  ".join(f"{k} {v}" for k, v in sorted(pool_phases.items())),
+        f"nodes: {len(nodes)}  " + "  ".join(f"{k} {v}" for k, v in sorted(node_phases.items())),
+    ]
+    bad = [
+        f"  pool {p.name} on {h.hostname or h.node_id}: {h.health.name}"
+        + (" STALE" if h.stale else "")
+        + (f" {h.error_message}" if h.error_message else "")
+        for p in pools
+        for h in (p.status or storage.StoragePoolStatus()).host_statuses
+        if h.assigned and (h.stale or h.health.name != "HEALTHY")
+    ] + [
+        f"  node {n.hostname}: {(n.status or compute.NodeStatus()).phase.name}"
+        for n in nodes
+        if (n.status or compute.NodeStatus()).phase.name != "READY"
+    ]
+    lines.append(f"unhealthy: {len(bad)}" if bad else "unhealthy: none")
+    return lines + bad
+
+
+@cli.command()
+@output_option
+@pass_ctx
+def status(ctx: Ctx, output: str) -> None:
+    """Fleet summary: pools by phase, nodes by phase, unhealthy rows."""
+
+    async def body(c: Client) -> tuple[list[storage.StoragePool], list[compute.Node]]:
+        return await c.all_pools(), await c.all_nodes()
+
+    listed, nodes = rpc(ctx, body)
+    if output in ("json", "yaml"):
+        data = {
+            "pools": collections.Counter(
+                (p.status or storage.StoragePoolStatus()).phase.name for p in listed
+            ),
+            "nodes": collections.Counter(
+                (n.status or compute.NodeStatus()).phase.name for n in nodes
+            ),
+            "unhealthy": summarize(listed, nodes)[3:],
+        }
+        data = {k: dict(v) if isinstance(v, collections.Counter) else v for k, v in data.items()}
+        text = yaml.safe_dump(data) if output == "yaml" else json.dumps(data, indent=2)
+        click.echo(text.rstrip())
+        return
+    click.echo(f"controller {ctx.controller}")
+    click.echo("\n".join(summarize(listed, nodes)))
+
+
+@cli.command()
+@interval_option
+@click.option("--once", is_flag=True, help="print once and exit")
+@click.pass_context
+def watch(ctx: click.Context, interval: float, once: bool) -> None:
+    """Live pool table (polls ListPools; there is no watch RPC)."""
+    ctx.invoke(pools_list, output="table", watch=not once, interval=interval)
+
+
+@cli.group()
+def context() -> None:
+    """The context file `make run` writes (controller, etcd endpoint, prefix)."""
+
+
+@context.command("show")
+def context_show() -> None:
+    """The context in use, as JSON."""
+    click.echo(json.dumps(load_context(), indent=2, sort_keys=True))
+
+
+@context.command("controller")
+@pass_ctx
+def context_controller(ctx: Ctx) -> None:
+    """The controller address qvdcctl uses."""
+    click.echo(ctx.controller)
+
+
+@context.command("etcd-endpoint")
+def context_etcd() -> None:
+    """The etcd endpoint of the context (for `etcdctl --endpoints=...`)."""
+    endpoint = load_context().get("etcd")
+    if not endpoint:
+        _fail(EXIT_CONTROLLER, "no etcd endpoint in the context file (is `make run` running?)")
+    click.echo(str(endpoint))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
     try:
-        code = asyncio.run(run(args))
+        cli.main(args=list(argv) if argv is not None else None, prog_name="qvdcctl")
     except KeyboardInterrupt:
-        code = 0
-    raise SystemExit(code)
+        raise SystemExit(0) from None

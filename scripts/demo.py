@@ -4,6 +4,14 @@ Starts a QvDC controller (with its embedded etcd) and one node daemon, creates
 a local-directory pool assigned to that node, and prints the live pool table
 (phase, capacity, one row per host) every second until Ctrl-C; then stops
 everything it started. State and logs go to ``.run/``.
+
+The controller listens on 127.0.0.1:7443 when that port is free (else a free
+one). The embedded etcd picks its own ports; the demo reads the endpoint from the
+controller's log and writes both, with the key prefix, to the context file
+``.run/context.json`` (and ``~/.config/qvdc/context.json``) that ``qvdcctl``
+reads, so ``qvdcctl ...`` and ``etcdctl --endpoints=$(qvdcctl context
+etcd-endpoint) ...`` work as written in a second terminal. The files are removed
+on exit.
 """
 
 from __future__ import annotations
@@ -11,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -30,12 +40,39 @@ RUN = ROOT / ".run"
 BIN = ROOT / ".venv" / "bin"
 POOL_NAME = "demo-local"
 INTERVAL = "5"
+PREFERRED_PORT = 7443
+PREFIX = "/quantix/"
+CONTEXT_FILES = (RUN / "context.json", Path.home() / ".config" / "qvdc" / "context.json")
+ETCD_LOG_LINE = re.compile(r"embedded etcd pid \d+ at (\S+)")
 
 
-def free_port() -> int:
+def free_port(preferred: int = 0) -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        try:
+            s.bind(("127.0.0.1", preferred))
+        except OSError:
+            s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def write_context(*, controller: str, etcd: str) -> None:
+    data = {
+        "controller": controller,
+        "etcd": etcd,
+        "prefix": PREFIX,
+        "etcdctl": f"etcdctl --endpoints={etcd} get --prefix {PREFIX} --keys-only",
+    }
+    for path in CONTEXT_FILES:
+        with contextlib.suppress(OSError):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def remove_context(controller: str) -> None:
+    for path in CONTEXT_FILES:
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads(path.read_text()).get("controller") == controller:
+                path.unlink()
 
 
 def start(name: str, argv: list[str]) -> subprocess.Popen[bytes]:
@@ -63,7 +100,8 @@ async def wait_for(what: str, probe, *, timeout: float = 60.0, procs=()):  # typ
 
 async def demo() -> None:
     RUN.mkdir(exist_ok=True)
-    port = free_port()
+    log_size = (RUN / "qvdc.log").stat().st_size if (RUN / "qvdc.log").exists() else 0
+    port = free_port(PREFERRED_PORT)
     hostname = f"{socket.gethostname()}-demo"
     qvdc = start(
         "qvdc",
@@ -92,6 +130,16 @@ async def demo() -> None:
             return True
 
         await wait_for("the controller", answering, procs=[qvdc])
+
+        async def etcd_logged() -> str | None:
+            text = (RUN / "qvdc.log").read_bytes()[log_size:].decode(errors="replace")
+            found = ETCD_LOG_LINE.findall(text)
+            return found[-1].removeprefix("http://") if found else None
+
+        etcd = await wait_for("the embedded etcd's endpoint", etcd_logged, procs=[qvdc])
+        write_context(controller=f"127.0.0.1:{port}", etcd=etcd)
+        print(f"controller 127.0.0.1:{port}   embedded etcd {etcd}   context .run/context.json")
+        print(f"etcdctl --endpoints={etcd} get --prefix {PREFIX} --keys-only")
         node = start(
             "node",
             [
@@ -139,11 +187,13 @@ async def demo() -> None:
             )
         while not stop.is_set():
             listed = await pools.list_pools(storage.ListPoolsRequest(), timeout=5)
+            hosts = await nodes.list_nodes(compute.ListNodesRequest(), timeout=5)
             clear = "\x1b[2J\x1b[H" if sys.stdout.isatty() else "\n"
             stamp = dt.datetime.now().strftime("%H:%M:%S")
             print(
-                f"{clear}Quantix demo  {stamp}  controller 127.0.0.1:{port}  "
-                f"(Ctrl-C stops everything)\n{render_pools(listed.pools)}",
+                f"{clear}Quantix demo  {stamp}  controller 127.0.0.1:{port}  etcd {etcd}  "
+                f"(Ctrl-C stops everything)\n"
+                f"{render_pools(listed.pools, nodes=hosts.nodes, color=sys.stdout.isatty())}",
                 flush=True,
             )
             with contextlib.suppress(TimeoutError):
@@ -151,6 +201,7 @@ async def demo() -> None:
                     await stop.wait()
     finally:
         channel.close()
+        remove_context(f"127.0.0.1:{port}")
         for proc in (node, qvdc):
             if proc is not None and proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)

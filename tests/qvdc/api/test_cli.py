@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import json
+import re
+import socket
 
 import pytest
+from click.testing import CliRunner, Result
 
 from protos.limiquantix.compute import v1 as compute
 from protos.limiquantix.storage import v1 as storage
@@ -13,49 +18,94 @@ from qvdc.app import Controller
 from tests.qvdc.api.helpers import TIMEOUT, register_request
 
 
-async def run_cli(controller: Controller, *argv: str) -> int:
-    args = cli.build_parser().parse_args(["--controller", f"127.0.0.1:{controller.port}", *argv])
-    return await cli.run(args)
+def invoke(port: int, *argv: str) -> Result:
+    return CliRunner().invoke(cli.cli, ["--controller", f"127.0.0.1:{port}", *argv])
 
 
-async def test_cli_creates_lists_assigns_and_reports_errors(
+async def run_cli(controller: Controller, *argv: str) -> Result:
+    # qvdcctl runs its own event loop: drive it from a thread while the controller serves.
+    return await asyncio.to_thread(invoke, controller.port, *argv)
+
+
+async def test_cli_by_name_confirms_and_reports_errors(
     controller: Controller,
     nodes: compute.NodeServiceStub,
     pools: storage.StoragePoolServiceStub,
-    capsys: pytest.CaptureFixture[str],
 ) -> None:
     node = await nodes.register_node(register_request("cli-host"), timeout=TIMEOUT)
-    assert await run_cli(controller, "pools", "create", "cli-pool", "--local-dir", "/srv/cli") == 0
-    pool_id = capsys.readouterr().out.strip()
-    got = await pools.get_pool(storage.GetPoolRequest(id=pool_id), timeout=TIMEOUT)
+    r = await run_cli(controller, "pools", "create", "cli-pool", "--local-dir", "/srv/cli")
+    assert r.exit_code == 0, r.output
+    match = re.fullmatch(r"pool cli-pool \(id (\S+)\) created\n", r.output)
+    assert match, r.output
+    got = await pools.get_pool(storage.GetPoolRequest(id=match[1]), timeout=TIMEOUT)
     assert got.spec.backend.local_dir.path == "/srv/cli"
 
-    assert await run_cli(controller, "pools", "assign", pool_id, node.id) == 0
-    got = await pools.get_pool(storage.GetPoolRequest(id=pool_id), timeout=TIMEOUT)
+    r = await run_cli(controller, "pools", "assign", "cli-pool", "cli-host")
+    assert (r.exit_code, r.output) == (0, "pool cli-pool assigned to cli-host\n")
+    got = await pools.get_pool(storage.GetPoolRequest(id=match[1]), timeout=TIMEOUT)
     assert got.spec.assigned_node_ids == [node.id]
 
-    assert await run_cli(controller, "pools", "list") == 0
-    table = capsys.readouterr().out
-    assert "cli-pool" in table and "LOCAL_DIR" in table
+    r = await run_cli(controller, "pools", "list")
+    assert r.exit_code == 0 and "cli-pool" in r.output and "LOCAL_DIR" in r.output
+    r = await run_cli(controller, "pools", "get", "cli-pool", "-o", "json")
+    assert r.exit_code == 0 and json.loads(r.output)["id"] == match[1]
+    r = await run_cli(controller, "nodes", "get", "cli-host", "-o", "yaml")
+    assert r.exit_code == 0 and f"id: {node.id}" in r.output
 
-    assert await run_cli(controller, "nodes", "disable", node.id, "--reason", "bios") == 0
-    assert '"MAINTENANCE"' in capsys.readouterr().out
+    r = await run_cli(controller, "nodes", "disable", "cli-host", "--reason", "bios")
+    assert (r.exit_code, r.output) == (0, "node cli-host disabled (MAINTENANCE)\n")
+    r = await run_cli(controller, "status")
+    assert (
+        r.exit_code == 0
+        and "MAINTENANCE 1" in r.output
+        and "node cli-host: MAINTENANCE" in r.output
+    )
 
     # A controller error: exit 1 and the gRPC status with its message.
-    assert await run_cli(controller, "pools", "create", "cli-pool", "--local-dir", "/srv/x") == 1
-    err = capsys.readouterr().err
-    assert "ALREADY_EXISTS" in err and "name" in err
+    r = await run_cli(controller, "pools", "create", "cli-pool", "--local-dir", "/srv/x")
+    assert r.exit_code == 1 and "ALREADY_EXISTS" in r.output, r.output
+    r = await run_cli(controller, "pools", "get", "nope")
+    assert r.exit_code == 1 and "NOT_FOUND" in r.output
+
+    r = await run_cli(controller, "pools", "unassign", "cli-pool", node.id)
+    assert (r.exit_code, r.output) == (0, "pool cli-pool unassigned from cli-host\n")
+    r = await run_cli(controller, "pools", "delete", match[1])
+    assert (r.exit_code, r.output) == (0, f"pool cli-pool (id {match[1]}) deleted\n")
 
 
-async def test_cli_unreachable_controller_exits_3(capsys: pytest.CaptureFixture[str]) -> None:
-    import socket
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["pools", "create", "x"],
+        ["pools", "create", "x", "--nfs", "no-export"],
+        ["pools", "create", "x", "--local-dir", "/a", "--capacity-gib", "lots"],
+        ["pools", "create", "x", "--ceph-rbd", "rbd"],
+        ["pools", "create", "x", "--local-dir", "/a", "--label", "novalue"],
+        ["pools", "frobnicate"],
+        ["--controller", "host:99999", "pools", "list"],
+        ["--controller", "host:abc", "status"],
+    ],
+)
+def test_cli_bad_usage_exits_2_without_a_traceback(argv: list[str]) -> None:
+    r = CliRunner().invoke(cli.cli, argv)
+    assert r.exit_code == 2, r.output
+    assert (
+        ("Traceback" not in r.output and r.exception is None) or isinstance(r.exception, SystemExit)
+    )
 
+
+def test_cli_unreachable_controller_exits_3() -> None:
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    args = cli.build_parser().parse_args(["--controller", f"127.0.0.1:{port}", "pools", "list"])
-    assert await cli.run(args) == 3
-    assert "cannot reach the controller" in capsys.readouterr().err
+    r = invoke(port, "pools", "list")
+    assert r.exit_code == 3 and "cannot reach the controller" in r.output
+
+
+def test_endpoint_parsing() -> None:
+    assert cli.parse_endpoint("localhost") == ("localhost", 7443)
+    assert cli.parse_endpoint("10.0.0.1:9000") == ("10.0.0.1", 9000)
+    assert cli.parse_endpoint("[::1]:7000") == ("::1", 7000)
 
 
 def test_render_marks_stale_and_unassigned_rows() -> None:
@@ -101,10 +151,15 @@ def test_render_marks_stale_and_unassigned_rows() -> None:
     )
     lines = cli.render_pools([pool], now=now).splitlines()
     assert lines[1].split()[:3] == ["p1", "NFS", "DEGRADED"]
-    assert "1/2 healthy" in lines[1] and "6.0 GiB" in lines[1]
+    assert "1/2 healthy" in lines[1] and "4.0 GiB / 10.0 GiB" in lines[1]
     assert "n2 stale" in lines[2]
     alpha, bravo, charlie = lines[3:6]
     assert "HEALTHY" in alpha and "STALE" not in alpha and "5s ago" in alpha
     assert "HEALTHY (STALE)" in bravo
     assert "ERROR (unassigned)" in charlie and "mount failed" in charlie
-    assert cli.render_pools([]).splitlines()[1] == "(no pools)"
+    assert cli.render_pools([]).splitlines()[1].strip() == "(no pools)"
+    disabled = compute.Node(
+        id="n1", status=compute.NodeStatus(phase=compute.NodeStatusPhase.MAINTENANCE)
+    )
+    alpha = cli.render_pools([pool], nodes=[disabled], now=now).splitlines()[3]
+    assert "HEALTHY (MAINTENANCE)" in alpha
