@@ -264,9 +264,9 @@ def _check(data: bytes, pos: int, end: int, cls: Any, depth: int, budget: list[i
             budget[0] -= 1
             if count > MAX_ENTRIES or budget[0] < 0:
                 bound = (
-                    f"more than {MAX_ENTRIES} entries"
+                    f"at most {MAX_ENTRIES} entries, got more"
                     if count > MAX_ENTRIES
-                    else f"more than {MAX_TOTAL_ENTRIES} repeated entries in the request"
+                    else f"at most {MAX_TOTAL_ENTRIES} repeated entries in a request, got more"
                 )
                 raise Malformed(bound, field=field.name)
 

@@ -149,7 +149,7 @@ def test_a_repeated_field_over_its_entry_bound_is_refused_before_decoding() -> N
     with pytest.raises(wire.Malformed) as caught:
         wire.check(bytes(over), compute.RegisterNodeRequest)
     assert caught.value.field == "labels"
-    assert f"more than {wire.MAX_ENTRIES} entries" in str(caught.value)
+    assert f"at most {wire.MAX_ENTRIES} entries, got more" in str(caught.value)
 
 
 def test_all_repeated_entries_of_a_request_share_one_bound(
@@ -162,5 +162,5 @@ def test_all_repeated_entries_of_a_request_share_one_bound(
     )
     wire.check(bytes(request), compute.RegisterNodeRequest)  # exactly 100
     request.labels = {"k": "v"}
-    with pytest.raises(wire.Malformed, match="more than 100 repeated entries in the request"):
+    with pytest.raises(wire.Malformed, match="at most 100 repeated entries in a request"):
         wire.check(bytes(request), compute.RegisterNodeRequest)
