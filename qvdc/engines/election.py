@@ -9,10 +9,13 @@ Cases:
 
 * the election key is absent -> create it in a transaction (``version == 0``)
   and lead until the lease is lost or we are cancelled;
+* it holds our own replica id (left on an older lease, e.g. after etcd was
+  restarted or our lease was lost) -> take it over at once on the new lease
+  (a value compare), instead of waiting up to a TTL for the old lease to expire;
 * it is held by another replica -> follow, and campaign again when it goes;
 * a keepalive fails (etcd unreachable) for longer than the TTL -> the lease is
-  gone: stop leading at once (the leader work is cancelled), then start over
-  with a new lease.
+  gone: stop leading at once (the leader work is cancelled), log one WARNING
+  (no traceback: a lost lease is expected), then start over with a new lease.
 """
 
 from __future__ import annotations
@@ -52,9 +55,14 @@ class Election:
         self._ttl = ttl
         self._timeout = timeout
         self.is_leader = False
+        self._lost = "lease keepalive ended"
 
     async def _keepalive(self, lease: Lease) -> None:
-        """Refresh the lease every ttl/3; raise LeaseLost once it may have expired."""
+        """Refresh the lease every ttl/3; return once it may have expired (why: ``_lost``).
+
+        Returns rather than raises, so the task guard does not log an expected lease loss
+        as a crash with a traceback; the caller turns ``_lost`` into ``LeaseLost``.
+        """
         loop = asyncio.get_running_loop()
         last_ok = loop.time()
         while True:
@@ -64,7 +72,8 @@ class Election:
                 last_ok = loop.time()
             except StoreError as exc:
                 if loop.time() - last_ok >= self._ttl:
-                    raise LeaseLost(f"lease {lease.id} not refreshed for {self._ttl}s") from exc
+                    self._lost = f"lease {lease.id} not refreshed for {self._ttl}s ({exc})"
+                    return
                 log.warning("lease keepalive failed (%s); retrying", exc)
 
     async def run(
@@ -84,8 +93,9 @@ class Election:
                     lease=lease.id,
                     timeout=self._timeout,
                 )
+                refresher = self._keepalive(lease)
                 keepalive = create_guarded_task(
-                    self._keepalive(lease),
+                    refresher,
                     name=f"lease-keepalive-{lease.id}",
                     logger=log,
                     eternal=False,
@@ -94,6 +104,9 @@ class Election:
                     await self._campaign_and_lead(lease, keepalive, lead, on_lead_change)
                 finally:
                     await cancel_and_wait(keepalive)
+                    # A campaign that failed at once cancels the task before it first ran:
+                    # close the coroutine so it is not reported as never awaited.
+                    refresher.close()
                     with contextlib.suppress(StoreError, TimeoutError):
                         await asyncio.shield(self._store.revoke_lease(lease, timeout=2.0))
             except (StoreError, LeaseLost, TimeoutError) as exc:
@@ -108,18 +121,27 @@ class Election:
         lead: Callable[[], Coroutine[Any, Any, None]],
         on_lead_change: Callable[[bool], None] | None,
     ) -> None:
+        ours = self.replica_id.encode()
+        claim = [Op.put(keys.ELECTION_AGGREGATOR, ours, lease=lease.id)]
         while True:
             result = await self._store.txn(
                 compares=[Compare.absent(keys.ELECTION_AGGREGATOR)],
-                success=[
-                    Op.put(keys.ELECTION_AGGREGATOR, self.replica_id.encode(), lease=lease.id)
-                ],
+                success=claim,
+                timeout=self._timeout,
+            )
+            if result.succeeded:
+                break
+            # Our own key on an older lease: take it over now rather than wait for it to expire.
+            result = await self._store.txn(
+                compares=[Compare(keys.ELECTION_AGGREGATOR, "value", "==", ours)],
+                success=claim,
                 timeout=self._timeout,
             )
             if result.succeeded:
                 break
             if keepalive.done():
-                keepalive.result()  # raises LeaseLost
+                keepalive.result()  # a crash re-raises here
+                raise LeaseLost(self._lost)
             await asyncio.sleep(min(self._ttl / 3, 1.0))
         log.info("replica %s leads the aggregator", self.replica_id)
         self.is_leader = True
@@ -130,8 +152,10 @@ class Election:
             done, _ = await asyncio.wait(
                 {keepalive, leader_work}, return_when=asyncio.FIRST_COMPLETED
             )
-            for task in done:
-                task.result()
+            if keepalive in done:
+                keepalive.result()  # a crash re-raises here
+                raise LeaseLost(self._lost)
+            leader_work.result()
             raise LeaseLost("leader work ended")
         finally:
             self.is_leader = False
