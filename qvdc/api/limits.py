@@ -111,8 +111,7 @@ def _walk(message: Any, plan: _Plan) -> None:
     for name, members in enums:
         value = getattr(message, name)
         if value not in members:
-            raw = value.value if isinstance(value, enum.Enum) else value
-            raise _Over(name, f"unknown value {raw!r}")
+            raise _Over(name, _unknown(value).reason)
     for name, step in others:
         try:
             step(getattr(message, name))
@@ -138,24 +137,38 @@ def _compile(message_type: type[Any], limits: Limits) -> _Plan:
         elif kind == "string":
             strings.append((name, string_limit(name, limits)))
         elif kind == "enum":
-            enums.append((name, frozenset(_enum_class(hints[name]))))
+            enums.append((name, _members(hints[name])))
         elif one is not None:
             others.append((name, one))
     return tuple(strings), tuple(enums), tuple(others)
 
 
-def _enum_class(hint: Any) -> type[enum.Enum]:
-    for candidate in typing.get_args(hint) or (hint,):
-        if isinstance(candidate, type) and issubclass(candidate, enum.Enum):
-            return candidate
-    raise TypeError(f"not an enum field type: {hint!r}")
+def _class_in(hint: Any, base: type[Any]) -> type[Any]:
+    """The subclass of ``base`` a field's type hint names (``X | None``, ``list[X]``, X)."""
+    for candidate in (*typing.get_args(hint), hint):
+        for inner in (*typing.get_args(candidate), candidate):
+            if isinstance(inner, type) and issubclass(inner, base):
+                return inner
+    raise TypeError(f"no {base.__name__} in field type {hint!r}")
 
 
-def _message_class(hint: Any) -> type[Any]:
-    for candidate in typing.get_args(hint) or (hint,):
-        if isinstance(candidate, type) and issubclass(candidate, betterproto2.Message):
-            return candidate
-    raise TypeError(f"not a message field type: {hint!r}")
+def _members(hint: Any) -> frozenset[Any]:
+    """The defined members of the enum a field's type hint names."""
+    enum_type: type[enum.Enum] = _class_in(hint, enum.Enum)
+    return frozenset(enum_type)
+
+
+def _unknown(value: Any) -> _Over:
+    raw = value.value if isinstance(value, enum.Enum) else value
+    return _Over("", f"unknown value {raw!r}")
+
+
+def _walk_nested(value: Any, plan: _Plan) -> None:
+    """:func:`_walk` of a message inside a field, its path below the field's."""
+    try:
+        _walk(value, plan)
+    except _Over as over:
+        raise _Over(f".{over.path}", over.reason) from None
 
 
 def _one_step(name: str, kind: str, hint: Any, limits: Limits) -> _Step | None:
@@ -177,25 +190,19 @@ def _one_step(name: str, kind: str, hint: Any, limits: Limits) -> _Step | None:
 
         return check_bytes
     if kind == "message":
-        sub = typing.get_args(hint)[0] if typing.get_origin(hint) is list else hint
-        message_type = _message_class(sub)
+        message_type = _class_in(hint, betterproto2.Message)
 
         def check_message(value: Any) -> None:
             if value is not None:
-                try:
-                    _walk(value, _plan(message_type, limits))
-                except _Over as over:
-                    raise _Over(f".{over.path}", over.reason) from None
+                _walk_nested(value, _plan(message_type, limits))
 
         return check_message
     if kind == "enum":
-        sub = typing.get_args(hint)[0] if typing.get_origin(hint) is list else hint
-        members = frozenset(_enum_class(sub))
+        members = _members(hint)
 
         def check_enum(value: Any) -> None:
             if value not in members:
-                raw = value.value if isinstance(value, enum.Enum) else value
-                raise _Over("", f"unknown value {raw!r}")
+                raise _unknown(value)
 
         return check_enum
     return None  # numbers and bools: bounded by their wire type
@@ -227,9 +234,6 @@ def _map_step(bound: int, limits: Limits) -> _Step:
             if isinstance(item, str) and len(item) > text:
                 raise _Over("", f"the value of a key is {len(item)} characters; at most {text}")
             if isinstance(item, betterproto2.Message):
-                try:
-                    _walk(item, _plan(type(item), limits))
-                except _Over as over:
-                    raise _Over(f".{over.path}", over.reason) from None
+                _walk_nested(item, _plan(type(item), limits))
 
     return check_map
