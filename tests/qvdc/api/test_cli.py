@@ -89,8 +89,8 @@ async def test_cli_by_name_confirms_and_reports_errors(
 def test_cli_bad_usage_exits_2_without_a_traceback(argv: list[str]) -> None:
     r = CliRunner().invoke(cli.cli, argv)
     assert r.exit_code == 2, r.output
-    assert (
-        ("Traceback" not in r.output and r.exception is None) or isinstance(r.exception, SystemExit)
+    assert ("Traceback" not in r.output and r.exception is None) or isinstance(
+        r.exception, SystemExit
     )
 
 
