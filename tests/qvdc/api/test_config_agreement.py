@@ -10,12 +10,14 @@ node naming ``<field>``, with the same reason.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 from typing import Any
 
 import betterproto2
 import pytest
+from click.testing import CliRunner
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
@@ -172,32 +174,33 @@ async def test_the_mount_rules_of_local_dir_and_nfs_reach_the_node(
 
 
 async def test_qvdcctl_sends_the_mount_rules(
-    controller: Controller,
-    pools: storage.StoragePoolServiceStub,
-    capsys: pytest.CaptureFixture[str],
+    controller: Controller, pools: storage.StoragePoolServiceStub
 ) -> None:
-    argv = ["--controller", f"127.0.0.1:{controller.port}", "pools", "create"]
-    args = cli.build_parser().parse_args(
-        [
-            *argv,
-            "on-disk",
-            "--local-dir=/mnt/disk/images",
-            "--mount-point=/mnt/disk",
-            "--require-mountpoint",
-            "--no-create-path",
-        ]
+    async def create(*argv: str) -> str:
+        result = await asyncio.to_thread(
+            CliRunner().invoke,
+            cli.cli,
+            ["--controller", f"127.0.0.1:{controller.port}", "pools", "create", *argv],
+        )
+        assert result.exit_code == 0, result.output
+        found = re.search(r"\(id ([0-9a-f-]+)\) created", result.output)
+        assert found is not None, result.output
+        return found.group(1)
+
+    pool_id = await create(
+        "on-disk",
+        "--local-dir=/mnt/disk/images",
+        "--mount-point=/mnt/disk",
+        "--require-mountpoint",
+        "--no-create-path",
     )
-    assert await cli.run(args) == 0
-    pool_id = capsys.readouterr().out.strip()
     got = await pools.get_pool(storage.GetPoolRequest(id=pool_id), timeout=TIMEOUT)
     assert got.spec is not None and got.spec.backend is not None
     assert got.spec.backend.local_dir == storage.LocalDirConfig(
         path="/mnt/disk/images", require_mountpoint=True, mount_point="/mnt/disk", create_path=False
     )
     # Without the flags nothing changes: create_path stays unset (true).
-    args = cli.build_parser().parse_args([*argv, "plain", "--local-dir", "/srv/plain"])
-    assert await cli.run(args) == 0
-    pool_id = capsys.readouterr().out.strip()
+    pool_id = await create("plain", "--local-dir", "/srv/plain")
     got = await pools.get_pool(storage.GetPoolRequest(id=pool_id), timeout=TIMEOUT)
     assert got.spec is not None and got.spec.backend is not None
     assert got.spec.backend.local_dir == storage.LocalDirConfig(path="/srv/plain")
