@@ -78,15 +78,19 @@ async def test_unmounted_disk_is_unmounted_until_mounted(
         def get() -> Awaitable[storage.StoragePool]:
             return pools.get_pool(storage.GetPoolRequest(id=pool.id), timeout=TIMEOUT)
 
+        # Before the daemon's first attach the row is UNMOUNTED "not attached yet";
+        # wait for the attach's own verdict, which names the path.
+        expected = (
+            f"pool path {disk} needs a filesystem mounted at {disk}, and none is mounted there"
+        )
         unmounted = await eventually(
             get,
-            lambda p: [r.health for r in p.status.host_statuses] == [Health.UNMOUNTED],
+            lambda p: (
+                [(r.health, r.error_message) for r in p.status.host_statuses]
+                == [(Health.UNMOUNTED, expected)]
+            ),
             timeout=30,
-            what="an UNMOUNTED host row",
-        )
-        (row,) = unmounted.status.host_statuses
-        assert row.error_message == (
-            f"pool path {disk} needs a filesystem mounted at {disk}, and none is mounted there"
+            what="an UNMOUNTED host row naming the path",
         )
         assert unmounted.status.phase != PoolPhase.READY
         await asyncio.sleep(2.5)  # a few more probes (interval 1 s): still nothing written
