@@ -468,7 +468,12 @@ async def until(
     started = time.monotonic()
     last: Any = None
     while time.monotonic() - started < timeout:
-        with contextlib.suppress(StoreError, grpclib.exceptions.GRPCError, OSError):
+        with contextlib.suppress(
+            StoreError,
+            grpclib.exceptions.GRPCError,
+            grpclib.exceptions.StreamTerminatedError,
+            OSError,
+        ):
             last = await probe()
             if last:
                 return last, time.monotonic() - started
