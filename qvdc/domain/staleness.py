@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, replace
 
 from qvdc.domain.model import OPERATOR_PHASES, NodeId, NodePhase
@@ -185,3 +186,35 @@ def next_node_phase(*, current: NodePhase, live: bool) -> NodePhase:
     if live and current in _GO_READY_FROM:
         return NodePhase.READY
     return current
+
+
+def judge_of(*, owner: str, live_replicas: AbstractSet[str], leader: str | None) -> str | None:
+    """Return the replica that judges a node's liveness, or None when none can now.
+
+    ``owner`` is the replica recorded in the node's ``nodestatus`` (the one holding its
+    heartbeat stream), ``live_replicas`` the replicas whose presence keys exist (each on
+    its lease), ``leader`` the replica leading, if any. Cases:
+
+    * the owner is live                          -> the owner (whatever the leader is);
+    * the owner is gone (or none is recorded)    -> the leader, if it is live;
+    * otherwise                                  -> None (nobody marks the node now; the
+      next leader adopts it with a fresh grace).
+
+    A replica that merely stopped hearing from a node is never its judge unless it is
+    the owner: silence seen by anyone else is no evidence, since the node's heartbeats
+    may be going to its owner.
+    """
+    if owner and owner in live_replicas:
+        return owner
+    if leader is not None and leader in live_replicas:
+        return leader
+    return None
+
+
+def judges(*, owner: str, live_replicas: AbstractSet[str], me: str, leader: str | None) -> bool:
+    """Return True when replica ``me`` is the one to judge the node (see :func:`judge_of`).
+
+    ``me`` counts only if it is in ``live_replicas``: a replica whose presence key is gone
+    (its lease expired during a pause) judges nothing until it is present again.
+    """
+    return judge_of(owner=owner, live_replicas=live_replicas, leader=leader) == me

@@ -369,7 +369,7 @@ class Catalog:
                     ],
                 )
                 if result.succeeded:
-                    self._monitor.observe(NodeId(node_id))
+                    self._monitor.registered(NodeId(node_id))
                     return node_id, True
             else:
                 old = self._view.node(existing)
@@ -382,7 +382,7 @@ class Catalog:
                     ],
                 )
                 if result.succeeded:
-                    self._monitor.observe(NodeId(existing))
+                    self._monitor.registered(NodeId(existing))
                     return existing, False
             await self.catch_up()
         raise errors.Conflict(

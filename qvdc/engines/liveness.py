@@ -16,6 +16,17 @@ If every live node goes silent in one pass, the fault is most likely ours (etcd
 or network), so nobody is marked and every node gets a fresh grace once
 heartbeats resume (Kubernetes' "full disruption" rule).
 
+**Judged once.** A node's liveness is judged by one replica only
+(``staleness.judge_of``): its owner, the replica recorded in ``nodestatus/<node>``
+(the one holding its heartbeat stream) while that replica's presence key
+``replicas/<id>`` lives on its lease; else the leader. A replica that merely
+stopped hearing from a node never marks it: when its view shows another live
+replica owning a node it drops its record (a heartbeat here brings it back and
+claims the node), and registering a node is no claim on its stream. A replica
+waking from a pause may act on an old view: its OFFLINE write is a transaction
+comparing the mod revision of the ``nodestatus`` it judged on, so it fails if a
+new owner wrote since, and that failure is taken quietly as "judge again".
+
 A replica that dies takes its lease (``replicas/<id>``) with it. The leader
 adopts nodes whose owner replica is gone and gives them a fresh startup grace,
 so a controller restart never marks a healthy fleet OFFLINE.
@@ -64,6 +75,9 @@ class LivenessMonitor:
         self._records: dict[NodeId, staleness.Liveness] = {}
         self._last_wall: dict[NodeId, float] = {}
         self._dirty: set[NodeId] = set()
+        # Nodes whose nodestatus changed since the last pass: if another live replica owns
+        # one now, its record here is dropped (this replica no longer judges it).
+        self._recheck: set[str] = set()
         self._wakeup = asyncio.Event()
         self.leader = False
         self.mass_outage = False
@@ -111,6 +125,24 @@ class LivenessMonitor:
         rec = self._records.get(NodeId(node_id))
         return rec is not None and rec.live
 
+    def registered(self, node_id: NodeId) -> None:
+        """The node (re-)registered through this replica. Not a heartbeat: if another live
+        replica holds the node's stream, it stays that replica's to judge."""
+        state = self._view.node_state(node_id)
+        if state is not None and not self._judges(node_id):
+            return
+        if state is not None and not state.live:
+            self.observe(node_id)  # back by registering: write it live (owned here)
+            return
+        # Just created (its nodestatus, owner this replica, in the same transaction) or
+        # live and ours: nothing to write, but ours to judge from now on. No claim is
+        # made, so a node whose stream went to another replica meanwhile stays there.
+        record = staleness.observe_heartbeat(
+            record=self._records.get(node_id), node_id=node_id, now=self._clock.monotonic()
+        )
+        self._records[node_id] = record
+        self._expires_no_earlier_than(record.last_seen)
+
     def forget(self, node_id: NodeId) -> None:
         self._records.pop(node_id, None)
         self._last_wall.pop(node_id, None)
@@ -119,7 +151,10 @@ class LivenessMonitor:
 
     def _on_change(self, key: str, old: object, new: object) -> None:
         if key.startswith(keys.NODE_STATUS):
-            self._confirmed.discard(key[len(keys.NODE_STATUS) :])
+            node_id = key[len(keys.NODE_STATUS) :]
+            self._confirmed.discard(node_id)
+            if node_id in self._records:
+                self._recheck.add(node_id)
             self._adoption_due = True
         elif key.startswith(keys.REPLICAS):
             self._adoption_due = True
@@ -132,11 +167,53 @@ class LivenessMonitor:
         self._dirty.add(node_id)
         self._wakeup.set()
 
+    # --- who judges -------------------------------------------------------------
+
+    def _live_replicas(self) -> frozenset[str]:
+        """Replicas whose presence key (on their lease) this replica's view holds."""
+        return frozenset(
+            kv.key[len(keys.REPLICAS) :] for kv in self._view.cache.scan(keys.REPLICAS)
+        )
+
+    def _judges(self, node_id: str, live_replicas: frozenset[str] | None = None) -> bool:
+        """True when this replica is the one to judge the node, by the view's nodestatus
+        (``staleness.judge_of``). A node with no nodestatus yet is judged by whoever heard it."""
+        state = self._view.node_state(node_id)
+        if state is None:
+            return True
+        return staleness.judges(
+            owner=state.owner_replica,
+            live_replicas=self._live_replicas() if live_replicas is None else live_replicas,
+            me=self.replica_id,
+            leader=self.replica_id if self.leader else None,
+        )
+
+    def _drop(self, node_id: NodeId, why: str) -> None:
+        """Stop judging the node: its record goes (a heartbeat here brings it back)."""
+        self._records.pop(node_id, None)
+        self._last_wall.pop(node_id, None)
+        self._confirmed.discard(node_id)
+        self._dirty.discard(node_id)
+        log.debug("node %s: not judged here any more (%s)", node_id, why)
+
+    def _drop_moved(self) -> None:
+        """Drop the records of changed nodes that another replica now judges. A node with a
+        write of ours pending keeps its record: that write is our claim on its stream."""
+        recheck, self._recheck = self._recheck, set()
+        live_replicas = self._live_replicas()
+        for node_id in recheck:
+            nid = NodeId(node_id)
+            pending = nid not in self._records or nid in self._dirty
+            if not pending and not self._judges(node_id, live_replicas):
+                self._drop(nid, "another replica owns it")
+
     # --- periodic pass ----------------------------------------------------------
 
     def check(self) -> None:
         """One liveness pass (sync): classify, adopt orphans, mark transitions."""
         now = self._clock.monotonic()
+        if self._recheck:
+            self._drop_moved()
         if self.leader and (self._adoption_due or not self._was_leader):
             self._adoption_due = False
             self._adopt_orphans(now=now)
@@ -170,7 +247,12 @@ class LivenessMonitor:
         if self.mass_outage and result.still_live:
             log.info("heartbeats resumed after a suspected controller-side outage")
             self.mass_outage = False
+        live_replicas = self._live_replicas() if result.newly_offline else frozenset()
         for node_id in result.newly_offline:
+            if not self._judges(node_id, live_replicas):
+                # Silent to us, but its owner is another live replica: not ours to judge.
+                self._drop(node_id, "silent here, owned by another replica")
+                continue
             record = self._records[node_id]
             self._records[node_id] = dataclasses.replace(record, live=False)
             log.info(
@@ -259,6 +341,9 @@ class LivenessMonitor:
             desired = self.desired_state(node_id, current)
             if desired is None:
                 continue
+            if not desired.live and not self._judges(node_id):
+                self._drop(node_id, "ownership moved before the verdict was written")
+                continue
             try:
                 result = await self._store.txn(
                     compares=[Compare.mod_revision(key, self._view.mod_revision(key))],
@@ -270,7 +355,10 @@ class LivenessMonitor:
                 self._dirty.add(node_id)
                 continue
             if not result.succeeded:
-                # Someone else (an operator phase change) wrote first: retry on fresh data.
+                # Someone wrote first: an operator phase change, or a new owner taking the
+                # node's stream (then this verdict is stale: the compare is what stops a
+                # replica waking from a pause with an old view). Judge again on fresh data.
+                log.debug("node %s: status changed under us; judging again", node_id)
                 self._dirty.add(node_id)
                 continue
             try:
