@@ -303,10 +303,20 @@ class IscsiConfig(betterproto2.Message):
     chap_user: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
 
     chap_password: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
+    """
+    Write-only (docs/security.md, "Secrets"): stored sealed, sent only to the
+    nodes the pool is assigned to, never returned to operators.
+    """
 
     lun: "int" = betterproto2.field(6, betterproto2.TYPE_UINT32)
 
     volume_group: "str" = betterproto2.field(7, betterproto2.TYPE_STRING)
+
+    chap_password_set: "bool" = betterproto2.field(50, betterproto2.TYPE_BOOL)
+    """
+    Output only: a CHAP password is stored (chap_password itself is never
+    returned). Ignored in requests.
+    """
 
 
 default_message_pool.register_message("limiquantix.storage.v1", "IscsiConfig", IscsiConfig)
