@@ -44,6 +44,9 @@ from collections.abc import AsyncIterator, Coroutine
 from typing import Any, Protocol
 
 from grpclib.config import Configuration
+from grpclib.health.check import ServiceCheck
+from grpclib.health.service import Health
+from grpclib.reflection.service import ServerReflection
 
 from qvdc.api.node_service import NodeService
 from qvdc.api.pool_service import StoragePoolService
@@ -55,6 +58,9 @@ from qvdc.engines.intake import HeartbeatIntake, MaterialityRule
 from qvdc.engines.liveness import LivenessMonitor
 from qvdc.engines.push import PushHub
 from qvdc.engines.view import ClusterView
+from qvdc.http import connect as connect_face
+from qvdc.http import health
+from qvdc.http import server as http_server
 from qvdc.kits import materiality
 from qvdc.kits.tasks import cancel_and_wait, create_guarded_task, first_of
 from qvdc.kits.timing import Clock, SystemClock
@@ -188,14 +194,42 @@ class Controller:
             send_timeout=settings.grpc.send_timeout,
             limits=settings.limits,
         )
+        self.readiness = health.Readiness(
+            listed=lambda: self.view.cache.ready,
+            probe=lambda: store.revision(timeout=timeout),
+            timeout=timeout,
+        )
+        services: list[Any] = [self.node_service, self.pool_service]
+        ready = ServiceCheck(self.readiness.ready, check_ttl=1.0, check_timeout=timeout + 1.0)
+        self.health = Health({service: [ready] for service in services})
         self.server = serving.Server(
-            [self.node_service, self.pool_service],
+            ServerReflection.extend([*services, self.health]),
             codec=heartbeat_codec.server_codec(max_message_bytes=settings.grpc.max_message_bytes),
             config=server_configuration(settings.grpc),
             idle_timeout=settings.grpc.idle_timeout,
         )
         #: The bound port (``GrpcSettings.port`` 0 picks a free one); 0 until serving.
         self.port = 0
+        self.http: http_server.HttpServer | None = None
+        if settings.http.enabled:
+            connect_app = connect_face.ConnectApp(
+                services,
+                max_message_bytes=settings.grpc.max_message_bytes,
+                grpc_only_hint=f" (port {settings.grpc.port})" if settings.grpc.port else "",
+            )
+            router = http_server.Router(
+                connect_app=connect_app,
+                readiness=self.readiness,
+                listed=lambda: self.view.cache.ready,
+            )
+            self.http = http_server.HttpServer(
+                router,
+                keep_alive_timeout=settings.http.keep_alive_timeout,
+                close_timeout=settings.http.close_timeout,
+                max_connections=settings.http.max_connections,
+            )
+        #: The HTTP server's bound port (``HttpSettings.port`` 0: a free one); 0 until bound.
+        self.http_port = 0
         #: Set while the server accepts calls.
         self.serving = asyncio.Event()
         self._listening = False
@@ -231,6 +265,7 @@ class Controller:
                     root.add_done_callback(lambda _task: ended.set())
                     roots.append(root)
                 try:
+                    await self._serve_http()
                     await first_of(
                         self.view.wait_ready(timeout=READY_TIMEOUT), stop.wait(), ended.wait()
                     )
@@ -240,6 +275,7 @@ class Controller:
                 finally:
                     log.info("QvDC replica %s stopping", self.replica_id)
                     await self._close_server()
+                    await self._close_http()
                     for root in roots:
                         root.cancel()
         except BaseExceptionGroup as errors:
@@ -267,6 +303,29 @@ class Controller:
         self.port = int(sock.getsockname()[1])
         self.serving.set()
         log.info("QvDC replica %s serving on %s:%d", self.replica_id, grpc.host, self.port)
+
+    async def _serve_http(self) -> None:
+        """Bind and serve the HTTP server (health at once, RPCs once the view is listed)."""
+        if self.http is None:
+            return
+        http = self.settings.http
+        sock = await bind_socket(http.host, http.port)
+        try:
+            await self.http.start(sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+        self.http_port = int(sock.getsockname()[1])
+        log.info(
+            "QvDC replica %s serving Connect/HTTP on %s:%d",
+            self.replica_id,
+            http.host,
+            self.http_port,
+        )
+
+    async def _close_http(self) -> None:
+        if self.http is not None:
+            await self.http.close()
 
     async def _close_server(self) -> None:
         """Stop accepting calls, cancel the running handlers and wait for them (bounded)."""

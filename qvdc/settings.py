@@ -180,11 +180,50 @@ class GrpcSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class HttpSettings:
+    """The HTTP server: Connect RPCs (upstream's agent and UI), /healthz and /readyz."""
+
+    enabled: bool = False
+    """Serve HTTP (Connect, health) besides gRPC. Off unless asked for, so replicas and
+    tests started without it do not contend for one fixed port (docs/decisions.md)."""
+
+    host: str = "127.0.0.1"
+    """Address the HTTP server binds."""
+
+    port: int = 8080
+    """Port of the HTTP server, upstream's control-plane port (0 = any free port)."""
+
+    keep_alive_timeout: float = 75.0
+    """Seconds an idle HTTP/1.1 connection is kept open for the next request. Longer than
+    upstream's 30 s heartbeat, so an agent reuses its connection."""
+
+    max_connections: int = 10_000
+    """Connections and requests in progress past which the server answers 503."""
+
+    close_timeout: float = 5.0
+    """Seconds requests in progress get to finish when the replica stops."""
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.port <= 65535, f"http port out of range: {self.port}")
+        _require(
+            1 <= self.keep_alive_timeout <= 3600,
+            f"keep_alive_timeout must be in [1, 3600] s: {self.keep_alive_timeout}",
+        )
+        _require(self.max_connections >= 1, f"max_connections must be >= 1: {self.max_connections}")
+        _require(
+            0 < self.close_timeout <= 600,
+            f"close_timeout must be in (0, 600] s: {self.close_timeout}",
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class ControllerSettings:
     etcd: EtcdSettings = field(default_factory=EtcdSettings)
     heartbeat: HeartbeatSettings = field(default_factory=HeartbeatSettings)
     monitor: MonitorSettings = field(default_factory=MonitorSettings)
     grpc: GrpcSettings = field(default_factory=GrpcSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
+    """The Connect/HTTP server; its request bound is ``grpc.max_message_bytes``."""
     limits: Limits = field(default_factory=Limits)
     """Bounds on every field a client sends (qvdc/domain/limits.py)."""
 

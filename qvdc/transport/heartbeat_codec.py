@@ -287,6 +287,13 @@ class HeartbeatCodec(ProtoCodec):
     def decode(self, data: bytes, message_type: Any) -> Any:
         if message_type is compute.UpdateHeartbeatRequest:
             return decode_heartbeat_request(data)
+        if not issubclass(message_type, betterproto2.Message):
+            # grpclib's health and reflection services: google.protobuf messages.
+            try:
+                return super().decode(data, message_type)
+            except Exception as exc:
+                name = message_type.__name__
+                raise wire.Malformed(f"not a valid {name} ({type(exc).__name__})") from exc
         return decode_strictly(data, message_type)
 
 

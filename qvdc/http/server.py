@@ -1,0 +1,137 @@
+"""The controller's HTTP server: Connect RPCs, ``/healthz`` and ``/readyz``, on uvicorn.
+
+One port (``HttpSettings.port``, 8080 by default as upstream's control plane) speaks
+HTTP/1.1 and cleartext HTTP/2 with prior knowledge (h2c), through uvicorn's ``zttp``
+protocol, which tells the two apart by the connection's first bytes.
+
+* ``GET /healthz``: 200 while the process serves (liveness; nothing else is checked).
+* ``GET /readyz``: 200 when the replica is ready, else 503 with the reason
+  (:mod:`qvdc.http.health`).
+* ``POST /<service>/<method>``: the Connect face (:mod:`qvdc.http.connect`); before the
+  replica has listed the cluster state, UNAVAILABLE saying so.
+
+The server binds when the replica starts, before the initial listing, so probes see
+"alive, not ready" during a long start instead of a refused connection. uvicorn runs
+inside the replica's event loop without its ``serve()`` (which would take over
+SIGINT/SIGTERM from :func:`qvdc.app.main` and poll a flag every 0.1 s):
+:meth:`HttpServer.start` is its ``startup`` on a socket bound by the caller and
+:meth:`HttpServer.close` its ``shutdown``, bounded by ``close_timeout``. Access logs
+are off (a line per heartbeat); refusals are logged as on the gRPC face.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import uvicorn
+from connectrpc.code import Code
+
+from qvdc.http import connect
+from qvdc.http.health import NOT_LISTED, Readiness
+
+log = logging.getLogger(__name__)
+
+Receive = Callable[[], Awaitable[Any]]
+Send = Callable[[Any], Awaitable[None]]
+
+
+async def _plain(send: Send, status: int, text: str) -> None:
+    body = text.encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", str(len(body)).encode()),
+                (b"cache-control", b"no-store"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+class Router:
+    """The ASGI application: the health paths, then the Connect face."""
+
+    def __init__(
+        self, *, connect_app: connect.ConnectApp, readiness: Readiness, listed: Callable[[], bool]
+    ) -> None:
+        self._connect = connect_app
+        self._readiness = readiness
+        self._listed = listed
+
+    async def __call__(self, scope: Mapping[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return  # lifespan is off; websockets are not served
+        path = scope["path"]
+        method = scope["method"]
+        if path in ("/healthz", "/readyz"):
+            if method not in ("GET", "HEAD"):
+                await _plain(send, 405, "GET only\n")
+            elif path == "/healthz":
+                await _plain(send, 200, "ok\n")
+            else:
+                ready, reason = await self._readiness.check()
+                await _plain(send, 200 if ready else 503, f"{reason}\n")
+            return
+        if not self._connect.serves(path):
+            await _plain(send, 404, "not found\n")
+            return
+        if not self._listed():
+            await connect.send_error(send, Code.UNAVAILABLE, NOT_LISTED)
+            return
+        await self._connect(scope, receive, send)
+
+
+class HttpServer:
+    """uvicorn serving :class:`Router` on a bound socket (module docstring)."""
+
+    def __init__(
+        self,
+        app: Router,
+        *,
+        keep_alive_timeout: float,
+        close_timeout: float,
+        max_connections: int | None = None,
+    ) -> None:
+        self._close_timeout = close_timeout
+        config = uvicorn.Config(
+            app,
+            http="zttp",
+            http2=True,
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            date_header=False,
+            timeout_keep_alive=max(1, round(keep_alive_timeout)),
+            timeout_graceful_shutdown=max(1, round(close_timeout)),
+            limit_concurrency=max_connections,
+        )
+        config.load()
+        self._server = uvicorn.Server(config)
+        self._sock: socket.socket | None = None
+
+    async def start(self, *, sock: socket.socket) -> None:
+        """Serve on ``sock`` (bound, not yet listening); it is closed by :meth:`close`."""
+        server = self._server
+        server.lifespan = server.config.lifespan_class(server.config)
+        await server.startup(sockets=[sock])
+        self._sock = sock
+
+    async def close(self) -> None:
+        """Stop accepting, let calls in progress finish (bounded), close the socket."""
+        sock, self._sock = self._sock, None
+        if sock is None:
+            return
+        self._server.should_exit = True
+        try:
+            async with asyncio.timeout(self._close_timeout + 1):
+                await self._server.shutdown(sockets=[sock])
+        except TimeoutError:
+            log.warning("HTTP connections still open %g s after close", self._close_timeout)
