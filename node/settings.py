@@ -85,11 +85,12 @@ class NodeSettings:
     host knows who it is and re-attaches its pools while the controller is away."""
 
     pools_root: Path = Path("/var/lib/quantix-node/pools")
-    """Directory local_dir pools are created under (and NFS mounts default to)."""
+    """Directory local_dir pools are created in and NFS exports mounted under
+    (default: ``<state_dir>/pools`` on the command line)."""
 
-    libvirt_uri: str = "test:///default"
-    """libvirt connection for host facts; ``qemu:///system`` on real hosts.
-    The default is libvirt's built-in test driver, so demos need no daemon."""
+    libvirt_uri: str = "qemu:///system"
+    """libvirt connection for host facts: the host's own hypervisor. Demos and tests pass
+    ``test:///default`` (libvirt's built-in test driver, no daemon, fixed fake facts)."""
 
     heartbeat_interval: float = 30.0
     """Seconds between heartbeats until the controller says otherwise

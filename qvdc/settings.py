@@ -252,11 +252,29 @@ class ControllerSettings:
         return p if p is not None else min(self.grace / 4, 5.0)
 
     def validate(self) -> None:
-        """Cross-field rules: a node must be able to miss two heartbeats and an RPC timeout."""
+        """Cross-field rules (docs/configuration.md, "Combinations refused"): a node must be
+        able to miss a heartbeat, and a replica must look at least once within a grace."""
+        interval = self.heartbeat.interval
         _require(
-            self.grace >= 2 * self.heartbeat.interval,
-            f"monitor grace ({self.grace} s) must be at least 2 x heartbeat interval "
-            f"({self.heartbeat.interval} s)",
+            self.grace >= 2 * interval,
+            f"monitor.grace ({self.grace} s) must be at least 2 x heartbeat.interval "
+            f"({interval} s)",
+        )
+        _require(
+            self.startup_grace >= 2 * interval,
+            f"monitor.startup_grace ({self.startup_grace} s) must be at least 2 x "
+            f"heartbeat.interval ({interval} s): nodes would be OFFLINE before their first "
+            "heartbeat reached a starting replica",
+        )
+        _require(
+            self.check_period < self.grace,
+            f"monitor.check_period ({self.check_period} s) must be shorter than monitor.grace "
+            f"({self.grace} s)",
+        )
+        _require(
+            self.heartbeat.commit_delay <= interval,
+            f"heartbeat.commit_delay ({self.heartbeat.commit_delay} s) must not exceed "
+            f"heartbeat.interval ({interval} s)",
         )
 
     def replace(self, **changes: object) -> ControllerSettings:

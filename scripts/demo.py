@@ -154,6 +154,8 @@ async def demo() -> None:
                 str(RUN / "pools"),
                 "--heartbeat-interval",
                 INTERVAL,
+                "--libvirt-uri",
+                "test:///default",  # libvirt's test driver: the demo needs no libvirtd
             ],
         )
 

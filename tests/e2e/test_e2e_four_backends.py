@@ -209,6 +209,8 @@ def node_daemon(
         f"nfs.mount_command={shlex.quote(str(NFS_BIND_HELPER))}",
         "--backend-option",
         f"nfs.nfs_port={nfs_export.port}",
+        "--libvirt-uri",
+        "test:///default",
         "--log-level",
         "DEBUG",
     ]

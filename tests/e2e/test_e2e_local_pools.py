@@ -71,6 +71,8 @@ def spawn_node(
                     str(home / "pools"),
                     "--heartbeat-interval",
                     "1",
+                    "--libvirt-uri",
+                    "test:///default",
                     "--log-level",
                     "DEBUG",
                 ],

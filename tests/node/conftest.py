@@ -281,6 +281,7 @@ def node_settings(tmp_path: Path) -> Callable[..., settings_mod.NodeSettings]:
             "reconnect_initial": 0.02,
             "reconnect_max": 0.2,
             "hostfacts_interval": 60.0,
+            "libvirt_uri": "test:///default",  # libvirt's test driver: no daemon, fixed facts
         }
         options.update(changes)
         return settings_mod.NodeSettings(**options)

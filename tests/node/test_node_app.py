@@ -84,6 +84,8 @@ async def test_sigterm_stops_the_daemon_cleanly(closed_endpoint, tmp_path):
         "1",
         "--probe-timeout",
         "0.5",
+        "--libvirt-uri",
+        "test:///default",
         "--log-level",
         "debug",
         cwd=REPO,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from node import __main__ as cli
-from node import settings
+from node import config_file, settings
 
 OK = ("127.0.0.1:7443",)
 
@@ -18,7 +18,7 @@ def test_defaults_and_derived_values():
     s = settings.NodeSettings(controllers=OK)
     assert (s.heartbeat_interval, s.rpc_timeout, s.probe_timeout) == (30.0, 5.0, 2.0)
     assert (s.reconnect_initial, s.reconnect_max, s.immediate_retries) == (0.1, 7.0, 5)
-    assert s.libvirt_uri == "test:///default"
+    assert s.libvirt_uri == "qemu:///system"  # the host's own hypervisor, not the test driver
     assert s.effective_probe_interval == 10.0  # min(heartbeat interval, 10 s)
     assert s.replace(heartbeat_interval=4.0).effective_probe_interval == 4.0
     assert s.replace(probe_interval=0.5).effective_probe_interval == 0.5
@@ -78,7 +78,7 @@ def test_help_lists_every_option(capsys):
     assert info.value.code == 0
     out = capsys.readouterr().out
     for option in (
-        "--controller HOST:PORT",
+        "--controllers HOST:PORT, --controller HOST:PORT",
         "--hostname",
         "--management-ip",
         "--state-dir",
@@ -86,11 +86,14 @@ def test_help_lists_every_option(capsys):
         "--heartbeat-interval",
         "--probe-timeout",
         "--libvirt-uri",
-        "--label KEY=VALUE",
+        "--labels KEY=VALUE, --label KEY=VALUE",
+        "--backend-options KIND.KEY=VALUE, --backend-option KIND.KEY=VALUE",
         "--log-level",
+        "--log-format",
+        "--config PATH",
     ):
         assert option in out
-    assert "test:///default" in out
+    assert "(default: qemu:///system)" in " ".join(out.split())
 
 
 def test_module_entry_point_help():
@@ -107,7 +110,7 @@ def test_module_entry_point_help():
 
 
 def test_arguments_become_settings(tmp_path):
-    args = cli.build_parser().parse_args(
+    config = config_file.load(
         [
             "--controller",
             "10.0.0.1:7443",
@@ -131,9 +134,10 @@ def test_arguments_become_settings(tmp_path):
             "zone=eu=1",
             "--log-level",
             "debug",
-        ]
+        ],
+        environ={},
     )
-    s = cli.settings_from_args(args)
+    s = config.settings
     assert s.controllers == ("10.0.0.1:7443", "10.0.0.2:7443")
     assert (s.hostname, s.management_ip) == ("hv-1", "10.1.0.1")
     assert (s.state_dir, s.pools_root) == (tmp_path, tmp_path / "pools")
@@ -141,7 +145,7 @@ def test_arguments_become_settings(tmp_path):
     assert s.effective_probe_interval == 5.0
     assert s.libvirt_uri == "qemu:///system"
     assert dict(s.labels) == {"rack": "r7", "zone": "eu=1"}
-    assert args.log_level == "DEBUG"
+    assert config.log.level == "DEBUG"
 
 
 @pytest.mark.parametrize(
@@ -149,12 +153,12 @@ def test_arguments_become_settings(tmp_path):
     [
         (["--controller", "nohost"], "must be host:port"),
         (["--controller", "h:1", "--heartbeat-interval", "0"], "heartbeat_interval must be in"),
-        (["--controller", "h:1", "--label", "novalue"], "label must be key=value"),
-        ([], "--controller"),
+        (["--controller", "h:1", "--label", "novalue"], "--labels: expected KEY=VALUE pairs"),
+        ([], "controllers is required: set --controllers, QVDC_NODE_CONTROLLERS"),
     ],
 )
 def test_bad_arguments_exit_2_with_a_reason(argv, message, capsys):
-    with pytest.raises(SystemExit) as info:
-        cli.main(argv)
-    assert info.value.code == 2
-    assert message in capsys.readouterr().err
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert err.count("\n") == 1 and err.startswith("qvdc-node: "), err  # one line
