@@ -36,8 +36,9 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -165,6 +166,30 @@ def etcd_cluster(workdir: Path, *, members: int) -> list[EtcdMember]:
 
 # ---------------------------------------------------------------- processes
 
+CONTROLLER_ENV = {"QVDC_TLS_MODE": "off"}
+NODE_ENV = {"QVDC_NODE_INSECURE": "true"}
+"""Plain-text gRPC on loopback: the faults are about liveness, not transport security
+(``qvdc`` and ``qvdc-node`` refuse to start without an explicit TLS choice)."""
+
+_ENV_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _environment(extra: dict[str, str]) -> Iterator[None]:
+    """``extra`` in os.environ while a child is spawned (it inherits the environment),
+    restored afterwards so no later child of another test sees it."""
+    with _ENV_LOCK:
+        saved = {k: os.environ.get(k) for k in extra}
+        os.environ.update(extra)
+        try:
+            yield
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Timing:
@@ -215,9 +240,11 @@ class Rig:
             "--replica-id", name,
             "--log-level", "INFO",
         ]  # fmt: skip
-        child = procs.Child(
-            name=name, module="qvdc", args=args, log_path=self.workdir / f"{name}.log", port=port
-        )
+        with _environment(CONTROLLER_ENV):
+            child = procs.Child(
+                name=name, module="qvdc", args=args, log_path=self.workdir / f"{name}.log",
+                port=port,
+            )  # fmt: skip
         self.replicas[name] = child
         try:
             procs.wait_listening(HOST, port, timeout=60, proc=child.proc)
@@ -241,11 +268,13 @@ class Rig:
             "--state-dir", str(home / "state"),
             "--pools-root", str(home / "pools"),
             "--heartbeat-interval", f"{self.timing.interval:g}",
+            "--libvirt-uri", "test:///default",  # libvirt's test driver: no libvirtd
             "--log-level", "INFO",
         ]  # fmt: skip
-        child = procs.Child(
-            name=hostname, module="node", args=args, log_path=home / "node.log", port=0
-        )
+        with _environment(NODE_ENV):
+            child = procs.Child(
+                name=hostname, module="node", args=args, log_path=home / "node.log", port=0
+            )
         self.nodes[hostname] = child
         return child
 
@@ -580,6 +609,11 @@ async def setup(
         await until(
             lambda: _pool_ready(api, pool.id, rows=nodes), timeout=60, what="local pool READY"
         )
+    except AssertionError as exc:
+        tails = "\n".join(
+            f"--- {c.name}:\n{c.log_tail(5)}" for c in [*r.replicas.values(), *r.nodes.values()]
+        )
+        raise AssertionError(f"{exc}\n{tails}") from None
     finally:
         api.close()
     for replica, hosts in fleets.items():
