@@ -10,11 +10,11 @@ limits (:mod:`qvdc.api.limits`), the engines and the error translation
 ``ConnectError`` of the same code and message. An RPC added to a service is served on
 both faces at once.
 
-* Unary RPCs: Connect unary (``application/json``, ``application/proto``) and the
-  Connect streaming envelope.
-* Server-streaming RPCs: the handler runs in its own task and each message it sends
-  is handed to connectrpc through a one-slot queue, so a client that stops reading
-  stops the handler's sends (and its send timeout ends the call, as on gRPC).
+* Unary RPCs: Connect unary (``application/json``, ``application/proto``).
+* Server-streaming RPCs (``application/connect+json``, ``+proto``): the handler runs in
+  its own task and each message it sends is handed to connectrpc through a one-slot
+  queue, so a client that stops reading stops the handler's sends (and its send timeout
+  ends the call, as on gRPC); a client that goes away cancels the handler.
 * Client and bidirectional streams (the node daemon's ``StreamHeartbeat``) are gRPC
   only: a Connect bidirectional stream needs HTTP/2 end to end, which upstream's
   HTTP/1.1 clients do not have. They answer UNIMPLEMENTED naming the gRPC port.
@@ -143,7 +143,10 @@ class _Call:
             await self._outbox.put(message)
 
 
-_END = object()
+def internal(method: str, exc: BaseException | None) -> ConnectError:
+    """A handler's unexpected failure: logged with its traceback, answered as on gRPC."""
+    log.error("%s failed unexpectedly", method, exc_info=exc)
+    return ConnectError(Code.INTERNAL, f"internal error in {method}; see the controller log")
 
 
 def _unary(method: str, func: Callable[[Any], Awaitable[None]]) -> Callable[..., Awaitable[Any]]:
@@ -153,9 +156,10 @@ def _unary(method: str, func: Callable[[Any], Awaitable[None]]) -> Callable[...,
             await func(stream)
         except GRPCError as exc:
             raise connect_error(exc) from None
+        except Exception as exc:  # noqa: BLE001 - logged with its traceback, INTERNAL
+            raise internal(method, exc) from None
         if stream.response is None:
-            log.error("%s ended without a response", method)
-            raise ConnectError(Code.INTERNAL, f"internal error in {method}; see the controller log")
+            raise internal(method, None)
         return stream.response
 
     return call
@@ -166,25 +170,31 @@ def _server_stream(
 ) -> Callable[..., AsyncIterator[Any]]:
     async def call(request: Any, ctx: RequestContext[Any, Any]) -> AsyncIterator[Any]:
         outbox: asyncio.Queue[Any] = asyncio.Queue(maxsize=1)
-        stream = _Call(request, ctx, outbox=outbox)
-
-        async def run() -> None:
-            try:
-                await func(stream)
-            finally:
-                # Never blocks for long: the reader below takes every item until _END.
-                await outbox.put(_END)
-
-        task = asyncio.create_task(run(), name=f"connect-{method}")
+        task = asyncio.create_task(
+            func(_Call(request, ctx, outbox=outbox)), name=f"connect-{method}"
+        )
         try:
-            while (message := await outbox.get()) is not _END:
-                yield message
-            await task  # its outcome: a GRPCError ends the stream with that status
+            while True:
+                getter = asyncio.ensure_future(outbox.get())
+                try:
+                    await asyncio.wait((getter, task), return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    if not getter.done():
+                        getter.cancel()  # an item not yet taken stays queued
+                if getter.done() and not getter.cancelled():
+                    yield getter.result()
+                elif not outbox.empty():
+                    yield outbox.get_nowait()
+                else:
+                    task.result()  # the handler's outcome: a GRPCError ends the stream with it
+                    return
         except GRPCError as exc:
             raise connect_error(exc) from None
+        except Exception as exc:  # noqa: BLE001 - logged with its traceback, INTERNAL
+            raise internal(method, exc) from None
         finally:
             if not task.done():
-                await cancel_and_wait(task)
+                await cancel_and_wait(task)  # the client went away, or the stream failed
 
     return call
 
