@@ -162,7 +162,17 @@ class Controller:
             clock=self.clock,
             materiality_rule=materiality_rule,
         )
-        self.aggregator = Aggregator(store=store, view=self.view, clock=self.clock, timeout=timeout)
+        self.aggregator = Aggregator(
+            store=store,
+            view=self.view,
+            clock=self.clock,
+            timeout=timeout,
+            grace=settings.grace,
+            interval=settings.heartbeat.interval,
+            replica_id=self.replica_id,
+            heard_at=self.monitor.last_heartbeat_wall,
+            recheck=settings.check_period,
+        )
         self.hub = PushHub(view=self.view)
         self.catalog = Catalog(
             store=store,

@@ -194,6 +194,8 @@ class HostRow:
     changed_at: float
     assigned: bool
     stale: bool
+    #: Assigned, not yet reported, and still within its first interval: counts neither way.
+    pending: bool = False
 
 
 @dataclass(frozen=True, slots=True)

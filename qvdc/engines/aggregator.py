@@ -15,16 +15,31 @@ key's ``mod_revision``, batched into multi-op transactions; a failed compare
 fresh data. A single worker means a pool is never recomputed concurrently
 with itself (per-pool serialization), and batching keeps the write rate low
 when many pools change together.
+
+Time changes an aggregate without any event: a host whose last heartbeat passes its
+grace turns stale (while node transitions are frozen nothing in etcd changes), and a
+pending host's first interval runs out. So each computation also schedules the next
+instant its inputs flip (``aggregation.stale_at``, ``HostTiming.report_due``) in a heap
+of deadlines; the worker sleeps until the earliest one (or an event), and each pass
+handles at most ``MAX_TIMER_WORK`` due entries. A node's entry is checked lazily: its
+last heartbeat usually moved on meanwhile, and then it is only rescheduled, so the cost
+is one heap operation per node per grace, never a recomputation of its pools. A node
+that is stale by time but still live is rechecked every ``recheck`` seconds, since its
+return (the end of a freeze) writes nothing either. What a host's timing is made of:
+``_timing`` (docs/failure-semantics.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import logging
+import math
 from collections.abc import Callable
 
 from qvdc.domain import aggregation
-from qvdc.domain.model import NodeId, PoolAggregate
+from qvdc.domain.model import NodeId, PoolAggregate, PoolRecord
 from qvdc.engines.view import ClusterView
 from qvdc.kits.backoff import Backoff
 from qvdc.kits.timing import Clock
@@ -35,6 +50,19 @@ log = logging.getLogger(__name__)
 
 MAX_TXN_OPS = 64  # each pool costs one compare and one op
 
+#: Due timer entries handled per pass; the rest wait for the next pass.
+MAX_TIMER_WORK = 10_000
+
+#: A timer fires this long after its deadline, so the strict "more than grace" holds.
+TIMER_EPSILON = 0.001
+
+#: The longest sleep between passes while timers are pending: deadlines are wall times,
+#: the loop sleeps on its monotonic clock, and a wall-clock step must not strand them.
+MAX_TIMER_SLEEP = 5.0
+
+_NODE = 0
+_POOL = 1
+
 
 class Aggregator:
     def __init__(
@@ -44,15 +72,37 @@ class Aggregator:
         view: ClusterView,
         clock: Clock,
         timeout: float,
+        grace: float = math.inf,
+        interval: float = 0.0,
+        replica_id: str = "",
+        heard_at: Callable[[str], float | None] | None = None,
+        grace_of: Callable[[str], float] | None = None,
+        interval_of: Callable[[str], float] | None = None,
+        recheck: float = 1.0,
         coalesce: float = 0.002,
         on_written: Callable[[str, PoolAggregate], None] | None = None,
     ) -> None:
+        """``heard_at(node)``: wall time of the node's last heartbeat on this replica (None:
+        not heard here); read only for nodes whose ``nodestatus`` names ``replica_id`` as
+        owner. ``grace_of`` / ``interval_of``: a node's grace and heartbeat interval
+        (default: ``grace`` and ``interval`` for every node)."""
         self._store = store
         self._view = view
         self._clock = clock
         self._timeout = timeout
+        self._replica_id = replica_id
+        self._heard_at = heard_at
+        self._grace_of = grace_of or (lambda _node_id: grace)
+        self._interval_of = interval_of or (lambda _node_id: interval)
+        self._recheck = recheck
         self._coalesce = coalesce
         self._on_written = on_written
+        # (deadline wall time, sequence, _NODE or _POOL, id): see the module docstring.
+        self._timers: list[tuple[float, int, int, str]] = []
+        self._sequence = itertools.count()
+        self._node_due: dict[str, float] = {}  # node -> its earliest queued deadline
+        self._pool_due: dict[str, float] = {}
+        self._node_stale: dict[str, bool] = {}  # node -> stale at its last evaluation
         self._dirty: set[str] = set()
         # pool -> the value we are writing, to ignore it coming back through the watch
         # (whether that happens before or after the txn answers); the view does not decode
@@ -80,7 +130,8 @@ class Aggregator:
             self._mark(parts[1])
         elif kind == "assignments" and len(parts) == 3:
             self._mark(parts[2])
-        elif kind == "nodestatus" and len(parts) == 2:
+        elif kind in ("nodestatus", "nodes") and len(parts) == 2:
+            # Liveness or owner flipped, or the hostname the messages name changed.
             node_id = parts[1]
             for pool_id in self._pools_of_node(node_id):
                 self._mark(pool_id)
@@ -92,19 +143,123 @@ class Aggregator:
         self._dirty.add(pool_id)
         self._wakeup.set()
 
+    def _timing(self, node_id: str, *, pool_changed_at: float) -> aggregation.HostTiming | None:
+        """The node's timing: live from ``nodestatus``; its last heartbeat only when this
+        replica owns it (its word is the one etcd holds); pending until one interval and a
+        little after the later of its registration and the pool's last change."""
+        state = self._view.node_state(node_id)
+        if state is None:
+            return None
+        heard_at = None
+        if self._heard_at is not None and state.owner_replica == self._replica_id:
+            heard_at = self._heard_at(node_id)
+        record = self._view.node(node_id)
+        registered_at = record.registered_at if record is not None else 0.0
+        return aggregation.HostTiming(
+            live=state.live,
+            heard_at=heard_at,
+            grace=self._grace_of(node_id),
+            report_due=aggregation.report_due(
+                since=max(registered_at, pool_changed_at), interval=self._interval_of(node_id)
+            ),
+        )
+
     def compute(self, pool_id: str) -> PoolAggregate | None:
-        """The aggregate the pool should have now; None if the pool no longer exists."""
+        """The aggregate the pool should have now; None if the pool no longer exists.
+        Queues the instants at which time alone would change it."""
         pool = self._view.pool(pool_id)
         if pool is None:
             return None
         statuses = self._view.host_statuses(pool_id)
-        candidates = set(pool.assigned_node_ids) | set(statuses)
-        live = set()
-        for node_id in candidates:
-            state = self._view.node_state(node_id)
-            if state is not None and state.live:
-                live.add(NodeId(node_id))
-        return aggregation.aggregate_pool(pool=pool, statuses=statuses, live_node_ids=live)
+        now = self._clock.time()
+        changed_at = _pool_changed_at(pool)
+        hosts: dict[NodeId, aggregation.HostTiming] = {}
+        hostnames: dict[NodeId, str] = {}
+        for node_id in set(pool.assigned_node_ids) | set(statuses):
+            timing = self._timing(node_id, pool_changed_at=changed_at)
+            if timing is not None:
+                hosts[NodeId(node_id)] = timing
+                self._track_node(node_id, timing, now=now)
+            record = self._view.node(node_id)
+            if record is not None:
+                hostnames[NodeId(node_id)] = record.hostname
+        agg = aggregation.aggregate_pool(
+            pool=pool, statuses=statuses, hosts=hosts, now=now, hostnames=hostnames
+        )
+        pending_until = min(
+            (hosts[row.node_id].report_due for row in agg.rows if row.pending), default=None
+        )
+        if pending_until is not None:
+            self._push(_POOL, pool_id, pending_until + TIMER_EPSILON, self._pool_due)
+        return agg
+
+    # --- timers -----------------------------------------------------------------
+
+    def _push(self, kind: int, ident: str, when: float, due: dict[str, float]) -> None:
+        queued = due.get(ident)
+        if queued is not None and queued <= when:
+            return  # an earlier entry will look again (and requeue)
+        due[ident] = when
+        heapq.heappush(self._timers, (when, next(self._sequence), kind, ident))
+
+    def _track_node(
+        self, node_id: str, timing: aggregation.HostTiming, *, now: float, checked: bool = False
+    ) -> None:
+        """Queue the instant the node's staleness may flip without an event. Its staleness
+        as last seen is set on first sight and by its own check (``checked``) only: a pool
+        computed meanwhile must not hide a flip from the node's other pools."""
+        stale = aggregation.is_stale(timing=timing, now=now)
+        if checked:
+            self._node_stale[node_id] = stale
+        else:
+            self._node_stale.setdefault(node_id, stale)
+        if not stale:
+            turns_stale = aggregation.stale_at(timing)
+            if turns_stale is not None:
+                self._push(_NODE, node_id, turns_stale + TIMER_EPSILON, self._node_due)
+        elif timing.live:
+            # Stale by time yet live: its next heartbeat writes nothing, so look again.
+            self._push(_NODE, node_id, now + self._recheck, self._node_due)
+
+    def _check_node(self, node_id: str, *, now: float) -> None:
+        """A node's deadline came: recompute its pools only if its staleness flipped."""
+        pools = self._pools_of_node(node_id)
+        if not pools:
+            self._node_stale.pop(node_id, None)  # no longer in any pool: stop tracking
+            return
+        timing = self._timing(node_id, pool_changed_at=0.0)
+        if timing is None:
+            self._node_stale.pop(node_id, None)
+            return
+        before = self._node_stale.get(node_id)
+        self._track_node(node_id, timing, now=now, checked=True)
+        if self._node_stale[node_id] != before:
+            for pool_id in pools:
+                self._mark(pool_id)
+
+    def _run_timers(self) -> None:
+        """Handle the due timer entries, at most ``MAX_TIMER_WORK`` of them."""
+        now = self._clock.time()
+        for _ in range(MAX_TIMER_WORK):
+            if not self._timers or self._timers[0][0] > now:
+                return
+            when, _, kind, ident = heapq.heappop(self._timers)
+            due = self._node_due if kind == _NODE else self._pool_due
+            if due.get(ident) != when:
+                continue  # superseded by an earlier entry
+            del due[ident]
+            if kind == _NODE:
+                self._check_node(ident, now=now)
+            else:
+                self._mark(ident)
+        if self._timers and self._timers[0][0] <= now:
+            self._wakeup.set()  # more are due: next pass
+
+    def _sleep_budget(self) -> float | None:
+        """Seconds until the earliest timer (at most ``MAX_TIMER_SLEEP``); None: no timer."""
+        if not self._timers:
+            return None
+        return min(MAX_TIMER_SLEEP, max(0.0, self._timers[0][0] - self._clock.time()))
 
     def _plan(self, pool_id: str) -> tuple[Compare, Op, PoolAggregate | None] | None:
         """The CAS write that brings ``poolstatus/<pool_id>`` up to date, or None."""
@@ -160,8 +315,16 @@ class Aggregator:
                 self._dirty.add(kv.key[len(keys.POOL_STATUS) :])
             self._wakeup.set()
             while True:
-                await self._wakeup.wait()
+                budget = self._sleep_budget()
+                try:
+                    async with asyncio.timeout(budget):
+                        await self._wakeup.wait()
+                except TimeoutError:
+                    pass  # a deadline came
                 self._wakeup.clear()
+                self._run_timers()
+                if not self._dirty:
+                    continue
                 if self._coalesce:
                     await asyncio.sleep(self._coalesce)
                 batch = sorted(self._dirty)
@@ -179,3 +342,15 @@ class Aggregator:
         finally:
             self._active = False
             self._in_flight.clear()
+            self._timers.clear()
+            self._node_due.clear()
+            self._pool_due.clear()
+            self._node_stale.clear()
+
+
+def _pool_changed_at(pool: PoolRecord) -> float:
+    """Wall time of the pool definition's last change (its ``updatedAt``; 0.0 if absent)."""
+    try:
+        return codec.parse_time(pool.document.get("updatedAt"))
+    except codec.CodecError:
+        return 0.0

@@ -277,6 +277,7 @@ def encode_pool_status(agg: PoolAggregate, *, updated_at: float) -> bytes:
                     "lastChanged": format_time(row.changed_at),
                     "stale": row.stale,
                     "assigned": row.assigned,
+                    **({"pending": True} if row.pending else {}),
                 }
                 for row in agg.rows
             ],
@@ -298,6 +299,7 @@ def decode_pool_status(pool_id: str, value: bytes) -> tuple[PoolAggregate, float
             changed_at=parse_time(r.get("lastChanged")),
             assigned=bool(r.get("assigned", False)),
             stale=bool(r.get("stale", False)),
+            pending=bool(r.get("pending", False)),
         )
         for r in doc.get("hostStatuses") or ()
     )

@@ -51,7 +51,7 @@ class Host:
 
 def build_inputs(
     *, hosts: Mapping[str, Host], backend: BackendType = BackendType.LOCAL_DIR
-) -> tuple[PoolRecord, dict[NodeId, HostPoolStatus], frozenset[NodeId]]:
+) -> tuple[PoolRecord, dict[NodeId, HostPoolStatus], dict[NodeId, aggregation.HostTiming]]:
     pool = PoolRecord(
         id=POOL,
         name="pool",
@@ -75,8 +75,8 @@ def build_inputs(
         for n, h in hosts.items()
         if h.health is not None
     }
-    live = frozenset(NodeId(n) for n, h in hosts.items() if h.live)
-    return pool, statuses, live
+    timings = {NodeId(n): aggregation.HostTiming(live=h.live) for n, h in hosts.items()}
+    return pool, statuses, timings
 
 
 def aggregate(
@@ -88,7 +88,7 @@ def aggregate(
     pool, statuses, live = build_inputs(hosts=hosts, backend=backend)
     if deleting:
         pool = replace(pool, deleting=True)
-    return aggregation.aggregate_pool(pool=pool, statuses=statuses, live_node_ids=live)
+    return aggregation.aggregate_pool(pool=pool, statuses=statuses, hosts=live, now=0.0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -564,7 +564,7 @@ def test_rows_cover_assigned_and_reporting_hosts_sorted_and_flagged() -> None:
 def test_rows_are_keyed_by_the_statuses_key() -> None:
     pool, statuses, live = build_inputs(hosts={"a": Host(H.HEALTHY)})
     statuses = {NodeId("a"): replace(statuses[NodeId("a")], node_id=NodeId("other"))}
-    result = aggregation.aggregate_pool(pool=pool, statuses=statuses, live_node_ids=live)
+    result = aggregation.aggregate_pool(pool=pool, statuses=statuses, hosts=live, now=0.0)
     assert [row.node_id for row in result.rows] == ["a"]
     assert result.phase == PoolPhase.READY
 
@@ -630,7 +630,7 @@ def test_property_result_does_not_depend_on_host_order(
     hosts: dict[str, Host], backend: BackendType, seed: int
 ) -> None:
     pool, statuses, live = build_inputs(hosts=hosts, backend=backend)
-    expected = aggregation.aggregate_pool(pool=pool, statuses=statuses, live_node_ids=live)
+    expected = aggregation.aggregate_pool(pool=pool, statuses=statuses, hosts=live, now=0.0)
     rng = random.Random(seed)
     keys = list(statuses)
     rng.shuffle(keys)
@@ -638,7 +638,7 @@ def test_property_result_does_not_depend_on_host_order(
     rng.shuffle(assigned)
     shuffled_pool = replace(pool, assigned_node_ids=tuple(assigned))
     shuffled = {key: statuses[key] for key in keys}
-    result = aggregation.aggregate_pool(pool=shuffled_pool, statuses=shuffled, live_node_ids=live)
+    result = aggregation.aggregate_pool(pool=shuffled_pool, statuses=shuffled, hosts=live, now=0.0)
     assert result == expected
 
 
