@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from qvdc.domain.limits import Limits
 
@@ -42,6 +43,24 @@ class EtcdSettings:
     embedded_compaction_retention: str = "1000"
     """Revisions kept by the embedded etcd's revision auto-compaction."""
 
+    tls_ca: Path | None = None
+    """CA certificate (PEM) the etcd servers' certificates are checked against. Set: the
+    connection is TLS; unset: plain text (the embedded etcd listens on loopback only)."""
+
+    tls_cert: Path | None = None
+    """Client certificate (PEM) presented to etcd (its ``--client-cert-auth``); needs
+    ``tls_key`` and ``tls_ca``. Read again whenever a connection is opened."""
+
+    tls_key: Path | None = None
+    """Private key (PEM) of ``tls_cert``."""
+
+    user: str = ""
+    """etcd user to authenticate as (etcd's ``auth enable``); needs ``password_file``."""
+
+    password_file: Path | None = None
+    """File holding that user's password (one line), read whenever a connection is
+    opened. A file rather than a flag: command lines are visible to every local user."""
+
     def __post_init__(self) -> None:
         _require(
             self.prefix.startswith("/") and self.prefix.endswith("/"),
@@ -51,6 +70,24 @@ class EtcdSettings:
         for ep in self.endpoints:
             host, _, port = ep.rpartition(":")
             _require(bool(host) and port.isdigit(), f"etcd endpoint must be host:port: {ep!r}")
+        _require(
+            (self.tls_cert is None) == (self.tls_key is None),
+            "etcd.tls_cert and etcd.tls_key go together",
+        )
+        _require(
+            self.tls_cert is None or self.tls_ca is not None,
+            "etcd.tls_cert needs etcd.tls_ca (the CA of etcd's server certificate)",
+        )
+        _require(
+            bool(self.user) == (self.password_file is not None),
+            "etcd.user and etcd.password_file go together",
+        )
+        _require(
+            bool(self.endpoints) or (self.tls_ca is None and not self.user),
+            "etcd.tls_* and etcd.user are for an external etcd (etcd.endpoints); the embedded "
+            "one listens in plain text on loopback",
+        )
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,12 +253,78 @@ class HttpSettings:
         )
 
 
+TlsMode = Literal["mtls", "tls", "off"]
+
+
+@dataclass(frozen=True, slots=True)
+class TlsSettings:
+    """TLS of the gRPC server (docs/security.md, "Transport")."""
+
+    mode: TlsMode | None = None
+    """``mtls``: every client must present a certificate from ``client_ca``; ``tls``:
+    clients may come without one (a certificate they do present must verify), for
+    bootstrap tokens; ``off``: plain text, anyone who reaches the port can act as any
+    node or operator (logged as a WARNING at start). Default: ``mtls`` when ``cert`` is
+    set; the ``qvdc`` command refuses to start with neither ``cert`` nor ``mode``."""
+
+    cert: Path | None = None
+    """The controller's certificate chain (PEM); reloaded on SIGHUP and when it changes."""
+
+    key: Path | None = None
+    """The private key (PEM) of ``cert``."""
+
+    client_ca: Path | None = None
+    """CA certificate(s) (PEM) client certificates must be signed by."""
+
+    reload_interval: float = 60.0
+    """Seconds between checks of the files for a change, then reloaded for new
+    connections (0: only on SIGHUP)."""
+
+    @property
+    def effective_mode(self) -> TlsMode:
+        if self.mode is not None:
+            return self.mode
+        return "off" if self.cert is None else "mtls"
+
+    @property
+    def chosen(self) -> bool:
+        """Whether TLS was configured at all (the command line needs it explicit)."""
+        return self.mode is not None or self.cert is not None
+
+    @property
+    def require_client_cert(self) -> bool:
+        return self.effective_mode == "mtls"
+
+    def __post_init__(self) -> None:
+        mode = self.effective_mode
+        paths = {"tls.cert": self.cert, "tls.key": self.key, "tls.client_ca": self.client_ca}
+        if mode == "off":
+            given = [name for name, path in paths.items() if path is not None]
+            _require(not given, f"tls.mode is off but {', '.join(given)} is set")
+        else:
+            _require(
+                self.cert is not None and self.key is not None,
+                f"tls.mode {mode} needs tls.cert and tls.key",
+            )
+        if mode == "mtls":
+            _require(
+                self.client_ca is not None,
+                "tls.mode mtls needs tls.client_ca (tls.mode tls: client certificates optional)",
+            )
+        _require(
+            self.reload_interval == 0 or 0.01 <= self.reload_interval <= 86400,
+            f"tls.reload_interval must be 0 or in [0.01, 86400] s: {self.reload_interval}",
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class ControllerSettings:
     etcd: EtcdSettings = field(default_factory=EtcdSettings)
     heartbeat: HeartbeatSettings = field(default_factory=HeartbeatSettings)
     monitor: MonitorSettings = field(default_factory=MonitorSettings)
     grpc: GrpcSettings = field(default_factory=GrpcSettings)
+    tls: TlsSettings = field(default_factory=TlsSettings)
+    """TLS of the gRPC server."""
     http: HttpSettings = field(default_factory=HttpSettings)
     """The Connect/HTTP server; its request bound is ``grpc.max_message_bytes``."""
     limits: Limits = field(default_factory=Limits)

@@ -6,6 +6,15 @@ with more than one endpoint the next ``acquire`` opens the next endpoint in
 turn and closes the failed connection (its open watches then fail and their
 callers re-watch, landing on the new endpoint). With one endpoint the channel
 stays: gRPC reconnects by itself, with its backoff capped at 2 s here.
+
+An external etcd may need TLS (``EtcdSettings.tls_ca``, with a client certificate for
+its ``--client-cert-auth``) and a user (``EtcdSettings.user``, etcd's ``auth enable``).
+The files are read whenever a connection is opened, so a rotated certificate or
+password is used from the next connection on. aetcd authenticates once per
+connection and keeps the token; when etcd no longer accepts it (auth was disabled
+and enabled again, the token expired, the password changed) a call fails with
+:class:`errors.AuthTokenInvalid`, a StoreUnavailable, and the next call opens a new
+connection, which authenticates again.
 """
 
 from __future__ import annotations
@@ -15,11 +24,14 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import aetcd
-import grpc.aio  # type: ignore[import-untyped]  # aetcd's transport; only for its EOF marker
-from aetcd import rpc
+import grpc  # type: ignore[import-untyped]  # aetcd's transport
+import grpc.aio  # type: ignore[import-untyped]
+from aetcd import rpc, watcher
+from aetcd.client import _handle_errors
 
 from qvdc.settings import EtcdSettings
 from qvdc.store import records
@@ -54,12 +66,82 @@ class Connection:
     endpoint: str
     client: Any  # aetcd.Client (untyped)
     failed: bool = False
+    reopen: bool = False
+    """Open a new connection for the next call, even to the same endpoint (its
+    authentication token is no longer accepted)."""
 
 
-def _open_connection(endpoint: str) -> Connection:
+class TlsClient(aetcd.Client):  # type: ignore[misc]  # aetcd is untyped
+    """aetcd's client over TLS. aetcd 1.0.0 only opens plain-text channels, so
+    :meth:`connect` is aetcd's own with the channel made by ``grpc.aio.secure_channel``
+    (tests/qvdc/store/test_etcd_security.py pins aetcd's original)."""
+
+    _is_connecting: bool  # aetcd's
+
+    def __init__(self, *, credentials: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._credentials = credentials
+
+    @_handle_errors  # type: ignore[untyped-decorator]
+    async def connect(self) -> None:
+        if self._connected.is_set():
+            return
+        if self._is_connecting:
+            await asyncio.wait_for(self._connected.wait(), self._connect_wait_timeout)
+            return
+        try:
+            self._is_connecting = True
+            target = f"{self._host}:{self._port}"
+            self.channel = grpc.aio.secure_channel(
+                target, self._credentials, options=self._options.items()
+            )
+            if self._username is not None and self._password is not None:
+                self.auth_stub = rpc.AuthStub(self.channel)
+                request = rpc.AuthenticateRequest(name=self._username, password=self._password)
+                resp = await self.auth_stub.Authenticate(request, timeout=self._timeout)
+                self.metadata = (("token", resp.token),)
+            self.kvstub = rpc.KVStub(self.channel)
+            self.clusterstub = rpc.ClusterStub(self.channel)
+            self.leasestub = rpc.LeaseStub(self.channel)
+            self.maintenancestub = rpc.MaintenanceStub(self.channel)
+            self._watcher = watcher.Watcher(
+                rpc.WatchStub(self.channel), timeout=self._timeout, metadata=self.metadata
+            )
+            self._connected.set()
+        finally:
+            self._is_connecting = False
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise records.StoreError(f"cannot read the etcd {what} {path}: {exc.strerror}") from None
+
+
+def _open_connection(endpoint: str, settings: EtcdSettings) -> Connection:
+    """A client for ``endpoint``, reading the TLS and password files now (StoreError if
+    one cannot be read). No I/O to etcd: ``connect()`` opens the channel."""
     host, _, port = endpoint.rpartition(":")
-    client = aetcd.Client(host=host, port=int(port), options=dict(_GRPC_OPTIONS))
-    return Connection(endpoint=endpoint, client=client)
+    options: dict[str, Any] = {
+        "host": host,
+        "port": int(port),
+        "options": dict(_GRPC_OPTIONS),
+        "timeout": settings.timeout,
+    }
+    if settings.user and settings.password_file is not None:
+        password = _read(settings.password_file, "password file").decode().rstrip("\r\n")
+        options.update(username=settings.user, password=password)
+    if settings.tls_ca is None:
+        return Connection(endpoint=endpoint, client=aetcd.Client(**options))
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=_read(settings.tls_ca, "CA certificate"),
+        private_key=_read(settings.tls_key, "client key") if settings.tls_key else None,
+        certificate_chain=_read(settings.tls_cert, "client certificate")
+        if settings.tls_cert
+        else None,
+    )
+    return Connection(endpoint=endpoint, client=TlsClient(credentials=credentials, **options))
 
 
 class Endpoints:
@@ -80,7 +162,11 @@ class Endpoints:
             raise records.StoreError("no etcd endpoints configured (start an EmbeddedEtcd first)")
         failures: list[str] = []
         for index, endpoint in enumerate(self._endpoints):
-            conn = _open_connection(endpoint)
+            try:
+                conn = _open_connection(endpoint, self._settings)
+            except records.StoreError as exc:
+                failures.append(f"{endpoint}: {exc}")
+                continue
             try:
                 await self._probe(conn)
             except records.StoreError as exc:
@@ -131,10 +217,20 @@ class Endpoints:
         # Case: the last call on this connection failed and there is another endpoint:
         # switch first (synchronously, so concurrent callers switch once), then close
         # the failed connection (bounded; close() retries whatever is left).
-        if conn.failed and len(self._endpoints) > 1:
-            self._index = (self._index + 1) % len(self._endpoints)
-            failed, conn = conn, _open_connection(self._endpoints[self._index])
-            _log.warning("etcd %s failed; switching to %s", failed.endpoint, conn.endpoint)
+        # The same with one endpoint when the connection must be reopened.
+        if conn.failed and (len(self._endpoints) > 1 or conn.reopen):
+            index = (self._index + 1) % len(self._endpoints)
+            fresh = _open_connection(self._endpoints[index], self._settings)
+            self._index = index
+            failed, conn = conn, fresh
+            if failed.reopen:
+                _log.warning(
+                    "etcd %s refused the authentication token; reconnecting to %s",
+                    failed.endpoint,
+                    conn.endpoint,
+                )
+            else:
+                _log.warning("etcd %s failed; switching to %s", failed.endpoint, conn.endpoint)
             self._conn = conn
             self._retired.append(failed)
             await self._close_connection(failed)
@@ -156,6 +252,8 @@ def translating(conn: Connection, *, what: str, limit: float | None) -> Iterator
         error = errors.map_exception(exc, endpoint=conn.endpoint, what=what, limit=limit)
         if isinstance(error, records.StoreUnavailable):
             conn.failed = True
+        if isinstance(error, errors.AuthTokenInvalid):
+            conn.reopen = True
         if error is exc:
             raise
         raise error from exc

@@ -2,7 +2,9 @@
 
 gRPC ``UNAVAILABLE``/``CANCELLED``/``ABORTED`` (the channel closed), an unusable
 client and etcd's "too many requests" become :class:`StoreUnavailable`;
-``DEADLINE_EXCEEDED`` and our own deadline become :class:`StoreTimeout`;
+``DEADLINE_EXCEEDED`` and our own deadline become :class:`StoreTimeout`; a refused
+authentication token becomes :class:`AuthTokenInvalid` (a StoreUnavailable whose
+connection is reopened);
 everything else etcd rejects becomes :class:`StoreError` with etcd's reason.
 Three rejections a caller inside this package handles itself get their own
 private types. Exceptions that are not from the client (programming errors)
@@ -25,6 +27,10 @@ class ResponseTooLarge(records.StoreError):
     """etcd's answer was over the client's receive limit (a listing asks for fewer keys)."""
 
 
+class AuthTokenInvalid(records.StoreUnavailable):
+    """etcd refused the connection's authentication token: open a new connection."""
+
+
 class LeaseNotFound(records.StoreError):
     """etcd does not know the lease (turned into LeaseExpired by the caller)."""
 
@@ -44,6 +50,8 @@ def map_exception(exc: Exception, *, endpoint: str, what: str, limit: float | No
         message = f"{what}: etcd {endpoint}: {code}: {details}"
         if code == "DEADLINE_EXCEEDED":
             return records.StoreTimeout(message)
+        if code == "UNAUTHENTICATED" and "invalid auth token" in details:
+            return AuthTokenInvalid(message)
         if code in _UNAVAILABLE_CODES or "too many requests" in details:
             return records.StoreUnavailable(message)
         if code == "OUT_OF_RANGE" and "compacted" in details:
