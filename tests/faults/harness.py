@@ -222,6 +222,7 @@ class Rig:
         self.replicas: dict[str, procs.Child] = {}
         self.nodes: dict[str, procs.Child] = {}
         self.fleets: dict[str, Fleet] = {}
+        self.log_level = "INFO"
         self.store: EtcdStore | None = None
         self._ports: dict[str, int] = {}
 
@@ -238,7 +239,7 @@ class Rig:
             "--grace", f"{self.timing.grace:g}",
             "--state-dir", str(self.workdir / name),
             "--replica-id", name,
-            "--log-level", "INFO",
+            "--log-level", self.log_level,
         ]  # fmt: skip
         with _environment(CONTROLLER_ENV):
             child = procs.Child(
