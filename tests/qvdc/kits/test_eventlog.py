@@ -37,7 +37,9 @@ def lines(stream: io.StringIO) -> list[str]:
     return stream.getvalue().splitlines()
 
 
-def test_json_lines_parse_and_carry_the_base_fields_and_an_events_fields(capture) -> None:
+def test_json_lines_parse_and_carry_the_base_fields_and_an_events_fields(
+    capture: tuple[io.StringIO, logging.Logger],
+) -> None:
     stream, log = capture
     eventlog.configure(eventlog.LogSettings(level="INFO", format="json"), stream=stream)
     log.debug("not shown")
@@ -72,7 +74,9 @@ def test_json_lines_parse_and_carry_the_base_fields_and_an_events_fields(capture
     assert crash["level"] == "ERROR" and "RuntimeError: boom\nsecond line" in crash["exc"]
 
 
-def test_event_fields_never_overwrite_the_base_keys(capture) -> None:
+def test_event_fields_never_overwrite_the_base_keys(
+    capture: tuple[io.StringIO, logging.Logger],
+) -> None:
     stream, log = capture
     eventlog.configure(eventlog.LogSettings(format="json"), stream=stream)
     eventlog.event(log, "node.offline", "node n1 silent", node_id="n1", msg="x", level_="y")
@@ -80,7 +84,9 @@ def test_event_fields_never_overwrite_the_base_keys(capture) -> None:
     assert doc["msg"] == "node n1 silent" and doc["node_id"] == "n1"
 
 
-def test_text_lines_are_human_with_the_event_appended(capture) -> None:
+def test_text_lines_are_human_with_the_event_appended(
+    capture: tuple[io.StringIO, logging.Logger],
+) -> None:
     stream, log = capture
     eventlog.configure(eventlog.LogSettings(level="DEBUG"), stream=stream)
     log.debug("plain line")
