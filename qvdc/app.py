@@ -41,12 +41,16 @@ import os
 import signal
 import socket
 from collections.abc import AsyncIterator, Coroutine
+from importlib import resources
 from typing import Any, Protocol
 
+from google.protobuf import descriptor_pb2, descriptor_pool
 from grpclib.config import Configuration
 from grpclib.health.check import ServiceCheck
 from grpclib.health.service import Health
+from grpclib.health.v1 import health_pb2
 from grpclib.reflection.service import ServerReflection
+from grpclib.reflection.v1 import reflection_pb2
 
 from qvdc.api.node_service import NodeService
 from qvdc.api.pool_service import StoragePoolService
@@ -109,6 +113,22 @@ async def bind_socket(host: str, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def reflection_pool() -> descriptor_pool.DescriptorPool:
+    """The descriptors reflection serves: every proto of ours (``protos/descriptors.binpb``,
+    written by scripts/gen_protos.sh) and grpclib's health and reflection protos, so a
+    reflection client (grpcurl) can describe and call every RPC."""
+    data = resources.files("protos").joinpath("descriptors.binpb").read_bytes()
+    files = list(descriptor_pb2.FileDescriptorSet.FromString(data).file)
+    for grpclib_file in (health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR):
+        proto = descriptor_pb2.FileDescriptorProto()
+        grpclib_file.CopyToProto(proto)
+        files.append(proto)
+    pool = descriptor_pool.DescriptorPool()
+    for file in files:
+        pool.Add(file)
+    return pool
 
 
 class Controller:
@@ -213,7 +233,7 @@ class Controller:
         ready = ServiceCheck(self.readiness.ready, check_ttl=1.0, check_timeout=timeout + 1.0)
         self.health = Health({service: [ready] for service in services})
         self.server = serving.Server(
-            ServerReflection.extend([*services, self.health]),
+            ServerReflection.extend([*services, self.health], pool=reflection_pool()),
             codec=heartbeat_codec.server_codec(max_message_bytes=settings.grpc.max_message_bytes),
             config=server_configuration(settings.grpc),
             idle_timeout=settings.grpc.idle_timeout,

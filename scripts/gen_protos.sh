@@ -11,8 +11,12 @@ trap 'rm -rf "$out"' EXIT
 mapfile -t srcs < <(cd protos && find limiquantix -name '*.proto' | sort)
 (cd protos && python -m grpc_tools.protoc -I. --python_betterproto2_out="$out" \
     --python_betterproto2_opt=client_generation=async,server_generation=async "${srcs[@]}")
-# Generated files: every .py the compiler wrote.
+# The descriptors of every proto (imports included), for the gRPC server's reflection.
+(cd protos && python -m grpc_tools.protoc -I. --include_imports \
+    --descriptor_set_out="$out/descriptors.binpb" "${srcs[@]}")
+# Generated files: every .py the compiler wrote, and the descriptor set.
 mapfile -t gen < <(cd "$out" && find . -name '*.py' | sed 's|^\./||' | sort)
+gen+=(descriptors.binpb)
 if [[ "${1:-}" == "--check" ]]; then
     stale=0
     for f in "${gen[@]}"; do

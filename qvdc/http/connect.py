@@ -170,9 +170,12 @@ def _server_stream(
 ) -> Callable[..., AsyncIterator[Any]]:
     async def call(request: Any, ctx: RequestContext[Any, Any]) -> AsyncIterator[Any]:
         outbox: asyncio.Queue[Any] = asyncio.Queue(maxsize=1)
-        task = asyncio.create_task(
-            func(_Call(request, ctx, outbox=outbox)), name=f"connect-{method}"
-        )
+        stream = _Call(request, ctx, outbox=outbox)
+
+        async def handle() -> None:
+            await func(stream)
+
+        task = asyncio.create_task(handle(), name=f"connect-{method}")
         try:
             while True:
                 getter = asyncio.ensure_future(outbox.get())

@@ -7,6 +7,7 @@ import asyncio
 
 import grpclib.client
 import pytest
+from google.protobuf.descriptor_pb2 import FileDescriptorProto
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from grpclib.health.v1.health_grpc import HealthStub
@@ -30,6 +31,47 @@ async def test_reflection_lists_the_services(channel: grpclib.client.Channel) ->
         assert response is not None
     names = {s.name for s in response.list_services_response.service}
     assert names == {*SERVICES, "grpc.health.v1.Health"}
+
+
+async def test_reflection_describes_every_rpc_and_its_files(
+    channel: grpclib.client.Channel,
+) -> None:
+    """What grpcurl's describe and call need: the file of a symbol, then its imports."""
+    stub = ServerReflectionStub(channel)
+    async with stub.ServerReflectionInfo.open() as stream:
+
+        async def ask(**request: str) -> list[FileDescriptorProto]:
+            await stream.send_message(ServerReflectionRequest(**request))
+            response = await stream.recv_message()
+            assert response is not None
+            assert not response.HasField("error_response"), response.error_response
+            raw = response.file_descriptor_response.file_descriptor_proto
+            return [FileDescriptorProto.FromString(b) for b in raw]
+
+        methods: dict[str, set[str]] = {}
+        pending: list[str] = []
+        for service in (*SERVICES, "grpc.health.v1.Health"):
+            (file,) = await ask(file_containing_symbol=service)
+            name = service.rpartition(".")[2]
+            methods[service] = {
+                m.name for svc in file.service if svc.name == name for m in svc.method
+            }
+            pending.extend(file.dependency)
+        seen: set[str] = set()
+        while pending:
+            name = pending.pop()
+            if name not in seen:
+                seen.add(name)
+                (file,) = await ask(file_by_filename=name)
+                pending.extend(file.dependency)
+        await stream.send_message(ServerReflectionRequest(file_containing_symbol="no.Such"))
+        missing = await stream.recv_message()
+        await stream.end()
+    assert missing is not None and missing.error_response.error_code == Status.NOT_FOUND.value
+    assert {"RegisterNode", "UpdateHeartbeat", "StreamHeartbeat"} <= methods[SERVICES[0]]
+    assert {"CreatePool", "GetPool", "AssignPoolToNode"} <= methods[SERVICES[1]]
+    assert methods["grpc.health.v1.Health"] == {"Check", "Watch"}
+    assert "google/protobuf/timestamp.proto" in seen
 
 
 async def check(stub: HealthStub, service: str) -> int:
