@@ -14,7 +14,9 @@ Rules (docs/architecture.md, "Liveness and staleness"):
   own connectivity (its network, or etcd), not the fleet. ``classify`` then marks nobody
   offline and reports ``mass_outage=True``; the caller keeps phases frozen and, when
   heartbeats flow again, gives everybody a fresh grace with ``reset_after_outage`` (the
-  Kubernetes "full disruption" mode). A *single*-node fleet that goes silent is marked
+  Kubernetes "full disruption" mode). Nodes lost within the grace before count among the
+  live ones: a fleet going silent in waves (some marked, then the rest) is failing node
+  by node, and its last wave is judged, not frozen. A *single*-node fleet that goes silent is marked
   offline: one node going silent is no evidence that the controller is at fault, and
   otherwise a one-host install could never show its host as down.
 * ``reset_after_outage`` is also what a replica applies to nodes it takes over from a dead
@@ -135,7 +137,9 @@ def classify(
     * live and ``now - last_seen > grace``       -> going offline;
     * live otherwise                             -> still live.
 
-    Then, for the pass as a whole:
+    Then, for the pass as a whole, counting as "live before" the live nodes plus the
+    nodes *recently lost* (offline, last seen at most two graces ago: they went silent
+    within a grace before this pass's did):
 
     * :func:`detect_mass_outage` says so         -> nobody goes offline, every live node is
       reported still live, ``mass_outage=True``;
@@ -143,13 +147,18 @@ def classify(
       ``newly_offline``.
     """
     live = sorted(node_id for node_id, record in records.items() if record.live)
+    recently_lost = sum(
+        1 for record in records.values() if not record.live and now - record.last_seen <= 2 * grace
+    )
     expired = [
         node_id
         for node_id in live
         if is_expired(last_seen=records[node_id].last_seen, now=now, grace=grace)
     ]
     if detect_mass_outage(
-        live_before=len(live), going_offline=len(expired), fraction=mass_outage_fraction
+        live_before=len(live) + recently_lost,
+        going_offline=len(expired),
+        fraction=mass_outage_fraction,
     ):
         return Classification(newly_offline=(), still_live=tuple(live), mass_outage=True)
     expired_set = frozenset(expired)

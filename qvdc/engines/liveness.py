@@ -12,9 +12,17 @@ only on a *transition*:
   phase), condition Ready=True/HeartbeatRestored;
 * the node's heartbeats move to this replica -> owner changes.
 
-If every live node goes silent in one pass, the fault is most likely ours (etcd
-or network), so nobody is marked and every node gets a fresh grace once
-heartbeats resume (Kubernetes' "full disruption" rule).
+**The freeze.** If every live node goes silent in one pass, the fault is most
+likely ours (etcd or network), so nobody is marked (Kubernetes' "full
+disruption" rule) until a heartbeat arrives; then every node gets a fresh grace
+and the ones still silent are judged a grace later. The freeze is visible: one
+WARNING when it starts and one INFO when it ends (with counts), and a node
+condition ``LivenessFrozen`` (True, reason MassSilence) appended to every node it
+holds when it starts, then False (reason HeartbeatsResumed) when it ends, which
+GetNode and ListNodes show. A condition, not a cluster key, because the API
+already shows node conditions and each replica freezes only the nodes it judges.
+Nodes lost in the grace before count as live for the rule (``staleness.classify``),
+so a fleet failing in waves has its last wave judged, not frozen.
 
 **Judged once.** A node's liveness is judged by one replica only
 (``staleness.judge_of``): its owner, the replica recorded in ``nodestatus/<node>``
@@ -48,6 +56,18 @@ from qvdc.store.etcd import Compare, EtcdStore, Op, StoreError
 
 log = logging.getLogger(__name__)
 
+#: The condition type a freeze adds to every node it holds (True at the start, False at
+#: the end): what GetNode/ListNodes show while this replica judges nobody.
+FROZEN_CONDITION = "LivenessFrozen"
+
+
+def _frozen_shown(conditions: tuple[NodeCondition, ...]) -> bool:
+    """True when the latest LivenessFrozen condition in ``conditions`` says frozen."""
+    for condition in reversed(conditions):
+        if condition.type == FROZEN_CONDITION:
+            return condition.status
+    return False
+
 
 class LivenessMonitor:
     def __init__(
@@ -80,7 +100,11 @@ class LivenessMonitor:
         self._recheck: set[str] = set()
         self._wakeup = asyncio.Event()
         self.leader = False
+        #: Liveness frozen: every live node went silent in one pass (see the module docstring).
         self.mass_outage = False
+        self._frozen_at = 0.0  # monotonic start of the freeze
+        self._frozen_nodes: frozenset[NodeId] = frozenset()  # live when it started
+        self._heard_in_freeze = False
         # Orphans can only appear when a replica's presence key or a node's status
         # changes (or this replica starts leading), so the O(nodes) adoption scan runs
         # only after such a change, not on every pass.
@@ -105,7 +129,10 @@ class LivenessMonitor:
             record=previous, node_id=node_id, now=self._clock.monotonic()
         )
         self._last_wall[node_id] = self._clock.time()
-        if previous is None or not previous.live or self.mass_outage:
+        if self.mass_outage:
+            self._heard_in_freeze = True  # the next pass ends the freeze
+            self._wakeup.set()
+        if previous is None or not previous.live:
             self._expires_no_earlier_than(self._records[node_id].last_seen)
             self._mark(node_id)
             return
@@ -218,15 +245,20 @@ class LivenessMonitor:
             self._adoption_due = False
             self._adopt_orphans(now=now)
         self._was_leader = self.leader
-        if not self.mass_outage:
-            if now <= self._no_expiry_before:
-                return  # no live node can have expired yet
-            oldest = min((r.last_seen for r in self._records.values() if r.live), default=None)
-            self._no_expiry_before = math.inf if oldest is None else oldest + self._grace
-            if now <= self._no_expiry_before:
-                # Nothing expired and no outage to leave: classify() would find nothing to
-                # do, and it sorts every node id (113 ms at 100,000 nodes, measured).
-                return
+        if self.mass_outage:
+            # Frozen: nobody is judged until a heartbeat arrives; then every node gets a
+            # fresh grace, so nothing can expire in this pass either.
+            if self._heard_in_freeze:
+                self._end_freeze(now=now)
+            return
+        if now <= self._no_expiry_before:
+            return  # no live node can have expired yet
+        oldest = min((r.last_seen for r in self._records.values() if r.live), default=None)
+        self._no_expiry_before = math.inf if oldest is None else oldest + self._grace
+        if now <= self._no_expiry_before:
+            # Nothing expired: classify() would find nothing to do, and it sorts every
+            # node id (113 ms at 100,000 nodes, measured).
+            return
         self._no_expiry_before = -math.inf  # whatever classify() changes, scan next pass
         result = staleness.classify(
             records=self._records,
@@ -235,18 +267,8 @@ class LivenessMonitor:
             mass_outage_fraction=self._mass_fraction,
         )
         if result.mass_outage:
-            if not self.mass_outage:
-                log.warning(
-                    "all %d live nodes went silent at once: assuming the controller is cut off; "
-                    "marking nobody offline",
-                    len(self._records),
-                )
-            self.mass_outage = True
-            self._records = staleness.reset_after_outage(records=self._records, now=now)
+            self._start_freeze(now=now, live=result.still_live)
             return
-        if self.mass_outage and result.still_live:
-            log.info("heartbeats resumed after a suspected controller-side outage")
-            self.mass_outage = False
         live_replicas = self._live_replicas() if result.newly_offline else frozenset()
         for node_id in result.newly_offline:
             if not self._judges(node_id, live_replicas):
@@ -262,6 +284,46 @@ class LivenessMonitor:
                 self._grace,
             )
             self._mark(node_id)
+
+    def _start_freeze(self, *, now: float, live: tuple[NodeId, ...]) -> None:
+        self.mass_outage = True
+        self._frozen_at = now
+        self._frozen_nodes = frozenset(live)
+        self._heard_in_freeze = False
+        log.warning(
+            "liveness frozen: all %d live nodes went silent at once (grace %.1fs); suspecting "
+            "a controller-side outage, marking nobody offline until a heartbeat arrives",
+            len(live),
+            self._grace,
+        )
+        for node_id in live:
+            self._mark(node_id)  # writes the LivenessFrozen condition
+
+    def _end_freeze(self, *, now: float) -> None:
+        frozen = self._frozen_nodes
+        heard = sum(
+            1
+            for node_id in frozen
+            if (r := self._records.get(node_id)) is not None and r.last_seen > self._frozen_at
+        )
+        self.mass_outage = False
+        self._frozen_nodes = frozenset()
+        self._heard_in_freeze = False
+        # A fresh grace for every node, from now: the silence during the freeze is no
+        # evidence against any node, and the ones still silent are judged a grace later.
+        self._records = staleness.reset_after_outage(records=self._records, now=now)
+        self._no_expiry_before = now + self._grace
+        log.info(
+            "liveness freeze ended after %.1fs: heartbeats from %d of %d frozen nodes; "
+            "every node has a fresh grace of %.1fs",
+            now - self._frozen_at,
+            heard,
+            len(frozen),
+            self._grace,
+        )
+        for node_id in frozen:
+            if node_id in self._records:
+                self._mark(node_id)  # clears the LivenessFrozen condition
 
     def _adopt_orphans(self, *, now: float) -> None:
         replicas = {kv.key[len(keys.REPLICAS) :] for kv in self._view.cache.scan(keys.REPLICAS)}
@@ -297,6 +359,23 @@ class LivenessMonitor:
         owner = self.replica_id if live else (current.owner_replica if current else "")
         was_live = current.live if current is not None else False
         conditions = current.conditions if current is not None else ()
+        frozen = live and self.mass_outage and node_id in self._frozen_nodes
+        shown_frozen = _frozen_shown(conditions)
+        if frozen != shown_frozen and (frozen or shown_frozen):
+            conditions = model.append_condition(
+                conditions,
+                NodeCondition(
+                    type=FROZEN_CONDITION,
+                    status=frozen,
+                    reason="MassSilence" if frozen else "HeartbeatsResumed",
+                    message=(
+                        "every live node went silent at once: liveness judgements paused"
+                        if frozen
+                        else "heartbeats arriving again: liveness judged with a fresh grace"
+                    ),
+                    at=wall,
+                ),
+            )
         if live != was_live:
             conditions = model.append_condition(
                 conditions,
@@ -327,6 +406,7 @@ class LivenessMonitor:
             current.phase == desired.phase
             and current.live == desired.live
             and current.owner_replica == desired.owner_replica
+            and frozen == shown_frozen
         ):
             return None
         return desired
@@ -351,9 +431,17 @@ class LivenessMonitor:
                     timeout=self._timeout,
                 )
             except StoreError as exc:
-                log.warning("node %s: status write failed (%s); will retry", node_id, exc)
-                self._dirty.add(node_id)
-                continue
+                # etcd is failing: the other writes would wait out the same timeout one by
+                # one (a freeze marks every node), so put them all back and retry later.
+                rest = [n for n in dirty if n >= node_id]
+                log.warning(
+                    "node %s: status write failed (%s); %d status writes will be retried",
+                    node_id,
+                    exc,
+                    len(rest),
+                )
+                self._dirty.update(rest)
+                return
             if not result.succeeded:
                 # Someone wrote first: an operator phase change, or a new owner taking the
                 # node's stream (then this verdict is stale: the compare is what stops a

@@ -1,95 +1,21 @@
 """Liveness across two replicas on real etcd: a node is judged once, by its owner.
 
-Each replica here is the real wiring of one controller's liveness (a ClusterView that
-follows etcd's watch, a LivenessMonitor, a Catalog for registration) on its own fake
-clock; the test drives the passes, so a "pause" is a replica whose clock and passes
-stand still while the other takes the node's heartbeats.
+Each replica is :mod:`tests.qvdc.engines.liveness_rig`'s: the real wiring of one
+controller's liveness on its own fake clock, driven pass by pass by the test, so a
+"pause" is a replica whose clock and passes stand still while the other takes the
+node's heartbeats.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import AsyncIterator
 
 import pytest
 
-from qvdc.domain.model import NodeId, NodeState
-from qvdc.engines.catalog import Catalog
-from qvdc.engines.liveness import LivenessMonitor
-from qvdc.engines.view import ClusterView
-from qvdc.kits import tasks
-from qvdc.kits.timing import FakeClock
-from qvdc.store import codec, keys
+from qvdc.store import keys
 from qvdc.store.etcd import EtcdStore
-
-GRACE = 30.0
-
-
-@dataclass
-class Replica:
-    name: str
-    clock: FakeClock
-    view: ClusterView
-    monitor: LivenessMonitor
-    catalog: Catalog
-    following: asyncio.Task[None] | None = None
-
-    async def follow(self) -> None:
-        self.following = asyncio.create_task(self.view.run(), name=f"view-{self.name}")
-        await self.view.wait_ready(timeout=5.0)
-
-    async def stop_following(self) -> None:
-        if self.following is not None:
-            await tasks.cancel_and_wait(self.following)
-            self.following = None
-
-    async def caught_up(self) -> None:
-        await self.view.wait_for_revision(await self.view.store.revision(timeout=5.0), timeout=5.0)
-
-    async def register(self, hostname: str) -> NodeId:
-        def build(node_id: str, old: Mapping[str, Any] | None) -> dict[str, Any]:
-            return {"id": node_id, "hostname": hostname}
-
-        node_id, _ = await self.catalog.register_node(hostname=hostname, build=build)
-        return NodeId(node_id)
-
-    async def heartbeat(self, *node_ids: NodeId) -> None:
-        for node_id in node_ids:
-            self.monitor.observe(node_id)
-        await self.monitor._write_transitions()
-
-    async def pass_(self, advance: float, *, heard: tuple[NodeId, ...] = ()) -> None:
-        """Move this replica's clock on, take the heartbeats of ``heard``, run one liveness
-        pass and write what it decided."""
-        self.clock.advance(advance)
-        for node_id in heard:
-            self.monitor.observe(node_id)
-        self.monitor.check()
-        await self.monitor._write_transitions()
-
-
-async def make_replica(store: EtcdStore, name: str) -> Replica:
-    clock = FakeClock()
-    view = ClusterView(store=store)
-    monitor = LivenessMonitor(
-        store=store,
-        view=view,
-        clock=clock,
-        replica_id=name,
-        grace=GRACE,
-        startup_grace=GRACE,
-        check_period=5.0,
-        mass_outage_fraction=1.0,
-        timeout=5.0,
-    )
-    catalog = Catalog(store=store, view=view, monitor=monitor, clock=clock, timeout=5.0)
-    replica = Replica(name=name, clock=clock, view=view, monitor=monitor, catalog=catalog)
-    await store.put(keys.replica(name), name.encode())  # presence (a lease in production)
-    await replica.follow()
-    return replica
+from tests.qvdc.engines.liveness_rig import GRACE, Replica, make_replica, status
 
 
 @pytest.fixture
@@ -101,12 +27,6 @@ async def pair(store: EtcdStore) -> AsyncIterator[tuple[Replica, Replica]]:
     finally:
         await a.stop_following()
         await b.stop_following()
-
-
-async def status(store: EtcdStore, node_id: str) -> NodeState:
-    kv = await store.get(keys.node_status(node_id))
-    assert kv is not None
-    return codec.decode_node_state(node_id, kv.value)
 
 
 async def test_a_replica_paused_while_its_nodes_moved_marks_none_of_them_offline(
@@ -174,20 +94,24 @@ async def test_a_node_registered_through_one_replica_and_heartbeating_to_the_oth
 async def test_nodes_of_a_gone_replica_are_judged_by_the_leader_alone(
     store: EtcdStore, pair: tuple[Replica, Replica]
 ) -> None:
-    """B dies (its presence key goes); its silent nodes are the leader's (A's) to judge,
-    after a fresh grace from the takeover."""
+    """n1 registered through A streams to B; B dies (its presence key goes). A, not
+    leading, had only stopped hearing n1: it marks nothing. Once A leads, it adopts n1
+    with a fresh grace and judges it."""
     a, b = pair
-    n1, n2 = [await b.register(h) for h in ("h1", "h2")]
-    n3 = await a.register("h3")
-    await b.heartbeat(n1, n2)
+    n1 = await a.register("h1")
+    n2 = await a.register("h2")  # keeps heartbeating to A: no freeze
+    await b.caught_up()
+    await b.heartbeat(n1)
     await b.stop_following()
     await store.delete(keys.replica("B"))
-    a.monitor.leader = True
     await a.caught_up()
-    await a.pass_(0.0, heard=(n3,))
-    await a.pass_(GRACE - 1.0, heard=(n3,))  # adopted with a fresh grace: not yet offline
+    for _ in range(int(2 * GRACE / 5)):
+        await a.pass_(5.0, heard=(n2,))
+    assert (await status(store, n1)).live  # nobody judges it: no leader
+    a.monitor.leader = True
+    await a.pass_(0.0, heard=(n2,))  # adopted now, with a fresh grace
+    await a.pass_(GRACE - 1.0, heard=(n2,))
     assert (await status(store, n1)).live
-    await a.pass_(2.0, heard=(n3,))
-    for node_id in (n1, n2):
-        state = await status(store, node_id)
-        assert not state.live, node_id
+    await a.pass_(2.0, heard=(n2,))
+    state = await status(store, n1)
+    assert (state.live, state.phase.name) == (False, "OFFLINE")
