@@ -135,26 +135,57 @@ class Countdown:
         }
 
 
+class Served:
+    """A Countdown behind the HTTP server, with a switch for "the view is listed"."""
+
+    def __init__(self) -> None:
+        self.service = Countdown()
+        self.listed = True
+        self.port = 0
+
+
 @pytest.fixture
-async def countdown() -> AsyncIterator[tuple[Countdown, int]]:
-    service = Countdown()
+async def served() -> AsyncIterator[Served]:
+    served = Served()
 
     async def ok() -> None:
         return None
 
     router = server.Router(
-        connect_app=connect.ConnectApp([service], max_message_bytes=1 << 20),
-        readiness=health.Readiness(listed=lambda: True, probe=ok, timeout=1.0),
-        listed=lambda: True,
+        connect_app=connect.ConnectApp([served.service], max_message_bytes=1 << 20),
+        readiness=health.Readiness(listed=lambda: served.listed, probe=ok, timeout=1.0),
+        listed=lambda: served.listed,
     )
     http = server.HttpServer(router, keep_alive_timeout=5, close_timeout=1)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     await http.start(sock=sock)
+    served.port = sock.getsockname()[1]
     try:
-        yield service, sock.getsockname()[1]
+        yield served
     finally:
         await http.close()
+
+
+@pytest.fixture
+def countdown(served: Served) -> tuple[Countdown, int]:
+    return served.service, served.port
+
+
+async def test_before_the_listing_alive_not_ready_and_rpcs_unavailable(served: Served) -> None:
+    client = Http(served.port)
+    served.listed = False
+    assert (await client.request("GET", "/healthz")).status == 200
+    ready = await client.request("GET", "/readyz")
+    assert (ready.status, ready.body) == (503, f"{health.NOT_LISTED}\n".encode())
+    rpc = await client.call("test.v1.Countdown/Get", {"id": "a"})
+    assert rpc.status == 503
+    assert rpc.json() == {"code": "unavailable", "message": health.NOT_LISTED}
+
+    served.listed = True
+    assert (await client.request("GET", "/readyz")).status == 200
+    rpc = await client.call("test.v1.Countdown/Get", {"id": "a"})
+    assert (rpc.status, rpc.json()) == (200, {"id": "a"})
 
 
 def stream_body(message: dict[str, Any]) -> bytes:
