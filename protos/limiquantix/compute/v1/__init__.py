@@ -406,6 +406,13 @@ class RegisterNodeRequest(betterproto2.Message):
         10, betterproto2.TYPE_MESSAGE, repeated=True
     )
 
+    heartbeat_interval_ms: "int" = betterproto2.field(50, betterproto2.TYPE_UINT32)
+    """
+    QvDC: the heartbeat interval this node is configured with, in milliseconds (0: not
+    said, as from upstream nodes). The controller tells the node the shorter of this and
+    its own interval, and judges the node's liveness on that (docs/configuration.md).
+    """
+
 
 default_message_pool.register_message(
     "limiquantix.compute.v1", "RegisterNodeRequest", RegisterNodeRequest
