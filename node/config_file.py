@@ -48,6 +48,7 @@ class Config:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qvdc-node",
+        allow_abbrev=False,  # a setting added later must not make an abbreviation ambiguous
         description="Quantix node daemon: registers this host with the QvDC controller, "
         "attaches the storage pools it assigns and reports their health.",
         epilog=(

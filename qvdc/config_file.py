@@ -47,6 +47,7 @@ class Config:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qvdc",
+        allow_abbrev=False,  # a setting added later must not make an abbreviation ambiguous
         description="Quantix storage-pool controller (QvDC) replica.",
         epilog=(
             "Every option is also a QVDC_* environment variable (shown in brackets) and a key "

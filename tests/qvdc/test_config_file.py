@@ -296,3 +296,11 @@ def test_every_setting_is_documented_in_configuration_md_with_a_default_and_unit
     stale = sorted(k for k in rows if "." in k and k not in config_file.SCHEMA.settings)
     stale = [k for k in stale if not k.startswith(("node.", "QVDC"))]
     assert stale == [], f"documented but not a setting: {stale}"
+
+
+def test_flags_are_not_abbreviated(capsys: pytest.CaptureFixture[str]) -> None:
+    """A setting added later would make today's abbreviation ambiguous and break scripts."""
+    with pytest.raises(SystemExit) as info:
+        load("--heartbeat-int", "5")
+    assert info.value.code == 2
+    assert "unrecognized arguments: --heartbeat-int" in capsys.readouterr().err
