@@ -108,7 +108,11 @@ def tokens(*, expires: float = NOW + 3600) -> identity.Tokens:
 def test_tokens_resolve_to_their_identity() -> None:
     book = tokens()
     boot = book.resolve(BOOT, now=NOW)
-    assert (boot.kind, boot.name, boot.hostnames) == (Kind.BOOTSTRAP, "rack-7", {"host-a"})
+    assert (boot.kind, boot.name, boot.hostnames) == (
+        Kind.BOOTSTRAP,
+        "rack-7",
+        frozenset({"host-a"}),
+    )
     admin = book.resolve(ADMIN, now=NOW)
     assert (admin.kind, admin.name, admin.role, admin.via) == (
         Kind.OPERATOR,
