@@ -19,6 +19,7 @@ import pytest
 from protos.limiquantix.compute import v1 as compute
 from protos.limiquantix.storage import v1 as storage
 from qvdc.app import Controller
+from qvdc.domain import aggregation
 from qvdc.settings import EtcdSettings
 from qvdc.store.etcd import EtcdStore
 from tests.qvdc.api.helpers import (
@@ -51,17 +52,46 @@ async def _controller(
 
 
 @pytest.fixture
-async def stubs(
+async def controller(
     store: EtcdStore, etcd_settings: EtcdSettings, request: pytest.FixtureRequest
-) -> AsyncIterator[tuple[compute.NodeServiceStub, storage.StoragePoolServiceStub]]:
+) -> AsyncIterator[Controller]:
     interval, grace = getattr(request, "param", (1.0, GRACE))
     controller = await _controller(store, etcd_settings, interval=interval, grace=grace)
+    try:
+        yield controller
+    finally:
+        await controller.stop()
+
+
+@pytest.fixture
+async def stubs(
+    controller: Controller,
+) -> AsyncIterator[tuple[compute.NodeServiceStub, storage.StoragePoolServiceStub]]:
     channel = grpclib.client.Channel("127.0.0.1", controller.port)
     try:
         yield compute.NodeServiceStub(channel), storage.StoragePoolServiceStub(channel)
     finally:
         channel.close()
-        await controller.stop()
+
+
+class Beater:
+    """Heartbeats from some nodes every 0.3 s, reporting the pool HEALTHY, until stopped."""
+
+    def __init__(self, nodes: compute.NodeServiceStub, pool_id: str, node_ids: list[str]) -> None:
+        self._stop = asyncio.Event()
+        self._task = asyncio.create_task(self._run(nodes, pool_id, node_ids))
+
+    async def _run(self, nodes: compute.NodeServiceStub, pool_id: str, node_ids: list[str]) -> None:
+        while not self._stop.is_set():
+            await asyncio.gather(*(_beat(nodes, n, pool_id) for n in node_ids))
+            try:
+                await asyncio.wait_for(self._stop.wait(), 0.3)
+            except TimeoutError:
+                pass
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await self._task
 
 
 async def _beat(nodes: compute.NodeServiceStub, node_id: str, pool_id: str) -> None:
@@ -71,7 +101,52 @@ async def _beat(nodes: compute.NodeServiceStub, node_id: str, pool_id: str) -> N
     )
 
 
-async def test_pool_is_never_ready_on_rows_past_their_grace_while_liveness_is_frozen(
+async def test_all_nodes_silent_at_once_pool_unknown_while_liveness_is_frozen(
+    controller: Controller,
+    stubs: tuple[compute.NodeServiceStub, storage.StoragePoolServiceStub],
+) -> None:
+    nodes, pools = stubs
+    ids = [
+        (await nodes.register_node(register_request(f"mute-{i}"), timeout=TIMEOUT)).id
+        for i in range(3)
+    ]
+    pool = await pools.create_pool(create_request("mute", nodes=ids), timeout=TIMEOUT)
+
+    def get() -> Awaitable[storage.StoragePool]:
+        return pools.get_pool(storage.GetPoolRequest(id=pool.id), timeout=TIMEOUT)
+
+    beater = Beater(nodes, pool.id, ids)
+    try:
+        await eventually(get, lambda p: p.status.phase == PoolPhase.READY, what="READY")
+        # Steady heartbeats: once the hosts' first-report window has passed (it costs one
+        # recomputation), the deadlines are only rescheduled and no pool is recomputed.
+        await asyncio.sleep(aggregation.report_due(since=0.0, interval=1.0) + 0.5)
+        before = controller.aggregator.recomputed
+        await asyncio.sleep(2 * GRACE)
+        assert controller.aggregator.recomputed == before
+    finally:
+        await beater.stop()
+    # Every node silent in one pass: liveness freezes (nobody OFFLINE) ...
+    frozen = await eventually(
+        get, lambda p: p.status.phase == PoolPhase.UNKNOWN, timeout=20, what="UNKNOWN"
+    )
+    assert all(row.stale for row in frozen.status.host_statuses), frozen.status.host_statuses
+    assert (frozen.status.capacity.total_bytes, frozen.status.healthy_node_ids) == (0, [])
+    # ... and the pool did not wait for an OFFLINE that the freeze never writes.
+    for node_id in ids:
+        node = await nodes.get_node(compute.GetNodeRequest(id=node_id), timeout=TIMEOUT)
+        assert node.status.phase == NodePhase.READY, node.status
+    beater = Beater(nodes, pool.id, ids)
+    try:
+        back = await eventually(
+            get, lambda p: p.status.phase == PoolPhase.READY, timeout=20, what="READY again"
+        )
+        assert back.status.capacity.total_bytes == 3 * (100 << 30)
+    finally:
+        await beater.stop()
+
+
+async def test_pool_is_never_ready_on_rows_past_their_grace_in_two_waves(
     stubs: tuple[compute.NodeServiceStub, storage.StoragePoolServiceStub],
 ) -> None:
     nodes, pools = stubs
@@ -91,14 +166,7 @@ async def test_pool_is_never_ready_on_rows_past_their_grace_while_liveness_is_fr
     await eventually(get, lambda p: p.status.phase == PoolPhase.READY, what="READY")
 
     # Wave 1: two of four go silent. Not a mass outage: they go OFFLINE the ordinary way.
-    stop = asyncio.Event()
-
-    async def keep_beating(which: list[str]) -> None:
-        while not stop.is_set():
-            await beat(which)
-            await asyncio.sleep(0.3)
-
-    survivors = asyncio.create_task(keep_beating(ids[2:]))
+    survivors = Beater(nodes, pool.id, ids[2:])
     try:
         degraded = await eventually(
             get,
@@ -111,10 +179,9 @@ async def test_pool_is_never_ready_on_rows_past_their_grace_while_liveness_is_fr
         )
         assert degraded.status.capacity.total_bytes == 2 * (100 << 30)
     finally:
-        stop.set()
-        await survivors
-    # Wave 2: the other two go silent too. Every live node silent in one pass: liveness
-    # freezes and marks nobody; the rows must still turn stale at their grace.
+        await survivors.stop()
+    # Wave 2: the other two go silent too (every live node silent in one pass: whether
+    # liveness freezes or judges them, the rows turn stale at their grace).
     frozen = await eventually(
         get, lambda p: p.status.phase == PoolPhase.UNKNOWN, timeout=20, what="UNKNOWN"
     )
@@ -129,9 +196,8 @@ async def test_pool_is_never_ready_on_rows_past_their_grace_while_liveness_is_fr
         assert seen.status.phase != PoolPhase.READY
         assert seen.status.capacity.total_bytes == 0
         await asyncio.sleep(0.2)
-    # Heartbeats resume (nothing in etcd need change): the pool is READY again.
-    stop.clear()
-    everyone = asyncio.create_task(keep_beating(ids))
+    # Heartbeats resume: the pool is READY again.
+    everyone = Beater(nodes, pool.id, ids)
     try:
         back = await eventually(
             get, lambda p: p.status.phase == PoolPhase.READY, timeout=20, what="READY again"
@@ -139,11 +205,10 @@ async def test_pool_is_never_ready_on_rows_past_their_grace_while_liveness_is_fr
         assert back.status.capacity.total_bytes == 4 * (100 << 30)
         assert not any(row.stale for row in back.status.host_statuses)
     finally:
-        stop.set()
-        await everyone
+        await everyone.stop()
 
 
-@pytest.mark.parametrize("stubs", [(5.0, 15.0)], indirect=True)
+@pytest.mark.parametrize("controller", [(5.0, 15.0)], indirect=True)
 async def test_a_pool_on_a_live_host_that_has_not_reported_yet_is_pending_never_error(
     stubs: tuple[compute.NodeServiceStub, storage.StoragePoolServiceStub],
 ) -> None:
