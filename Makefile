@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: run test lint setup protos check-protos format bench clean
+.PHONY: run test faults lint setup protos check-protos format bench clean
 
 setup:
 	@scripts/bootstrap.sh
@@ -40,6 +40,13 @@ test: lint
 		$(VENV)/bin/coverage report --include='qvdc/domain/*' --no-skip-covered \
 			--fail-under=$(DOMAIN_COV_FLOOR) || rc=$$?; \
 	fi; exit $$rc
+
+# The fault suite (tests/faults/, pytest marker `faults`, deselected by default): real
+# etcd, controller replicas, node daemons and simulated hosts on loopback, one fault at a
+# time, each printing its figure and merging it into .run/faults/results.json, which
+# docs/reliability.md quotes. make test runs its fast test only; .ci/run runs this after it.
+faults: setup
+	$(VENV)/bin/pytest -m faults -s tests/faults
 
 format: setup
 	$(VENV)/bin/ruff check --fix .

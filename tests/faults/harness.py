@@ -478,7 +478,14 @@ class OfflineWatch:
 
 
 async def lost_reports(store: EtcdStore, changes: list[tuple[str, str, int, int, float]]) -> int:
-    """Acknowledged material reports whose last value is not in ``hoststatus/``."""
+    """Acknowledged material reports whose last value is not in ``hoststatus/``.
+
+    Stored matches acknowledged when the health is the same and the used bytes are
+    within the material threshold (``fleet.THRESHOLD``): a host re-sending its full
+    report after a reconnect sends the value drifted, not materially changed, and the
+    controller stores that one. A lost change is a health flip or a jump of twice the
+    threshold, so it still counts.
+    """
     last: dict[tuple[str, str], tuple[int, int]] = {}
     for pool_id, node_id, health, used, _sent_at in changes:
         last[(pool_id, node_id)] = (health, used)
@@ -488,7 +495,12 @@ async def lost_reports(store: EtcdStore, changes: list[tuple[str, str, int, int,
         _, pool_id, node_id = keys.split(kv.key)
         status = codec.decode_host_status(pool_id, node_id, kv.value)
         stored[(pool_id, node_id)] = (int(status.report.health), status.report.used_bytes)
-    return sum(1 for key, value in last.items() if stored.get(key) != value)
+    lost = 0
+    for key, (health, used) in last.items():
+        found = stored.get(key)
+        if found is None or found[0] != health or abs(found[1] - used) >= fleet.THRESHOLD:
+            lost += 1
+    return lost
 
 
 async def until(
