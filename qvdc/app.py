@@ -58,6 +58,7 @@ from qvdc.engines.aggregator import Aggregator
 from qvdc.engines.catalog import Catalog
 from qvdc.engines.committer import GroupCommitter, WriteBuffer
 from qvdc.engines.election import Election
+from qvdc.engines.events import PoolEvents
 from qvdc.engines.intake import HeartbeatIntake, MaterialityRule
 from qvdc.engines.liveness import LivenessMonitor
 from qvdc.engines.push import PushHub
@@ -192,6 +193,7 @@ class Controller:
             replica_id=self.replica_id,
             heard_at=self.monitor.last_heartbeat_wall,
             recheck=settings.check_period,
+            on_written=PoolEvents(),  # pool.phase and host.health events, once each
         )
         self.hub = PushHub(view=self.view)
         self.catalog = Catalog(

@@ -317,6 +317,23 @@ class TlsSettings:
         )
 
 
+AuthMode = Literal["on", "off"]
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSettings:
+    """Who may call what (docs/security.md, "Identities and roles")."""
+
+    mode: AuthMode | None = None
+    """``on``: a node certificate acts for its own node only, operators by role, a
+    bootstrap token registers new nodes only; ``off``: every call is let through (a
+    WARNING at start). Default: ``on`` unless ``tls.mode`` is off."""
+
+    tokens_file: Path | None = None
+    """TOML file of bootstrap and operator bearer tokens (docs/security.md, "Tokens");
+    read at start (an error there stops the start) and again when it changes."""
+
+
 @dataclass(frozen=True, slots=True)
 class ControllerSettings:
     etcd: EtcdSettings = field(default_factory=EtcdSettings)
@@ -325,6 +342,8 @@ class ControllerSettings:
     grpc: GrpcSettings = field(default_factory=GrpcSettings)
     tls: TlsSettings = field(default_factory=TlsSettings)
     """TLS of the gRPC server."""
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    """Authorization of every call (qvdc/api/auth.py)."""
     http: HttpSettings = field(default_factory=HttpSettings)
     """The Connect/HTTP server; its request bound is ``grpc.max_message_bytes``."""
     limits: Limits = field(default_factory=Limits)
@@ -354,6 +373,12 @@ class ControllerSettings:
         p = self.monitor.check_period
         return p if p is not None else min(self.grace / 4, 5.0)
 
+    @property
+    def auth_enabled(self) -> bool:
+        """``auth.mode``, defaulting to on exactly when TLS is on."""
+        mode = self.auth.mode
+        return mode == "on" if mode is not None else self.tls.effective_mode != "off"
+
     def validate(self) -> None:
         """Cross-field rules (docs/configuration.md, "Combinations refused"): a node must be
         able to miss a heartbeat, and a replica must look at least once within a grace."""
@@ -373,6 +398,11 @@ class ControllerSettings:
             self.check_period < self.grace,
             f"monitor.check_period ({self.check_period} s) must be shorter than monitor.grace "
             f"({self.grace} s)",
+        )
+        _require(
+            not (self.auth.mode == "on" and self.tls.effective_mode == "off"),
+            "auth.mode on needs TLS (tls.mode tls or mtls): without it there are no "
+            "certificates and tokens would cross the network in plain text",
         )
         _require(
             self.heartbeat.commit_delay <= interval,

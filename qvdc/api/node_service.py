@@ -12,6 +12,15 @@ Two heartbeat channels:
   always there and is authoritative. When an assignment or an assigned pool's
   definition changes, an unsolicited response is pushed at once.
 
+One stream per node: a stream whose first heartbeat names a node that already has
+a stream on this replica replaces it; the old one ends with ABORTED ("replaced by a
+newer stream from <address>"), so a node (or an impostor stopped by
+:mod:`qvdc.api.auth`) never has two sessions receiving its pushes.
+
+Authorization (:mod:`qvdc.api.auth`): the RPC-level check ran before a handler; the
+node handlers check that the request names the caller's node (a stream once, on its
+first heartbeat), and the operator handlers write an audit line per change.
+
 A delta heartbeat arriving first on a new stream (the node thinks it is
 continuing a session this replica never saw) is processed and answered with
 ``request_full_sync``.
@@ -34,10 +43,11 @@ from typing import Any
 
 import grpclib.const
 import grpclib.server
+from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 from protos.limiquantix.compute import v1 as compute
-from qvdc.api import convert, paging
+from qvdc.api import auth, convert, paging
 from qvdc.api import limits as request_limits
 from qvdc.api.errors import guarded, send_timed_out, to_grpc_error, unary
 from qvdc.api.pool_service import PoolMessages
@@ -50,6 +60,7 @@ from qvdc.engines.push import PushHub
 from qvdc.engines.view import ClusterView
 from qvdc.kits.tasks import cancel_and_wait
 from qvdc.kits.timing import Clock
+from qvdc.security.identity import Kind
 from qvdc.store import codec
 
 log = logging.getLogger(__name__)
@@ -69,8 +80,12 @@ class NodeService:
         interval: float,
         send_timeout: float,
         limits: Limits | None = None,
+        policy: auth.Policy | None = None,
     ) -> None:
         self._limits = Limits() if limits is None else limits
+        self._policy = policy
+        #: The open stream of each node (one per node: a newer one replaces it).
+        self._streams: dict[str, _StreamSession] = {}
         self._catalog = catalog
         self._view = view
         self._intake = intake
@@ -120,9 +135,13 @@ class NodeService:
         validation.validate_hostname(request.hostname)
         ip = validation.normalize_management_ip(request.management_ip)
         validation.validate_labels(request.labels, field="labels")
+        who = auth.check_request(self._policy, "RegisterNode", request)
         now = codec.format_time(self._clock.time())
 
         def build(node_id: str, old: Mapping[str, Any] | None) -> dict[str, Any]:
+            if old is not None and who is not None and who.kind is Kind.BOOTSTRAP:
+                # Registered meanwhile (another replica): a token adds nodes, never takes one.
+                auth.deny_reregistration(who, request.hostname)
             spec = compute.NodeSpec(
                 cpu=request.cpu_info,
                 memory=request.memory_info,
@@ -145,12 +164,14 @@ class NodeService:
             return doc
 
         node_id, created = await self._catalog.register_node(hostname=request.hostname, build=build)
+        caller = auth.caller()
         log.info(
-            "%s node %s (%s, %s)",
+            "%s node %s (%s, %s) by %s",
             "registered" if created else "re-registered",
             node_id,
             request.hostname,
             ip,
+            caller.describe() if caller is not None else "an in-process caller",
         )
         return await self._node_message(node_id)
 
@@ -191,10 +212,12 @@ class NodeService:
 
     async def enable_node(self, request: compute.EnableNodeRequest) -> compute.Node:
         await self._catalog.set_operator_phase(request.id, maintenance=False, reason="")
+        auth.audit("EnableNode", target=f"node {request.id}")
         return await self._node_message(request.id)
 
     async def disable_node(self, request: compute.DisableNodeRequest) -> compute.Node:
         await self._catalog.set_operator_phase(request.id, maintenance=True, reason=request.reason)
+        auth.audit("DisableNode", target=f"node {request.id}", detail=f"reason {request.reason!r}")
         return await self._node_message(request.id)
 
     # --- heartbeats -------------------------------------------------------------------
@@ -244,6 +267,7 @@ class NodeService:
         self, request: compute.UpdateHeartbeatRequest
     ) -> compute.UpdateHeartbeatResponse:
         await self._known_node(request.node_id)
+        auth.check_request(self._policy, "UpdateHeartbeat", request)
         self._accept(request, full=True)  # the unary path always carries full reports
         assignment = self._intake.assignment(request.node_id)
         return self._response(assignment, sequence=request.sequence, with_pools=True)
@@ -257,6 +281,33 @@ class NodeService:
         """The handler grpclib awaits: the session's own coroutine, not one wrapping it
         (a suspended coroutine is a quarter of a KB, and every host keeps a stream open)."""
         return _StreamSession(self, stream).serve()
+
+    def _claim(self, session: _StreamSession, *, peer: str) -> None:
+        """``session`` is now its node's stream; the one it replaces is ended."""
+        old = self._streams.get(session.node_id)
+        self._streams[session.node_id] = session
+        if old is not None and old is not session:
+            log.info(
+                "heartbeat stream of node %s replaced by a newer one from %s",
+                session.node_id,
+                peer or "another connection",
+            )
+            old.end(
+                GRPCError(
+                    Status.ABORTED,
+                    f"replaced by a newer stream from {peer or 'another connection'}",
+                )
+            )
+
+    def _release(self, session: _StreamSession) -> None:
+        if self._streams.get(session.node_id) is session:
+            del self._streams[session.node_id]
+
+    @property
+    def open_streams(self) -> int:
+        """Heartbeat streams open on this replica (one per node)."""
+        return len(self._streams)
+
 
 
 class SendWatchdog:
@@ -303,6 +354,7 @@ class _StreamSession:
     """One open StreamHeartbeat: answers heartbeats and pushes assignment changes."""
 
     __slots__ = (
+        "_ending",
         "_push_due",
         "_pusher",
         "_send_lock",
@@ -324,6 +376,8 @@ class _StreamSession:
         self._sending = 0  # sends in flight: a reply and a push may overlap
         # The task serving the stream; None once the watchdog expired the stream.
         self._task: asyncio.Task[Any] | None = None
+        # What the stream ends with when ended from outside (None: the watchdog's verdict).
+        self._ending: GRPCError | None = None
         self.node_id = ""
 
     async def _send(self, response: compute.UpdateHeartbeatResponse) -> None:
@@ -350,6 +404,11 @@ class _StreamSession:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
+
+    def end(self, error: GRPCError) -> None:
+        """End the stream with ``error`` (a newer stream of the node replaced it)."""
+        self._ending = error
+        self.expire()
 
     def _reply(
         self, *, sequence: int, unsolicited: bool = False, full_sync: bool = False
@@ -408,12 +467,16 @@ class _StreamSession:
         except asyncio.CancelledError:
             # The watchdog's cancellation, and nobody else's: the node stopped reading.
             if self._task is None and task is not None and task.uncancel() == 0:
+                if self._ending is not None:
+                    raise self._ending from None
                 raise to_grpc_error(
                     send_timed_out(self._svc._send_timeout), method="StreamHeartbeat"
                 ) from None
             raise
         finally:
             self._task = None
+            if self.node_id:
+                self._svc._release(self)
             self._svc._watchdog.end(self)
             if opened:
                 self._svc._hub.close(self.node_id, self._wake)
@@ -423,8 +486,11 @@ class _StreamSession:
     async def _first(self, request: compute.UpdateHeartbeatRequest) -> None:
         request_limits.check(request, self._svc._limits)
         await self._svc._known_node(request.node_id)
+        auth.check_request(self._svc._policy, "StreamHeartbeat", request)
         self._svc._intake.require_node(request.node_id)
         self.node_id = request.node_id
+        caller = auth.caller()
+        self._svc._claim(self, peer=caller.peer if caller is not None else "")
         log.debug("heartbeat stream opened by node %s", self.node_id)
         await self._heartbeat(request, first=True)
 

@@ -4,6 +4,7 @@ Validation happens here, before anything is stored, and every rejection names
 the field (``spec.backend.nfs.server: required``). Definitions are returned in
 full, backend configuration included. ``ListPools`` pages for real: pools are
 ordered by name and the page token is an opaque cursor after the last name.
+Every change is written to the audit log with who made it (:func:`qvdc.api.auth.audit`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import grpclib.const
 
 from protos.google import protobuf as pb
 from protos.limiquantix.storage import v1 as storage
-from qvdc.api import convert, paging
+from qvdc.api import auth, convert, paging
 from qvdc.api.errors import unary
 from qvdc.domain import errors, limits, validation
 from qvdc.domain.limits import Limits
@@ -174,6 +175,9 @@ class StoragePoolService:
             updated_at=now,
         )
         record = await self._catalog.create_pool(convert.pool_document(pool))
+        auth.audit(
+            "CreatePool", target=f"pool {record.id}", detail=f"name {limits.quote(request.name)}"
+        )
         return self.messages.full(record)
 
     async def get_pool(self, request: storage.GetPoolRequest) -> storage.StoragePool:
@@ -266,10 +270,16 @@ class StoragePoolService:
             return doc
 
         record = await self._catalog.update_pool(request.id, mutate)
+        auth.audit(
+            "UpdatePool",
+            target=f"pool {record.id}",
+            detail=f"paths {', '.join(paths)}" if paths else "merge",
+        )
         return self.messages.full(record)
 
     async def delete_pool(self, request: storage.DeletePoolRequest) -> pb.Empty:
         await self._catalog.delete_pool(request.id, force=request.force)
+        auth.audit("DeletePool", target=f"pool {request.id}", detail="force" if request.force else "")
         return pb.Empty()
 
     async def get_pool_metrics(self, request: storage.GetPoolMetricsRequest) -> storage.PoolMetrics:
@@ -286,7 +296,13 @@ class StoragePoolService:
         return metrics
 
     async def assign(self, request: storage.AssignPoolToNodeRequest) -> storage.StoragePool:
-        return self.messages.full(await self._catalog.assign(request.pool_id, request.node_id))
+        record = await self._catalog.assign(request.pool_id, request.node_id)
+        auth.audit("AssignPoolToNode", target=f"pool {record.id}", detail=f"node {request.node_id}")
+        return self.messages.full(record)
 
     async def unassign(self, request: storage.UnassignPoolFromNodeRequest) -> storage.StoragePool:
-        return self.messages.full(await self._catalog.unassign(request.pool_id, request.node_id))
+        record = await self._catalog.unassign(request.pool_id, request.node_id)
+        auth.audit(
+            "UnassignPoolFromNode", target=f"pool {record.id}", detail=f"node {request.node_id}"
+        )
+        return self.messages.full(record)

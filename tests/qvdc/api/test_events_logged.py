@@ -1,0 +1,61 @@
+"""Through a real controller: a host's report turning ERROR is logged once as ``host.health``
+and once as ``pool.phase`` by the aggregation leader, however often it is repeated."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from protos.limiquantix.compute import v1 as compute
+from protos.limiquantix.storage import v1 as storage
+from qvdc.app import Controller
+from qvdc.kits import eventlog
+from tests.qvdc.api.helpers import TIMEOUT, create_request, eventually, register_request, report
+
+
+def events(caplog: pytest.LogCaptureFixture, name: str) -> list[dict[str, object]]:
+    return [
+        dict(getattr(r, eventlog.FIELDS_ATTR))
+        for r in caplog.records
+        if getattr(r, eventlog.EVENT_ATTR, None) == name
+    ]
+
+
+async def test_a_pool_going_to_error_is_one_event_of_each_kind(
+    pools: storage.StoragePoolServiceStub,
+    nodes: compute.NodeServiceStub,
+    controller: Controller,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="qvdc.engines.events")
+    node = await nodes.register_node(register_request("host-e"), timeout=TIMEOUT)
+    pool = await pools.create_pool(create_request("evented", nodes=[node.id]), timeout=TIMEOUT)
+
+    async def beat(*, health: int = 1, error: str = "", total: int = 100 << 30) -> None:
+        reports = [report(pool.id, health=health, error=error, total=total)]
+        await nodes.update_heartbeat(
+            compute.UpdateHeartbeatRequest(node_id=node.id, storage_pools=reports),
+            timeout=TIMEOUT,
+        )
+
+    async def phase() -> storage.StoragePoolStatusPhase:
+        got = await pools.get_pool(storage.GetPoolRequest(id=pool.id), timeout=TIMEOUT)
+        return got.status.phase
+
+    await beat()
+    await eventually(phase, lambda p: p == storage.StoragePoolStatusPhase.READY, what="READY")
+    for total in (100 << 30, 90 << 30, 80 << 30):  # the same ERROR, with material changes
+        await beat(health=3, error="mount lost", total=total)
+        await controller.committer.flushed(timeout=TIMEOUT)
+    await eventually(phase, lambda p: p == storage.StoragePoolStatusPhase.ERROR, what="ERROR")
+    await beat(health=3, error="mount lost", total=70 << 30)
+    await controller.committer.flushed(timeout=TIMEOUT)
+
+    to_error = [e for e in events(caplog, "pool.phase") if e["to"] == "ERROR"]
+    assert to_error == [{"pool_id": pool.id, "from": "READY", "to": "ERROR"}]
+    host = [e for e in events(caplog, "host.health") if e["to"] == "ERROR"]
+    assert host == [
+        {"pool_id": pool.id, "node_id": node.id, "error": "mount lost", "from": "HEALTHY",
+         "to": "ERROR"}
+    ]  # fmt: skip
