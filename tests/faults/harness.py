@@ -49,7 +49,7 @@ from benchmarks.heartbeat.generators import GeneratorPool
 from benchmarks.heartbeat.progress import Progress
 from protos.limiquantix.compute import v1 as compute
 from protos.limiquantix.storage import v1 as storage
-from qvdc.domain.model import NodePhase
+from qvdc.domain.model import NodePhase, NodeState
 from qvdc.settings import EtcdSettings
 from qvdc.store import codec, embedded, keys
 from qvdc.store.etcd import EtcdStore, StoreError
@@ -664,3 +664,9 @@ async def owners(store: EtcdStore, node_ids: Iterable[str]) -> dict[str, str]:
             "" if kv is None else codec.decode_node_state(node_id, kv.value).owner_replica
         )
     return out
+
+
+async def node_state(store: EtcdStore, node_id: str) -> NodeState | None:
+    """The node's ``nodestatus/`` record, if any."""
+    kv = await store.get(keys.node_status(node_id))
+    return None if kv is None else codec.decode_node_state(node_id, kv.value)
