@@ -66,7 +66,7 @@ from qvdc.engines.view import ClusterView
 from qvdc.http import connect as connect_face
 from qvdc.http import health
 from qvdc.http import server as http_server
-from qvdc.kits import materiality
+from qvdc.kits import eventlog, materiality
 from qvdc.kits.tasks import cancel_and_wait, create_guarded_task, first_of
 from qvdc.kits.timing import Clock, SystemClock
 from qvdc.settings import ControllerSettings, GrpcSettings
@@ -270,6 +270,14 @@ class Controller:
 
     def _on_lead_change(self, leading: bool) -> None:
         self.monitor.leader = leading
+        eventlog.event(
+            log,
+            "leader.acquired" if leading else "leader.lost",
+            "replica %s %s the aggregation leader",
+            self.replica_id,
+            "is now" if leading else "is no longer",
+            replica_id=self.replica_id,
+        )
 
     def _root_loops(self) -> list[tuple[Coroutine[Any, Any, None], str]]:
         return [

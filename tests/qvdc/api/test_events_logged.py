@@ -1,8 +1,10 @@
 """Through a real controller: a host's report turning ERROR is logged once as ``host.health``
-and once as ``pool.phase`` by the aggregation leader, however often it is repeated."""
+and once as ``pool.phase`` by the aggregation leader, however often it is repeated; taking
+and giving up the leadership are ``leader.acquired`` and ``leader.lost``."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
@@ -11,7 +13,16 @@ from protos.limiquantix.compute import v1 as compute
 from protos.limiquantix.storage import v1 as storage
 from qvdc.app import Controller
 from qvdc.kits import eventlog
-from tests.qvdc.api.helpers import TIMEOUT, create_request, eventually, register_request, report
+from qvdc.settings import EtcdSettings
+from qvdc.store.etcd import EtcdStore
+from tests.qvdc.api.helpers import (
+    TIMEOUT,
+    controller_settings,
+    create_request,
+    eventually,
+    register_request,
+    report,
+)
 
 
 def events(caplog: pytest.LogCaptureFixture, name: str) -> list[dict[str, object]]:
@@ -59,3 +70,26 @@ async def test_a_pool_going_to_error_is_one_event_of_each_kind(
         {"pool_id": pool.id, "node_id": node.id, "error": "mount lost", "from": "HEALTHY",
          "to": "ERROR"}
     ]  # fmt: skip
+
+
+async def test_leadership_is_logged_when_taken_and_when_given_up(
+    store: EtcdStore, etcd_settings: EtcdSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="qvdc.app")
+    replica = Controller(store=store, settings=controller_settings(etcd_settings))
+    await replica.start()
+    try:
+        await eventually(
+            lambda: asyncio.sleep(0, replica.election.is_leader), bool, what="leadership"
+        )
+    finally:
+        await replica.stop()
+    names = [
+        (getattr(r, eventlog.EVENT_ATTR), dict(getattr(r, eventlog.FIELDS_ATTR)))
+        for r in caplog.records
+        if getattr(r, eventlog.EVENT_ATTR, "").startswith("leader.")
+    ]
+    assert names == [
+        ("leader.acquired", {"replica_id": "test-replica"}),
+        ("leader.lost", {"replica_id": "test-replica"}),
+    ]
