@@ -89,7 +89,6 @@ class EtcdSettings:
         )
 
 
-
 @dataclass(frozen=True, slots=True)
 class HeartbeatSettings:
     interval: float = 30.0
