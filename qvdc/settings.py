@@ -7,6 +7,7 @@ keyword arguments; there are no module globals.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -87,6 +88,7 @@ class EtcdSettings:
             "etcd.tls_* and etcd.user are for an external etcd (etcd.endpoints); the embedded "
             "one listens in plain text on loopback",
         )
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,8 +241,24 @@ class HttpSettings:
     close_timeout: float = 5.0
     """Seconds requests in progress get to finish when the replica stops."""
 
+    tls: bool | None = None
+    """Serve HTTPS with the gRPC port's certificate (``tls.cert``, ``tls.key``). Default: on
+    exactly when the gRPC port uses TLS."""
+
+    unauthenticated_node_networks: tuple[str, ...] = ()
+    """Networks (CIDR) from which upstream's agent, which has no certificate or token, may
+    register and report over Connect, each only as the node at its own address
+    (docs/decisions.md); a WARNING at start when set. Empty: none."""
+
     def __post_init__(self) -> None:
         _require(0 <= self.port <= 65535, f"http port out of range: {self.port}")
+        for text in self.unauthenticated_node_networks:
+            try:
+                ipaddress.ip_network(text.strip(), strict=False)
+            except ValueError:
+                raise SettingsError(
+                    f"http.unauthenticated_node_networks: not a network: {text[:64]!r}"
+                ) from None
         _require(
             1 <= self.keep_alive_timeout <= 3600,
             f"keep_alive_timeout must be in [1, 3600] s: {self.keep_alive_timeout}",
@@ -373,6 +391,13 @@ class ControllerSettings:
         return p if p is not None else min(self.grace / 4, 5.0)
 
     @property
+    def http_tls(self) -> bool:
+        """``http.tls``, defaulting to on exactly when the gRPC port uses TLS."""
+        if self.http.tls is not None:
+            return self.http.tls
+        return self.tls.effective_mode != "off"
+
+    @property
     def auth_enabled(self) -> bool:
         """``auth.mode``, defaulting to on exactly when TLS is on."""
         mode = self.auth.mode
@@ -407,6 +432,11 @@ class ControllerSettings:
             self.heartbeat.commit_delay <= interval,
             f"heartbeat.commit_delay ({self.heartbeat.commit_delay} s) must not exceed "
             f"heartbeat.interval ({interval} s)",
+        )
+        _require(
+            not (self.http.tls and self.tls.effective_mode == "off"),
+            "http.tls on needs the gRPC port's certificate (tls.cert, tls.key, tls.mode tls "
+            "or mtls)",
         )
 
     def replace(self, **changes: object) -> ControllerSettings:

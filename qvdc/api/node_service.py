@@ -309,6 +309,7 @@ class NodeService:
         return len(self._streams)
 
 
+
 class SendWatchdog:
     """Ends heartbeat streams whose sends stall for more than ``timeout`` seconds.
 

@@ -149,10 +149,30 @@ def internal(method: str, exc: BaseException | None) -> ConnectError:
     return ConnectError(Code.INTERNAL, f"internal error in {method}; see the controller log")
 
 
-def _unary(method: str, func: Callable[[Any], Awaitable[None]]) -> Callable[..., Awaitable[Any]]:
+#: Identifies and authorizes a call before its handler runs (``qvdc.http.gate.Gate``):
+#: ``gate(rpc, request, authorization=..., client=...)``, raising a ``GRPCError``.
+Gate = Callable[..., None]
+
+
+def _admit(gate: Gate | None, path: str, request: Any, ctx: RequestContext[Any, Any]) -> None:
+    if gate is not None:
+        gate(
+            path,
+            request,
+            authorization=ctx.request_headers.get("authorization"),
+            client=ctx.client_address,
+        )
+
+
+def _unary(
+    path: str, func: Callable[[Any], Awaitable[None]], gate: Gate | None
+) -> Callable[..., Awaitable[Any]]:
+    method = path.rpartition("/")[2]
+
     async def call(request: Any, ctx: RequestContext[Any, Any]) -> Any:
         stream = _Call(request, ctx)
         try:
+            _admit(gate, path, request, ctx)
             await func(stream)
         except GRPCError as exc:
             raise connect_error(exc) from None
@@ -166,9 +186,15 @@ def _unary(method: str, func: Callable[[Any], Awaitable[None]]) -> Callable[...,
 
 
 def _server_stream(
-    method: str, func: Callable[[Any], Awaitable[None]]
+    path: str, func: Callable[[Any], Awaitable[None]], gate: Gate | None
 ) -> Callable[..., AsyncIterator[Any]]:
+    method = path.rpartition("/")[2]
+
     async def call(request: Any, ctx: RequestContext[Any, Any]) -> AsyncIterator[Any]:
+        try:
+            _admit(gate, path, request, ctx)  # binds the caller, which the task inherits
+        except GRPCError as exc:
+            raise connect_error(exc) from None
         outbox: asyncio.Queue[Any] = asyncio.Queue(maxsize=1)
         stream = _Call(request, ctx, outbox=outbox)
 
@@ -235,6 +261,7 @@ class ConnectApp:
     refused with RESOURCE_EXHAUSTED before any of it is read (the gRPC face's words), and
     connectrpc refuses one that grows past it while read (chunked or compressed).
     ``grpc_only_hint`` ends the UNIMPLEMENTED message of the streams served on gRPC only.
+    ``gate`` identifies and authorizes each call before its handler (:mod:`qvdc.http.gate`).
     """
 
     def __init__(
@@ -243,6 +270,7 @@ class ConnectApp:
         *,
         max_message_bytes: int,
         grpc_only_hint: str = "",
+        gate: Gate | None = None,
     ) -> None:
         self.max_message_bytes = max_message_bytes
         endpoints: dict[str, Any] = {}
@@ -269,10 +297,10 @@ class ConnectApp:
                     stream_type=stream_type,
                 )
                 if stream_type is StreamType.UNARY:
-                    endpoints[path] = Endpoint.unary(info, _unary(name, handler.func))
+                    endpoints[path] = Endpoint.unary(info, _unary(path, handler.func, gate))
                 else:
                     endpoints[path] = Endpoint.server_stream(
-                        info, _server_stream(name, handler.func)
+                        info, _server_stream(path, handler.func, gate)
                     )
         self.endpoints: Mapping[str, Any] = endpoints
         self._app = _Application(

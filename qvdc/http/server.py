@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -89,7 +90,8 @@ class Router:
 
 
 class HttpServer:
-    """uvicorn serving :class:`Router` on a bound socket (module docstring)."""
+    """uvicorn serving :class:`Router` on a bound socket (module docstring); HTTPS when
+    started with an ``ssl_context`` (:mod:`qvdc.http.tls`)."""
 
     def __init__(
         self,
@@ -99,39 +101,56 @@ class HttpServer:
         close_timeout: float,
         max_connections: int | None = None,
     ) -> None:
+        self._app = app
+        self._keep_alive_timeout = keep_alive_timeout
         self._close_timeout = close_timeout
+        self._max_connections = max_connections
+        self._server: uvicorn.Server | None = None
+        self._sock: socket.socket | None = None
+
+    def _config(self, ssl_context: ssl.SSLContext | None) -> uvicorn.Config:
+        def given(_config: uvicorn.Config, _default: object) -> ssl.SSLContext:
+            assert ssl_context is not None
+            return ssl_context
+
         config = uvicorn.Config(
-            app,
+            self._app,
             http="zttp",
             http2=True,
             lifespan="off",
             log_config=None,
             access_log=False,
             server_header=False,
+            proxy_headers=False,  # the peer address is the TCP peer's (qvdc.http.gate)
             date_header=False,
-            timeout_keep_alive=max(1, round(keep_alive_timeout)),
-            timeout_graceful_shutdown=max(1, round(close_timeout)),
-            limit_concurrency=max_connections,
+            timeout_keep_alive=max(1, round(self._keep_alive_timeout)),
+            timeout_graceful_shutdown=max(1, round(self._close_timeout)),
+            limit_concurrency=self._max_connections,
+            ssl_context_factory=given if ssl_context is not None else None,
         )
         config.load()
-        self._server = uvicorn.Server(config)
-        self._sock: socket.socket | None = None
+        return config
 
-    async def start(self, *, sock: socket.socket) -> None:
-        """Serve on ``sock`` (bound, not yet listening); it is closed by :meth:`close`."""
-        server = self._server
-        server.lifespan = server.config.lifespan_class(server.config)
+    async def start(
+        self, *, sock: socket.socket, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
+        """Serve on ``sock`` (bound, not yet listening; closed by :meth:`close`), over TLS
+        with ``ssl_context``."""
+        config = self._config(ssl_context)
+        server = uvicorn.Server(config)
+        server.lifespan = config.lifespan_class(config)
         await server.startup(sockets=[sock])
-        self._sock = sock
+        self._server, self._sock = server, sock
 
     async def close(self) -> None:
         """Stop accepting, let calls in progress finish (bounded), close the socket."""
         sock, self._sock = self._sock, None
-        if sock is None:
+        server = self._server
+        if sock is None or server is None:
             return
-        self._server.should_exit = True
+        server.should_exit = True
         try:
             async with asyncio.timeout(self._close_timeout + 1):
-                await self._server.shutdown(sockets=[sock])
+                await server.shutdown(sockets=[sock])
         except TimeoutError:
             log.warning("HTTP connections still open %g s after close", self._close_timeout)

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import http.client
 import json
+import ssl
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -41,13 +42,18 @@ class Answer:
 class Http:
     """A plain HTTP/1.1 client (http.client, in a thread), as upstream's agent posts."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, *, context: ssl.SSLContext | None = None) -> None:
         self.port = port
+        self.context = context  # HTTPS, verifying the server against it
 
     def _request(
         self, method: str, path: str, body: bytes | None, headers: dict[str, str], chunked: bool
     ) -> Answer:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        conn = (
+            http.client.HTTPSConnection("127.0.0.1", self.port, timeout=10, context=self.context)
+            if self.context is not None
+            else http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        )
         try:
             if chunked:
                 conn.request(

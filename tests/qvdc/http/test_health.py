@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import grpclib.client
 import pytest
@@ -40,7 +41,7 @@ async def test_reflection_describes_every_rpc_and_its_files(
     stub = ServerReflectionStub(channel)
     async with stub.ServerReflectionInfo.open() as stream:
 
-        async def ask(**request: str) -> list[FileDescriptorProto]:
+        async def ask(**request: Any) -> list[FileDescriptorProto]:
             await stream.send_message(ServerReflectionRequest(**request))
             response = await stream.recv_message()
             assert response is not None
