@@ -52,6 +52,7 @@ from grpclib.health.v1 import health_pb2
 from grpclib.reflection.service import ServerReflection
 from grpclib.reflection.v1 import reflection_pb2
 
+from qvdc.api import auth
 from qvdc.api.node_service import NodeService
 from qvdc.api.pool_service import StoragePoolService
 from qvdc.engines.aggregator import Aggregator
@@ -214,7 +215,11 @@ class Controller:
             send_timeout=settings.grpc.send_timeout,
             limits=settings.limits,
         )
+        self.policy = auth.for_view(
+            self.view, enabled=settings.auth_enabled, tokens_file=settings.auth.tokens_file
+        )
         self.node_service = NodeService(
+            policy=self.policy,
             catalog=self.catalog,
             view=self.view,
             intake=self.intake,
@@ -240,6 +245,7 @@ class Controller:
             config=server_configuration(settings.grpc),
             idle_timeout=settings.grpc.idle_timeout,
         )
+        auth.install(self.server, self.policy)
         #: The bound port (``GrpcSettings.port`` 0 picks a free one); 0 until serving.
         self.port = 0
         self.http: http_server.HttpServer | None = None
@@ -343,6 +349,7 @@ class Controller:
         self.port = int(sock.getsockname()[1])
         self.serving.set()
         log.info("QvDC replica %s serving on %s:%d", self.replica_id, grpc.host, self.port)
+        auth.announce(self.policy)
 
     async def _serve_http(self) -> None:
         """Bind and serve the HTTP server (health at once, RPCs once the view is listed)."""

@@ -90,7 +90,6 @@ class EtcdSettings:
         )
 
 
-
 @dataclass(frozen=True, slots=True)
 class HeartbeatSettings:
     interval: float = 30.0

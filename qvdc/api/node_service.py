@@ -309,7 +309,6 @@ class NodeService:
         return len(self._streams)
 
 
-
 class SendWatchdog:
     """Ends heartbeat streams whose sends stall for more than ``timeout`` seconds.
 

@@ -279,7 +279,9 @@ class StoragePoolService:
 
     async def delete_pool(self, request: storage.DeletePoolRequest) -> pb.Empty:
         await self._catalog.delete_pool(request.id, force=request.force)
-        auth.audit("DeletePool", target=f"pool {request.id}", detail="force" if request.force else "")
+        auth.audit(
+            "DeletePool", target=f"pool {request.id}", detail="force" if request.force else ""
+        )
         return pb.Empty()
 
     async def get_pool_metrics(self, request: storage.GetPoolMetricsRequest) -> storage.PoolMetrics:
