@@ -320,16 +320,25 @@ class Rig:
             )
             for h in range(hosts)
         ]
-        await self.open_fleet(replica=replica)
+        await provisioning.attach_and_open(
+            gens, Progress(quiet=True), plans=f.plans, target=f.target, label=""
+        )
         return f
 
     async def open_fleet(self, *, replica: str) -> None:
-        """(Re)connect every simulated host of ``replica``'s fleet, full heartbeat first."""
+        """Reconnect every simulated host of ``replica``'s fleet (after a restart), one
+        full heartbeat each, as a node does after a lost stream. The hosts keep their
+        report state (``attach`` would start them afresh), so what they re-send is what
+        they last reported, drifted by less than the material threshold."""
         f = self.fleets[replica]
         f.target = (HOST, self.replicas[replica].port)
-        await provisioning.attach_and_open(
-            f.gens, Progress(quiet=True), plans=f.plans, target=f.target, label=""
+        answers = await f.gens.call(
+            "open",
+            [{"target": f.target, "mode": "stream", "concurrency": 64, "timeout": 300.0}],
+            timeout=300,
         )
+        errors = sum(a["errors"] for a in answers)
+        assert errors == 0, f"{errors} hosts failed to reconnect: {answers[0]['first_error']}"
 
     async def run_fleet(self, *, replica: str, seconds: float, change_fraction: float) -> Tally:
         """Heartbeat every simulated host of ``replica`` each interval for ``seconds``."""
