@@ -21,6 +21,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import qvdc
 from qvdc.kits import configfile, eventlog
 from qvdc.settings import ControllerSettings
 
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="shorthand for --grpc-host and --grpc-port",
     )
     SCHEMA.add_arguments(parser)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {qvdc.__version__}")
     return parser
 
 

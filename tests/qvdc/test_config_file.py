@@ -304,3 +304,8 @@ def test_flags_are_not_abbreviated(capsys: pytest.CaptureFixture[str]) -> None:
         load("--heartbeat-int", "5")
     assert info.value.code == 2
     assert "unrecognized arguments: --heartbeat-int" in capsys.readouterr().err
+
+
+def test_version() -> None:
+    done = run_qvdc("--version")
+    assert (done.returncode, done.stdout) == (0, "qvdc 0.1.0\n")
