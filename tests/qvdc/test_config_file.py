@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+import qvdc
 from qvdc import config_file
 from qvdc.kits import configfile
 from qvdc.settings import ControllerSettings
@@ -308,4 +309,4 @@ def test_flags_are_not_abbreviated(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_version() -> None:
     done = run_qvdc("--version")
-    assert (done.returncode, done.stdout) == (0, "qvdc 0.1.0\n")
+    assert (done.returncode, done.stdout) == (0, f"qvdc {qvdc.__version__}\n")
