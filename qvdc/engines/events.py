@@ -8,8 +8,10 @@ is that callback. It compares the aggregate with the last one it saw for the poo
 copy logs nothing, so each transition is logged once, by the leader.
 
 The first aggregate of a pool a leader writes is its baseline, not an event: a new leader
-does not know what its predecessor logged. Rows that leave a pool's table are forgotten;
-a deleted pool keeps a few small entries until the replica stops.
+does not know what its predecessor logged; :meth:`PoolEvents.reset` starts a new term
+(``qvdc.app`` calls it when the replica becomes leader), so what it remembers from an earlier
+term is not compared with. Rows that leave a pool's table are forgotten; a deleted pool
+keeps a few small entries until the term ends.
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ class PoolEvents:
 
     def __init__(self, *, logger: logging.Logger = log) -> None:
         self._log = logger
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every baseline: the next aggregate of each pool is a baseline again."""
         self._phases = eventlog.Transitions()
         self._health = eventlog.Transitions()
         self._rows: dict[str, frozenset[str]] = {}

@@ -96,3 +96,18 @@ def test_a_row_that_leaves_and_comes_back_is_a_new_baseline(
         ("pool.phase", "PENDING"),
         ("pool.phase", "DEGRADED"),  # no host.health: n1's row is new again
     ]
+
+
+def test_a_new_leadership_term_starts_from_new_baselines(caplog: pytest.LogCaptureFixture) -> None:
+    """Leading again after a pause: what the pool was last term is no baseline (another
+    leader logged what happened in between)."""
+    on_written = events.PoolEvents()
+    with caplog.at_level(logging.INFO, logger="qvdc.engines.events"):
+        on_written("p1", aggregate(PoolPhase.READY, ("n1", Health.HEALTHY, "")))
+        on_written.reset()
+        on_written("p1", aggregate(PoolPhase.ERROR, ("n1", Health.ERROR, "gone")))
+        on_written("p1", aggregate(PoolPhase.READY, ("n1", Health.HEALTHY, "")))
+    assert [(name, f["to"]) for name, f, _ in logged(caplog)] == [
+        ("pool.phase", "READY"),
+        ("host.health", "HEALTHY"),
+    ]
