@@ -65,7 +65,7 @@ from qvdc.engines.liveness import LivenessMonitor
 from qvdc.engines.push import PushHub
 from qvdc.engines.view import ClusterView
 from qvdc.http import connect as connect_face
-from qvdc.http import health
+from qvdc.http import gate, health
 from qvdc.http import server as http_server
 from qvdc.kits import eventlog, materiality
 from qvdc.kits.tasks import cancel_and_wait, create_guarded_task, first_of
@@ -184,8 +184,6 @@ class Controller:
             clock=self.clock,
             materiality_rule=materiality_rule,
         )
-        #: pool.phase and host.health events, once each (a new baseline per leadership term).
-        self.pool_events = PoolEvents()
         self.aggregator = Aggregator(
             store=store,
             view=self.view,
@@ -196,7 +194,7 @@ class Controller:
             replica_id=self.replica_id,
             heard_at=self.monitor.last_heartbeat_wall,
             recheck=settings.check_period,
-            on_written=self.pool_events,
+            on_written=PoolEvents(),  # pool.phase and host.health events, once each
         )
         self.hub = PushHub(view=self.view)
         self.catalog = Catalog(
@@ -251,11 +249,19 @@ class Controller:
         #: The bound port (``GrpcSettings.port`` 0 picks a free one); 0 until serving.
         self.port = 0
         self.http: http_server.HttpServer | None = None
+        self.gate: gate.Gate | None = None
         if settings.http.enabled:
+            self.gate = gate.Gate(
+                self.policy,
+                view=self.view,
+                secure=settings.http_tls,
+                agent_networks=gate.parse_networks(settings.http.unauthenticated_node_networks),
+            )
             connect_app = connect_face.ConnectApp(
                 services,
                 max_message_bytes=settings.grpc.max_message_bytes,
                 grpc_only_hint=f" (port {settings.grpc.port})" if settings.grpc.port else "",
+                gate=self.gate,
             )
             router = http_server.Router(
                 connect_app=connect_app,
@@ -278,8 +284,6 @@ class Controller:
 
     def _on_lead_change(self, leading: bool) -> None:
         self.monitor.leader = leading
-        if leading:
-            self.pool_events.reset()
         eventlog.event(
             log,
             "leader.acquired" if leading else "leader.lost",
@@ -373,6 +377,8 @@ class Controller:
             http.host,
             self.http_port,
         )
+        if self.gate is not None:
+            self.gate.announce()
 
     async def _close_http(self) -> None:
         if self.http is not None:
