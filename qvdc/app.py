@@ -184,6 +184,8 @@ class Controller:
             clock=self.clock,
             materiality_rule=materiality_rule,
         )
+        #: pool.phase and host.health events, once each (a new baseline per leadership term).
+        self.pool_events = PoolEvents()
         self.aggregator = Aggregator(
             store=store,
             view=self.view,
@@ -194,7 +196,7 @@ class Controller:
             replica_id=self.replica_id,
             heard_at=self.monitor.last_heartbeat_wall,
             recheck=settings.check_period,
-            on_written=PoolEvents(),  # pool.phase and host.health events, once each
+            on_written=self.pool_events,
         )
         self.hub = PushHub(view=self.view)
         self.catalog = Catalog(
@@ -284,6 +286,8 @@ class Controller:
 
     def _on_lead_change(self, leading: bool) -> None:
         self.monitor.leader = leading
+        if leading:
+            self.pool_events.reset()
         eventlog.event(
             log,
             "leader.acquired" if leading else "leader.lost",
