@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from typing import IO, Any, Literal
 
 #: Every event name, with what it means. Add a name here (and to docs/operations.md)
-#: before logging it; :func:`event` refuses names it does not know.
+#: before logging it; :func:`event` flags a name it does not know (once per name, as an
+#: ERROR line), but never fails its caller: a log call must not crash a liveness pass.
 EVENTS: dict[str, str] = {
     "node.offline": "a node silent for longer than the grace (node_id, silent_s, grace_s)",
     "node.recovered": "an OFFLINE node heartbeats again (node_id, offline_s)",
@@ -41,6 +42,9 @@ EVENTS: dict[str, str] = {
     "leader.acquired": "this replica became the aggregation leader (replica_id)",
     "leader.lost": "this replica stopped being the aggregation leader (replica_id)",
 }
+
+#: Unknown event names already flagged (bounded by the names in the code).
+_flagged: set[str] = set()
 
 #: Attributes of a ``LogRecord`` that :func:`event` sets (read by the formatters).
 EVENT_ATTR = "event"
@@ -84,8 +88,9 @@ def event(
     ``message % args`` is the human text, as in ``logger.info``; ``fields`` are the
     machine-readable facts (ids, states, durations), shown as ``key=value`` in text lines.
     """
-    if name not in EVENTS:
-        raise ValueError(f"unknown event {name!r}: add it to qvdc.kits.eventlog.EVENTS")
+    if name not in EVENTS and name not in _flagged:
+        _flagged.add(name)
+        logger.error("unknown event name %r: add it to qvdc.kits.eventlog.EVENTS", name)
     event_id = new_event_id()
     logger.log(
         level,
