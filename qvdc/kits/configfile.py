@@ -45,6 +45,41 @@ from typing import Any
 
 #: ``argparse`` dest prefix of the settings' flags (their dest is ``cfg:<key>``).
 _DEST = "cfg:"
+#: Namespace attribute prefix of the option string a setting was given with (an alias
+#: such as ``--etcd`` or the setting's own flag), so errors name what was typed.
+_SOURCE = "cfg-source:"
+
+
+class _StoreRecording(argparse.Action):
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        setattr(namespace, self.dest, values)
+        setattr(namespace, _SOURCE + self.dest[len(_DEST) :], option_string)
+
+
+class _AppendRecording(argparse.Action):
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        items = list(getattr(namespace, self.dest, None) or [])
+        items.append(values)
+        setattr(namespace, self.dest, items)
+        key = _SOURCE + self.dest[len(_DEST) :]
+        seen = getattr(namespace, key, None)
+        setattr(
+            namespace,
+            key,
+            option_string if seen in (None, option_string) else f"{seen}/{option_string}",
+        )
 
 
 class ConfigError(ValueError):
@@ -480,9 +515,8 @@ class Schema:
                 "metavar": self._metavars.get(setting.key, setting.metavar),
                 "help": setting.help(),
             }
-            if setting.kind.repeat:
-                options["action"] = "append"
-            elif setting.kind.metavar == "true|false":
+            options["action"] = _AppendRecording if setting.kind.repeat else _StoreRecording
+            if setting.kind.metavar == "true|false":
                 options["nargs"] = "?"
                 options["const"] = "true"
             groups[section].add_argument(setting.flag, *setting.aliases, **options)
@@ -506,7 +540,7 @@ class Schema:
             raw = given.get(_DEST + setting.key)
             if raw is None:
                 continue
-            source = setting.flag
+            source = given.get(_SOURCE + setting.key, setting.flag)
             if setting.kind.repeat:
                 parts = [self._parse_text(setting, text, source, flag=True) for text in raw]
                 assert setting.kind.join is not None

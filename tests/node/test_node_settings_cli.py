@@ -153,7 +153,7 @@ def test_arguments_become_settings(tmp_path):
     [
         (["--controller", "nohost"], "must be host:port"),
         (["--controller", "h:1", "--heartbeat-interval", "0"], "heartbeat_interval must be in"),
-        (["--controller", "h:1", "--label", "novalue"], "--labels: expected KEY=VALUE pairs"),
+        (["--controller", "h:1", "--label", "novalue"], "--label: expected KEY=VALUE pairs"),
         ([], "controllers is required: set --controllers, QVDC_NODE_CONTROLLERS"),
     ],
 )

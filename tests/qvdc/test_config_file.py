@@ -224,7 +224,7 @@ def test_a_bad_file_is_refused_naming_the_file_and_the_key(
             ["--etcd", "h:1"],
             {"QVDC_ETCD_EMBEDDED_QUOTA_BYTES": "1024"},
             "etcd.embedded_quota_bytes (QVDC_ETCD_EMBEDDED_QUOTA_BYTES) set with "
-            "etcd.endpoints (--etcd-endpoints)",
+            "etcd.endpoints (--etcd)",  # the alias typed, not the canonical flag
         ),
         (["--limits-max-labels", "0"], {}, "limit max_labels must be a positive integer"),
         (
