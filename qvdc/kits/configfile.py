@@ -20,8 +20,9 @@ repeat, text is comma-separated, TOML is an array), ``Mapping[str, str]`` (``KEY
 and ``Mapping[str, Mapping[str, str]]`` (``GROUP.KEY=VALUE``). A field of another type
 fails when the schema is built (tests build every schema).
 
-Help text is the first sentence of each field's docstring (read from the source with
-``ast``; the docstrings say the unit), then the default.
+Help text is each field's docstring (read from the source with ``ast``; the docstrings say
+the unit), cut to its first sentence when long, then the default and the variable's name.
+Errors name the option as typed (an alias such as ``--etcd`` included).
 """
 
 from __future__ import annotations
