@@ -86,4 +86,14 @@ def from_args(args: argparse.Namespace, *, environ: Mapping[str, str]) -> Config
 def load(argv: Sequence[str] | None = None, *, environ: Mapping[str, str] | None = None) -> Config:
     """Parse ``argv`` (argparse exits 2 on a malformed command line) and build the config."""
     env = os.environ if environ is None else environ
-    return from_args(build_parser().parse_args(argv), environ=env)
+    args = build_parser().parse_args(argv)
+    config = from_args(args, environ=env)
+    if args.print_config:
+        print(dump(config), end="")
+        raise SystemExit(0)
+    return config
+
+
+def dump(config: Config) -> str:
+    """``config`` as a TOML file that loads back to it (``--print-config``)."""
+    return SCHEMA.dump({(): config.settings, ("log",): config.log})

@@ -99,7 +99,16 @@ def load(argv: Sequence[str] | None = None, *, environ: Mapping[str, str] | None
     """
     env = os.environ if environ is None else environ
     args = build_parser().parse_args(argv)
-    return from_args(args, environ=env)
+    config = from_args(args, environ=env)
+    if args.print_config:
+        print(dump(config), end="")
+        raise SystemExit(0)
+    return config
+
+
+def dump(config: Config) -> str:
+    """``config`` as a TOML file that loads back to it (``--print-config``)."""
+    return SCHEMA.dump({(): config.settings, ("log",): config.log})
 
 
 def from_args(args: argparse.Namespace, *, environ: Mapping[str, str]) -> Config:

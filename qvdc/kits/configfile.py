@@ -34,6 +34,7 @@ import dataclasses
 import difflib
 import inspect
 import itertools
+import json
 import re
 import textwrap
 import tomllib
@@ -636,6 +637,50 @@ class Schema:
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
 
+    # ------------------------------------------------------------ dumping
+
+    def dump(self, built: Mapping[tuple[str, ...], object]) -> str:
+        """The effective configuration (what :meth:`build` returned) as a TOML file that
+        loads back to the same values: ``--print-config``. What differs from the default is a
+        key; a default is a comment (so the output shows what was changed, and loading it
+        back sets nothing a combination check would refuse as given)."""
+        sections: dict[tuple[str, ...], list[str]] = {}
+        for setting in self:
+            prefix = max((p for p in built if setting.path[: len(p)] == p), key=len)
+            value: object = built[prefix]
+            for name in setting.path[len(prefix) :]:
+                value = getattr(value, name)
+            name = setting.path[-1]
+            if value is None:
+                line = f"# {name} = (unset)"
+            elif not setting.required and value == setting.default:
+                line = f"# {name} = {_toml(value)}  (default)"
+            else:
+                line = f"{name} = {_toml(value)}"
+            sections.setdefault(setting.path[:-1], []).append(line)
+        out = list(sections.pop((), []))
+        for section, lines in sections.items():
+            out.extend(["", f"[{'.'.join(section)}]", *lines])
+        return "\n".join(out).lstrip("\n") + "\n"
+
+
+def _toml(value: object) -> str:
+    """``value`` in TOML's syntax (JSON's string escapes are TOML's basic-string escapes)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str | Path):
+        return json.dumps(str(value), ensure_ascii=False)
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        items = ", ".join(
+            f"{json.dumps(str(k), ensure_ascii=False)} = {_toml(v)}" for k, v in value.items()
+        )
+        return "{" + (f" {items} " if items else "") + "}"
+    raise TypeError(f"no TOML form for {value!r}")
+
 
 def _quote(value: object, limit: int = 64) -> str:
     """A value as an error message quotes it: TOML's spelling, cut to ``limit`` characters."""
@@ -648,13 +693,20 @@ def _quote(value: object, limit: int = 64) -> str:
 
 
 def add_config_argument(parser: argparse.ArgumentParser, *, env: str) -> None:
-    """``--config PATH`` (also ``env``): the TOML file read under the environment and flags."""
+    """``--config PATH`` (also ``env``): the TOML file read under the environment and flags;
+    ``--print-config``: print the effective configuration and exit."""
     parser.add_argument(
         "--config",
         type=Path,
         default=None,
         metavar="PATH",
         help=f"TOML configuration file, read under the environment and the flags [{env}]",
+    )
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the effective configuration (file, environment and flags applied, every "
+        "default filled in) as TOML, and exit",
     )
 
 

@@ -152,3 +152,17 @@ async def test_json_log_lines_parse_and_carry_the_fields(tmp_path: Path) -> None
         assert {"ts", "level", "logger", "msg"} <= set(doc), doc
         assert doc["ts"].endswith("Z") and doc["level"] in ("DEBUG", "INFO", "WARNING", "ERROR")
     assert any(d["logger"].startswith("node") and "unreachable" in d["msg"] for d in docs)
+
+
+def test_print_config_loads_back_to_the_same_settings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--config", str(ROOT / "deploy" / "qvdc-node.toml"), "--state-dir", "/srv/n"]
+    effective = load(*argv, "--backend-option", "nfs.mount_command=mount -o a,b")
+    with pytest.raises(SystemExit):
+        load(*argv, "--backend-option", "nfs.mount_command=mount -o a,b", "--print-config")
+    printed = capsys.readouterr().out
+    assert 'pools_root = "/srv/n/pools"\n' in printed
+    path = tmp_path / "printed.toml"
+    path.write_text(printed)
+    assert load("--config", str(path)) == effective

@@ -310,3 +310,20 @@ def test_flags_are_not_abbreviated(capsys: pytest.CaptureFixture[str]) -> None:
 def test_version() -> None:
     done = run_qvdc("--version")
     assert (done.returncode, done.stdout) == (0, f"qvdc {qvdc.__version__}\n")
+
+
+def test_print_config_shows_the_effective_configuration_and_loads_back_to_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--config", str(ROOT / "deploy" / "qvdc.toml"), "--grace", "95", "--etcd", "e:1"]
+    env = {"QVDC_LIMITS_MAX_LABELS": "7", "QVDC_GRPC_PORT": "7500"}
+    effective = load(*argv, env=env)
+    with pytest.raises(SystemExit) as info:
+        load(*argv, "--print-config", env=env)
+    assert info.value.code == 0
+    printed = capsys.readouterr().out
+    assert "port = 7500\n" in printed and "max_labels = 7\n" in printed
+    assert 'endpoints = ["e:1"]\n' in printed  # the flag replaced the file's three
+    assert "# commit_max_ops = 128  (default)\n" in printed
+    again = load("--config", str(write(tmp_path, printed, "printed.toml")))
+    assert again == effective
