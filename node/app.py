@@ -126,6 +126,10 @@ class NodeApp:
             logger=log.getChild("hostfacts"),
         )
         client_options: dict[str, Any] = {}
+        if channel_factory is None and settings.tls_ca is not None:
+            channel_factory = client.tls_channel_factory(
+                ca=settings.tls_ca, cert=settings.tls_cert, key=settings.tls_key
+            )
         if channel_factory is not None:
             client_options["channel_factory"] = channel_factory
         self.client = client.ControllerClient(
@@ -221,8 +225,31 @@ class NodeApp:
 
 
 async def main(settings: settings_mod.NodeSettings) -> int:
-    """Run the daemon until SIGTERM/SIGINT; returns the process exit code."""
+    """Run the daemon until SIGTERM/SIGINT; returns the process exit code (2: TLS neither
+    configured nor refused explicitly with ``insecure``, or its files cannot be loaded)."""
     logger = logging.getLogger("node")
+    if not settings.tls_chosen:
+        logger.error(
+            "no TLS configured: give tls_ca, tls_cert and tls_key (--tls-ca, --tls-cert, "
+            "--tls-key; qvdcctl certs issue-node makes them), or plain text explicitly "
+            "with --insecure"
+        )
+        return 2
+    if settings.insecure:
+        logger.warning(
+            "talking to the controller in PLAIN TEXT (--insecure): anyone on the path can "
+            "read and forge this node's reports; see docs/security.md"
+        )
+    channels: client.ChannelFactory | None = None
+    if settings.tls_ca is not None:
+        try:
+            channels = client.tls_channel_factory(
+                ca=settings.tls_ca, cert=settings.tls_cert, key=settings.tls_key
+            )
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            logger.error("cannot load the TLS files: %s", exc)
+            return 2
+    daemon = NodeApp(settings=settings, logger=logger, channel_factory=channels)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -234,7 +261,7 @@ async def main(settings: settings_mod.NodeSettings) -> int:
     for signum in handled:
         loop.add_signal_handler(signum, on_signal, signum)
     try:
-        await NodeApp(settings=settings, logger=logger).run(stop=stop)
+        await daemon.run(stop=stop)
     except Exception as exc:  # a root task crashed (already logged by its guard) or start-up failed
         if isinstance(exc, ExceptionGroup):
             logger.error("node daemon stopped because a task failed (see the traceback above)")

@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 
 import grpclib.client
 import grpclib.const
@@ -40,7 +41,7 @@ import grpclib.exceptions
 
 from node import convert, hostfacts
 from protos.limiquantix.compute import v1 as compute
-from qvdc.transport import streams
+from qvdc.transport import streams, tls
 
 _STREAM_HEARTBEAT = "/limiquantix.compute.v1.NodeService/StreamHeartbeat"
 
@@ -93,6 +94,20 @@ ChannelFactory = Callable[[str, int], grpclib.client.Channel]
 
 def _default_channel(host: str, port: int) -> grpclib.client.Channel:
     return grpclib.client.Channel(host, port)
+
+
+def tls_channel_factory(*, ca: Path, cert: Path | None, key: Path | None) -> ChannelFactory:
+    """Channels over TLS: the controller's certificate checked against ``ca`` and the host
+    dialled, this node's ``cert`` presented. The files are read for every new channel
+    (the first one now, so that a bad file fails the start-up), so a rotated
+    certificate is used from the next reconnection on."""
+    tls.client_context(ca=ca, cert=cert, key=key)
+
+    def channel(host: str, port: int) -> grpclib.client.Channel:
+        context = tls.client_context(ca=ca, cert=cert, key=key)
+        return grpclib.client.Channel(host, port, ssl=context)
+
+    return channel
 
 
 class ControllerClient:

@@ -155,6 +155,22 @@ class NodeSettings:
     (``{"nfs": {"mount_command": "mount", "nfs_port": "2049"}}``): see
     ``node.app.backend_options`` for how each is converted."""
 
+    tls_ca: Path | None = None
+    """CA certificate (PEM) the controller's certificate must be signed by. Set: the
+    connection is TLS. Required unless ``insecure``."""
+
+    tls_cert: Path | None = None
+    """This node's certificate (PEM; its SAN DNS name is its hostname), presented to the
+    controller. Read again for every new connection, so a rotated one is used from the
+    next reconnection on."""
+
+    tls_key: Path | None = None
+    """The private key (PEM) of ``tls_cert``."""
+
+    insecure: bool = False
+    """Talk to the controller in plain text (no ``tls_*``): anyone on the path can read
+    and forge this node's reports. Logged as a WARNING at start."""
+
     def __post_init__(self) -> None:
         # Freeze the containers too: a frozen dataclass holding a live dict
         # would still let a caller mutate "frozen" settings.
@@ -177,6 +193,11 @@ class NodeSettings:
         if self.probe_interval is not None:
             return self.probe_interval
         return min(self.heartbeat_interval, 10.0)
+
+    @property
+    def tls_chosen(self) -> bool:
+        """Whether TLS, or plain text explicitly, was chosen (the daemon needs one)."""
+        return self.insecure or self.tls_ca is not None
 
     @property
     def endpoints(self) -> tuple[tuple[str, int], ...]:
@@ -255,6 +276,14 @@ class NodeSettings:
         )
         _require(0 <= self.material_fraction < 1, "material_fraction must be in [0, 1)")
         _require(self.material_min_bytes >= 0, "material_min_bytes must be >= 0")
+        _require(
+            (self.tls_cert is None) == (self.tls_key is None), "tls_cert and tls_key go together"
+        )
+        _require(
+            self.tls_cert is None or self.tls_ca is not None,
+            "tls_cert needs tls_ca (the CA of the controller's certificate)",
+        )
+        _require(not (self.insecure and self.tls_ca is not None), "insecure and tls_ca contradict")
         # Cross-field rules (see the module docstring for why these and not stricter ones).
         grace = 3 * self.heartbeat_interval + 10
         _require(

@@ -40,6 +40,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 from collections.abc import AsyncIterator, Coroutine
 from importlib import resources
 from typing import Any, Protocol
@@ -70,10 +71,10 @@ from qvdc.http import server as http_server
 from qvdc.kits import eventlog, materiality
 from qvdc.kits.tasks import cancel_and_wait, create_guarded_task, first_of
 from qvdc.kits.timing import Clock, SystemClock
-from qvdc.settings import ControllerSettings, GrpcSettings
+from qvdc.settings import ControllerSettings, GrpcSettings, TlsSettings
 from qvdc.store.embedded import EmbeddedEtcd
 from qvdc.store.etcd import EtcdStore
-from qvdc.transport import heartbeat_codec, keepalive, serving
+from qvdc.transport import heartbeat_codec, keepalive, serving, tls
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,7 @@ SERVER_CLOSE_TIMEOUT = 5.0
 EXIT_STOPPED = 0
 EXIT_FAILED = 1
 EXIT_FORCED = 3
+EXIT_INVALID = 2
 
 
 class RootTaskEnded(Exception):
@@ -278,6 +280,8 @@ class Controller:
             )
         #: The HTTP server's bound port (``HttpSettings.port`` 0: a free one); 0 until bound.
         self.http_port = 0
+        #: The gRPC server's TLS context, reloadable (None: plain text, ``tls.mode`` off).
+        self.tls = server_tls(settings.tls)
         #: Set while the server accepts calls.
         self.serving = asyncio.Event()
         self._listening = False
@@ -306,7 +310,22 @@ class Controller:
                 self.election.run(lead=self.aggregator.run, on_lead_change=self._on_lead_change),
                 "election",
             ),
+            *self._tls_loops(),
         ]
+
+    def _tls_loops(self) -> list[tuple[Coroutine[Any, Any, None], str]]:
+        interval = self.settings.tls.reload_interval
+        if self.tls is None or interval == 0:
+            return []
+        return [(self.tls.watch(interval=interval), "tls-reloader")]
+
+    def reload_tls(self, *, reason: str) -> bool:
+        """Load the TLS files again for new connections (SIGHUP); established ones keep
+        theirs. False (logged) if they could not be loaded: the old ones stay in use."""
+        if self.tls is None:
+            log.info("%s: TLS is off, nothing to reload", reason)
+            return False
+        return self.tls.try_reload(reason=reason)
 
     async def run(self, *, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set, then shut down (see the module docstring).
@@ -353,14 +372,28 @@ class Controller:
         grpc = self.settings.grpc
         sock = await bind_socket(grpc.host, grpc.port)
         try:
-            await self.server.start(sock=sock)
+            await self.server.start(sock=sock, ssl=self.tls.context if self.tls else None)
         except BaseException:
             sock.close()
             raise
         self._listening = True
         self.port = int(sock.getsockname()[1])
         self.serving.set()
-        log.info("QvDC replica %s serving on %s:%d", self.replica_id, grpc.host, self.port)
+        mode = self.settings.tls.effective_mode
+        log.info(
+            "QvDC replica %s serving on %s:%d (%s)",
+            self.replica_id,
+            grpc.host,
+            self.port,
+            {"mtls": "TLS, client certificates required", "tls": "TLS"}.get(mode, "PLAIN TEXT"),
+        )
+        if mode == "off":
+            log.warning(
+                "gRPC is PLAIN TEXT (tls.mode off): anyone who can reach %s:%d can act as any "
+                "node or operator; see docs/security.md",
+                grpc.host,
+                self.port,
+            )
         auth.announce(self.policy)
 
     async def _serve_http(self) -> None:
@@ -450,6 +483,19 @@ async def running_store(settings: ControllerSettings) -> AsyncIterator[EtcdStore
         yield store
 
 
+def server_tls(settings: TlsSettings) -> tls.ReloadableServerContext | None:
+    """The server's reloadable TLS context from the settings (None: plain text)."""
+    if settings.effective_mode == "off":
+        return None
+    assert settings.cert is not None and settings.key is not None  # TlsSettings checks
+    return tls.ReloadableServerContext(
+        cert=settings.cert,
+        key=settings.key,
+        ca=settings.client_ca,
+        require_client_cert=settings.require_client_cert,
+    )
+
+
 class ControllerFactory(Protocol):
     """Builds the replica around a connected store (``Controller`` itself, by default)."""
 
@@ -457,7 +503,23 @@ class ControllerFactory(Protocol):
 
 
 async def main(settings: ControllerSettings, *, factory: ControllerFactory = Controller) -> int:
-    """Run one replica until SIGTERM/SIGINT or a failure; returns the exit code."""
+    """Run one replica until SIGTERM/SIGINT or a failure; returns the exit code.
+    SIGHUP reloads the TLS certificate, key and client CA for new connections.
+
+    TLS must be chosen (``tls.cert`` or ``tls.mode``, even ``off``): without either, and
+    with TLS files that cannot be loaded, it logs why and returns ``EXIT_INVALID``."""
+    if not settings.tls.chosen:
+        log.error(
+            "no TLS configured: give tls.cert, tls.key and tls.client_ca (--tls-cert, "
+            "--tls-key, --tls-client-ca; qvdcctl certs init makes a dev set), or plain text "
+            "explicitly with tls.mode off (--tls-mode off)"
+        )
+        return EXIT_INVALID
+    try:
+        server_tls(settings.tls)
+    except (OSError, ssl.SSLError, ValueError) as error:
+        log.error("cannot load the TLS certificate %s: %s", settings.tls.cert, error)
+        return EXIT_INVALID
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     running = asyncio.Event()  # the replica's run() has started: it honours ``stop`` itself
@@ -466,10 +528,18 @@ async def main(settings: ControllerSettings, *, factory: ControllerFactory = Con
     async def serve() -> None:
         async with running_store(settings) as store:
             controller = factory(store=store, settings=settings)
+            controllers.append(controller)
             running.set()
             await controller.run(stop=stop)
 
     replica = asyncio.create_task(serve(), name="replica")
+    controllers: list[Controller] = []
+
+    def on_hangup() -> None:
+        if controllers:
+            controllers[-1].reload_tls(reason="SIGHUP")
+        else:
+            log.info("SIGHUP before the replica started: nothing to reload yet")
 
     def on_signal(signum: signal.Signals) -> None:
         nonlocal forced
@@ -486,10 +556,11 @@ async def main(settings: ControllerSettings, *, factory: ControllerFactory = Con
     handled = (signal.SIGTERM, signal.SIGINT)
     for signum in handled:
         loop.add_signal_handler(signum, on_signal, signum)
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
     try:
         await asyncio.wait({replica})
     finally:
-        for signum in handled:
+        for signum in (*handled, signal.SIGHUP):
             loop.remove_signal_handler(signum)
         await cancel_and_wait(replica)  # still running only if main() itself is cancelled
     if replica.cancelled():

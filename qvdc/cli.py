@@ -3,12 +3,18 @@
     qvdcctl [--controller HOST[:PORT]] pools list|get|create|update|delete|assign|unassign|metrics
     qvdcctl nodes list|get|enable|disable
     qvdcctl status | watch [--once] | context show|controller|etcd-endpoint
+    qvdcctl certs init|issue-node|issue-operator|issue-server
 
 Pools and nodes are named by id or by name / hostname (resolved with ListPools /
 ListNodes). The controller is the ``--controller`` flag, else ``QVDC_CONTROLLER``,
 else the context file ``make run`` writes (``$QVDC_CONTEXT``, ``./.run/context.json``,
 ``~/.config/qvdc/context.json``), else 127.0.0.1:7443; a host without a port
 means port 7443. There is no watch RPC, so ``watch`` and ``--watch`` poll.
+
+TLS: ``--tls-ca`` (the controller's CA) with the operator's ``--tls-cert``/``--tls-key``
+(``QVDC_TLS_CA``/``_CERT``/``_KEY``, else the context file's ``tls_ca``/``tls_cert``/
+``tls_key``, relative to the file); plain text only with ``--insecure``
+(``QVDC_INSECURE=1``). A call with neither is a usage error (docs/security.md).
 
 Exit status: 0 on success, 1 when the controller answers with an error (its gRPC
 status and message are printed), 2 on bad usage, 3 when the controller cannot be
@@ -23,6 +29,7 @@ import datetime as dt
 import io
 import json
 import os
+import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -42,6 +49,8 @@ from rich.text import Text
 from protos.google import protobuf
 from protos.limiquantix.compute import v1 as compute
 from protos.limiquantix.storage import v1 as storage
+from qvdc import cli_certs
+from qvdc.transport import tls
 
 RPC_TIMEOUT = 10.0
 DEFAULT_PORT = 7443
@@ -189,14 +198,38 @@ def context_paths() -> list[Path]:
 
 
 def load_context() -> dict[str, Any]:
+    return load_context_file()[0]
+
+
+def load_context_file() -> tuple[dict[str, Any], Path | None]:
+    """The first readable context file's contents, and its path."""
     for path in context_paths():
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
         if isinstance(data, dict):
-            return data
-    return {}
+            return data, path
+    return {}, None
+
+
+TLS_KEYS = ("tls_ca", "tls_cert", "tls_key")
+"""The context file's TLS fields (paths, relative to the file's directory)."""
+
+
+def tls_files(
+    flags: dict[str, Path | None], context: dict[str, Any], where: Path | None
+) -> dict[str, Path | None]:
+    """``tls_ca``/``tls_cert``/``tls_key``: each flag (or its variable), else the context's."""
+    out: dict[str, Path | None] = {}
+    for key in TLS_KEYS:
+        value = flags.get(key)
+        if value is None and isinstance(context.get(key), str) and context[key]:
+            value = Path(context[key])
+            if where is not None and not value.is_absolute():
+                value = where.parent / value
+        out[key] = value
+    return out
 
 
 def parse_endpoint(text: str) -> tuple[str, int]:
@@ -219,10 +252,36 @@ def parse_endpoint(text: str) -> tuple[str, int]:
 
 
 class Ctx:
-    def __init__(self, controller: str) -> None:
+    def __init__(
+        self,
+        controller: str,
+        *,
+        tls_files: dict[str, Path | None] | None = None,
+        insecure: bool = False,
+    ) -> None:
         self.controller = controller
         self.host, self.port = parse_endpoint(controller)
         self.color = sys.stdout.isatty()
+        self.tls_files = tls_files or {}
+        self.insecure = insecure
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The client TLS context (None with ``--insecure``); a usage error without either."""
+        if self.insecure:
+            return None
+        ca, cert, key = (self.tls_files.get(k) for k in TLS_KEYS)
+        if ca is None:
+            _fail(
+                EXIT_USAGE,
+                "no TLS configured: give --tls-ca (and --tls-cert/--tls-key), or --insecure "
+                "for a plain-text controller",
+            )
+            raise AssertionError("unreachable")
+        try:
+            return tls.client_context(ca=ca, cert=cert, key=key)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            _fail(EXIT_USAGE, f"cannot load the TLS files ({ca}, {cert}, {key}): {exc}")
+            raise AssertionError("unreachable") from exc
 
 
 def _fail(code: int, message: str) -> None:
@@ -233,12 +292,14 @@ def _fail(code: int, message: str) -> None:
 def rpc(ctx: Ctx, body: Callable[[Client], Awaitable[T]]) -> T:
     """Run ``body`` with a connected client; map errors to the documented exit codes."""
 
+    context = ctx.ssl_context()
+
     async def go() -> T:
-        channel = grpclib.client.Channel(ctx.host, ctx.port)
+        channel = grpclib.client.Channel(ctx.host, ctx.port, ssl=context)
         try:
             return await body(Client(channel))
         finally:
-            channel.close()
+            tls.close_at_once(channel)  # the loop ends next: no TLS close_notify exchange
 
     try:
         return asyncio.run(go())
@@ -341,12 +402,48 @@ def _repeat(render: Callable[[], str], *, watch: bool, interval: float, title: s
     metavar="HOST[:PORT]",
     help="controller address (env QVDC_CONTROLLER, then the context file, then 127.0.0.1:7443)",
 )
+@click.option(
+    "--tls-ca",
+    envvar="QVDC_TLS_CA",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="CA of the controller's certificate (env QVDC_TLS_CA, then the context file)",
+)
+@click.option(
+    "--tls-cert",
+    envvar="QVDC_TLS_CERT",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="operator certificate (env QVDC_TLS_CERT, then the context file)",
+)
+@click.option(
+    "--tls-key",
+    envvar="QVDC_TLS_KEY",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="its private key (env QVDC_TLS_KEY, then the context file)",
+)
+@click.option(
+    "--insecure",
+    envvar="QVDC_INSECURE",
+    is_flag=True,
+    help="plain text, no TLS (env QVDC_INSECURE=1)",
+)
 @click.version_option(VERSION, prog_name="qvdcctl")
 @click.pass_context
-def cli(ctx: click.Context, controller: str | None) -> None:
+def cli(
+    ctx: click.Context,
+    controller: str | None,
+    tls_ca: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    insecure: bool,
+) -> None:
     """Operate a QvDC controller. Exit: 0 ok, 1 controller error, 2 usage, 3 unreachable."""
-    endpoint = controller or str(load_context().get("controller") or DEFAULT_CONTROLLER)
-    ctx.obj = Ctx(endpoint)
+    context, where = load_context_file()
+    endpoint = controller or str(context.get("controller") or DEFAULT_CONTROLLER)
+    flags = {"tls_ca": tls_ca, "tls_cert": tls_cert, "tls_key": tls_key}
+    ctx.obj = Ctx(endpoint, tls_files=tls_files(flags, context, where), insecure=insecure)
 
 
 pass_ctx = click.make_pass_decorator(Ctx)
@@ -813,6 +910,9 @@ def context_etcd() -> None:
     if not endpoint:
         _fail(EXIT_CONTROLLER, "no etcd endpoint in the context file (is `make run` running?)")
     click.echo(str(endpoint))
+
+
+cli.add_command(cli_certs.certs_group, name="certs")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -12,6 +12,11 @@ controller's log and writes both, with the key prefix, to the context file
 reads, so ``qvdcctl ...`` and ``etcdctl --endpoints=$(qvdcctl context
 etcd-endpoint) ...`` work as written in a second terminal. The files are removed
 on exit.
+
+mTLS is on: a dev CA and the controller's, the node's and an admin operator's
+certificates are made in ``.run/pki/`` if missing (``qvdcctl certs`` makes the same),
+the controller requires client certificates, and the context file names the
+operator's, so ``qvdcctl`` speaks mTLS too.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ from grpclib.exceptions import GRPCError
 from protos.limiquantix.compute import v1 as compute
 from protos.limiquantix.storage import v1 as storage
 from qvdc.cli import render_pools
+from qvdc.security import certs
+from qvdc.transport import tls
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN = ROOT / ".run"
@@ -43,6 +50,8 @@ INTERVAL = "5"
 PREFERRED_PORT = 7443
 PREFIX = "/quantix/"
 CONTEXT_FILES = (RUN / "context.json", Path.home() / ".config" / "qvdc" / "context.json")
+PKI = RUN / "pki"
+OPERATOR = "demo-admin"
 ETCD_LOG_LINE = re.compile(r"embedded etcd pid \d+ at (\S+)")
 
 
@@ -55,12 +64,49 @@ def free_port(preferred: int = 0) -> int:
         return int(s.getsockname()[1])
 
 
-def write_context(*, controller: str, etcd: str) -> None:
+def ensure_pki(hostname: str) -> dict[str, Path]:
+    """The CA and the controller's, node's and operator's certificates in ``.run/pki``,
+    issuing what is missing (an existing CA is kept, as ``qvdcctl certs init`` does)."""
+    issued: list[str] = []
+    ca_cert, _ = certs.paths(PKI, certs.CA_NAME)
+    if ca_cert.exists():
+        ca = certs.read_pair(directory=PKI, name=certs.CA_NAME)
+    else:
+        ca = certs.issue_ca("quantix dev CA", days=3650)
+        certs.write_pair(ca, directory=PKI, name=certs.CA_NAME)
+        issued.append(certs.CA_NAME)
+    wanted = {
+        certs.CONTROLLER_NAME: lambda: certs.issue_server(ca, days=365),
+        certs.node_name(hostname): lambda: certs.issue_node(ca, hostname, days=365),
+        certs.operator_name(OPERATOR): lambda: certs.issue_operator(
+            ca, OPERATOR, "admin", days=365
+        ),
+    }
+    new_ca = bool(issued)  # then every certificate is issued again, from it
+    for name, issue in wanted.items():
+        if new_ca or not certs.paths(PKI, name)[0].exists():
+            certs.write_pair(issue(), directory=PKI, name=name)
+            issued.append(name)
+    print(f"PKI .run/pki: {'issued ' + ', '.join(issued) if issued else 'kept'}")
+    out = {"ca": ca_cert}
+    for role, name in (
+        ("controller", certs.CONTROLLER_NAME),
+        ("node", certs.node_name(hostname)),
+        ("operator", certs.operator_name(OPERATOR)),
+    ):
+        out[f"{role}_cert"], out[f"{role}_key"] = certs.paths(PKI, name)
+    return out
+
+
+def write_context(*, controller: str, etcd: str, pki: dict[str, Path]) -> None:
     data = {
         "controller": controller,
         "etcd": etcd,
         "prefix": PREFIX,
         "etcdctl": f"etcdctl --endpoints={etcd} get --prefix {PREFIX} --keys-only",
+        "tls_ca": str(pki["ca"]),
+        "tls_cert": str(pki["operator_cert"]),
+        "tls_key": str(pki["operator_key"]),
     }
     for path in CONTEXT_FILES:
         with contextlib.suppress(OSError):
@@ -103,6 +149,7 @@ async def demo() -> None:
     log_size = (RUN / "qvdc.log").stat().st_size if (RUN / "qvdc.log").exists() else 0
     port = free_port(PREFERRED_PORT)
     hostname = f"{socket.gethostname()}-demo"
+    pki = ensure_pki(hostname)
     qvdc = start(
         "qvdc",
         [
@@ -113,10 +160,17 @@ async def demo() -> None:
             str(RUN / "qvdc"),
             "--heartbeat-interval",
             INTERVAL,
+            "--tls-cert",
+            str(pki["controller_cert"]),
+            "--tls-key",
+            str(pki["controller_key"]),
+            "--tls-client-ca",
+            str(pki["ca"]),
         ],
     )
     node = None
-    channel = grpclib.client.Channel("127.0.0.1", port)
+    operator = tls.client_context(ca=pki["ca"], cert=pki["operator_cert"], key=pki["operator_key"])
+    channel = grpclib.client.Channel("127.0.0.1", port, ssl=operator)
     pools = storage.StoragePoolServiceStub(channel)
     nodes = compute.NodeServiceStub(channel)
     stop = asyncio.Event()
@@ -137,8 +191,12 @@ async def demo() -> None:
             return found[-1].removeprefix("http://") if found else None
 
         etcd = await wait_for("the embedded etcd's endpoint", etcd_logged, procs=[qvdc])
-        write_context(controller=f"127.0.0.1:{port}", etcd=etcd)
+        write_context(controller=f"127.0.0.1:{port}", etcd=etcd, pki=pki)
         print(f"controller 127.0.0.1:{port}   embedded etcd {etcd}   context .run/context.json")
+        print(
+            "mTLS on: controller, node and qvdcctl present certificates of the CA "
+            f".run/pki/ca.crt (operator {OPERATOR}, admin)"
+        )
         print(f"etcdctl --endpoints={etcd} get --prefix {PREFIX} --keys-only")
         node = start(
             "node",
@@ -156,6 +214,12 @@ async def demo() -> None:
                 INTERVAL,
                 "--libvirt-uri",
                 "test:///default",  # libvirt's test driver: the demo needs no libvirtd
+                "--tls-ca",
+                str(pki["ca"]),
+                "--tls-cert",
+                str(pki["node_cert"]),
+                "--tls-key",
+                str(pki["node_key"]),
             ],
         )
 
@@ -193,7 +257,7 @@ async def demo() -> None:
             clear = "\x1b[2J\x1b[H" if sys.stdout.isatty() else "\n"
             stamp = dt.datetime.now().strftime("%H:%M:%S")
             print(
-                f"{clear}Quantix demo  {stamp}  controller 127.0.0.1:{port}  etcd {etcd}  "
+                f"{clear}Quantix demo  {stamp}  controller 127.0.0.1:{port} (mTLS)  etcd {etcd}  "
                 f"(Ctrl-C stops everything)\n"
                 f"{render_pools(listed.pools, nodes=hosts.nodes, color=sys.stdout.isatty())}",
                 flush=True,
@@ -202,7 +266,7 @@ async def demo() -> None:
                 async with asyncio.timeout(1.0):
                     await stop.wait()
     finally:
-        channel.close()
+        tls.close_at_once(channel)
         remove_context(f"127.0.0.1:{port}")
         for proc in (node, qvdc):
             if proc is not None and proc.poll() is None:

@@ -66,6 +66,8 @@ class Harness:
             f"{self.config.grace:g}",
             "--state-dir",
             str(workdir / name),
+            "--tls-mode",
+            "off",  # measured in plain text, as before TLS existed
             "--log-level",
             "WARNING",
         ]

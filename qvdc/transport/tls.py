@@ -21,6 +21,12 @@ A client context is cheap, and the node daemon builds one for every channel it
 opens, so a rotated node certificate is used from the next reconnection on.
 grpclib checks the server's certificate against the host it dials (or
 ``Configuration.ssl_target_name_override``).
+
+:func:`close_at_once` is for a one-shot client (qvdcctl): closing a TLS connection is
+a close_notify exchange the event loop must still run, so a process that ends its loop
+right after ``Channel.close()`` leaves the socket open (a ResourceWarning). It reads
+grpclib's private ``Channel._protocol.connection._transport``, pinned by
+tests/qvdc/transport/test_tls.py.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ import logging
 import os
 import ssl
 from pathlib import Path
+
+import grpclib.client
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +82,16 @@ def client_context(
     if cert is not None:
         ctx.load_cert_chain(certfile=cert, keyfile=key)
     return ctx
+
+
+def close_at_once(channel: grpclib.client.Channel) -> None:
+    """Close ``channel`` and its socket without the TLS close_notify exchange (the
+    socket is closed on the loop's next iteration). For clients about to exit."""
+    protocol = getattr(channel, "_protocol", None)
+    transport = getattr(getattr(protocol, "connection", None), "_transport", None)
+    channel.close()
+    if transport is not None:
+        transport.abort()
 
 
 def _fingerprint(path: Path | None) -> tuple[int, int, int, int] | None:

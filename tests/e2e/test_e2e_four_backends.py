@@ -211,6 +211,7 @@ def node_daemon(
         f"nfs.nfs_port={nfs_export.port}",
         "--libvirt-uri",
         "test:///default",
+        "--insecure",  # the in-process controller is plain text
         "--log-level",
         "DEBUG",
     ]

@@ -73,6 +73,7 @@ def spawn_node(
                     "1",
                     "--libvirt-uri",
                     "test:///default",
+                    "--insecure",  # the in-process controller is plain text
                     "--log-level",
                     "DEBUG",
                 ],

@@ -86,6 +86,7 @@ async def test_sigterm_stops_the_daemon_cleanly(closed_endpoint, tmp_path):
         "0.5",
         "--libvirt-uri",
         "test:///default",
+        "--insecure",
         "--log-level",
         "debug",
         cwd=REPO,

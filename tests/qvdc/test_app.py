@@ -236,6 +236,7 @@ def spawn_qvdc(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[bytes], Pat
                 "127.0.0.1:0",
                 "--state-dir",
                 str(tmp_path / "state"),
+                *(() if "--tls-cert" in args else ("--tls-mode", "off")),
                 *args,
             ],
             cwd=ROOT,

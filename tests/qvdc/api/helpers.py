@@ -18,6 +18,7 @@ from qvdc.settings import (
     GrpcSettings,
     HeartbeatSettings,
     MonitorSettings,
+    TlsSettings,
 )
 
 T = TypeVar("T")
@@ -123,4 +124,5 @@ def controller_settings(etcd_settings: EtcdSettings, **monitor: float) -> Contro
             grace=monitor.get("grace", 3.0), check_period=monitor.get("check_period", 0.1)
         ),
         replica_id="test-replica",
+        tls=TlsSettings(mode="off"),  # plain text on loopback, chosen explicitly
     )

@@ -19,7 +19,7 @@ from tests.qvdc.api.helpers import TIMEOUT, register_request
 
 
 def invoke(port: int, *argv: str) -> Result:
-    return CliRunner().invoke(cli.cli, ["--controller", f"127.0.0.1:{port}", *argv])
+    return CliRunner().invoke(cli.cli, ["--insecure", "--controller", f"127.0.0.1:{port}", *argv])
 
 
 async def run_cli(controller: Controller, *argv: str) -> Result:

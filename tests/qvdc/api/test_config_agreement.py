@@ -180,7 +180,7 @@ async def test_qvdcctl_sends_the_mount_rules(
         result = await asyncio.to_thread(
             CliRunner().invoke,
             cli.cli,
-            ["--controller", f"127.0.0.1:{controller.port}", "pools", "create", *argv],
+            ["--insecure", f"--controller=127.0.0.1:{controller.port}", "pools", "create", *argv],
         )
         assert result.exit_code == 0, result.output
         found = re.search(r"\(id ([0-9a-f-]+)\) created", result.output)

@@ -26,6 +26,7 @@ from qvdc.settings import (
     GrpcSettings,
     HeartbeatSettings,
     MonitorSettings,
+    TlsSettings,
 )
 
 
@@ -47,6 +48,7 @@ def main() -> None:
         grpc=GrpcSettings(host="127.0.0.1", port=0, idle_timeout=args.idle_timeout),
         state_dir=args.state_dir,
         replica_id=args.replica_id,
+        tls=TlsSettings(mode="off"),  # the hostile input is gRPC's, not TLS's
     )
     runtime.tune_process()
     raise SystemExit(uvloop.run(app.main(settings)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import ssl
 import warnings
 from collections.abc import AsyncIterator
@@ -85,7 +86,7 @@ def client(pki: Pki, files: Files | None, *, ca: Path | None = None) -> ssl.SSLC
 
 async def check(
     port: int, context: ssl.SSLContext, *, host: str = "127.0.0.1", name: str | None = None
-) -> str:
+) -> int:
     """One Check call (``name``: the server name checked, default ``host``); returns the
     serial number of the certificate the server showed."""
     config = grpclib.config.Configuration(ssl_target_name_override=name)
@@ -99,15 +100,15 @@ async def check(
                 assert stream.peer is not None
                 cert = stream.peer.cert()
                 assert cert is not None
-                return str(cert["serialNumber"])
+                return int(cert["serialNumber"], 16)
     finally:
         channel.close()
 
 
-def serial(files: Files) -> str:
+def serial(files: Files) -> int:
     from cryptography import x509
 
-    return format(x509.load_pem_x509_certificate(files.cert.read_bytes()).serial_number, "X")
+    return x509.load_pem_x509_certificate(files.cert.read_bytes()).serial_number
 
 
 def server_ctx(pki: Pki, *, require: bool = True) -> ssl.SSLContext:
@@ -290,3 +291,40 @@ async def test_watch_reloads_when_the_files_change(pki: Pki) -> None:
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
+
+
+def test_close_at_once_leaves_no_socket_open_when_the_loop_ends(pki: Pki) -> None:
+    """A one-shot client (qvdcctl) closes its TLS channel and ends its loop at once: the
+    socket is closed, not left to a ResourceWarning. Pins grpclib's private
+    ``Channel._protocol.connection._transport``."""
+
+    async def serve_and_call(closer: str) -> None:
+        async with serving(server_ctx(pki)) as (port, _, _):
+            done = asyncio.Event()
+
+            def one_shot() -> None:
+                async def call() -> None:
+                    channel = grpclib.client.Channel(
+                        "127.0.0.1", port, ssl=client(pki, pki.node("h"))
+                    )
+                    await HealthStub(channel).Check(HealthCheckRequest(service=SERVICE))
+                    assert channel._protocol is not None
+                    assert channel._protocol.connection._transport is not None
+                    if closer == "at once":
+                        tls.close_at_once(channel)
+                    else:
+                        channel.close()
+
+                asyncio.run(call())
+                done.set()
+
+            await asyncio.to_thread(one_shot)
+            assert done.is_set()
+
+    for closer, leaks in (("at once", False), ("close", True)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ResourceWarning)
+            asyncio.run(serve_and_call(closer))
+            gc.collect()
+        leaked = [w for w in caught if issubclass(w.category, ResourceWarning)]
+        assert bool(leaked) is leaks, (closer, [str(w.message) for w in leaked])
