@@ -306,7 +306,11 @@ def rpc(ctx: Ctx, body: Callable[[Client], Awaitable[T]]) -> T:
     except GRPCError as exc:
         _fail(EXIT_CONTROLLER, f"{exc.status.name}: {exc.message}")
     except (OSError, TimeoutError, grpclib.exceptions.StreamTerminatedError) as exc:
-        _fail(EXIT_UNREACHABLE, f"cannot reach the controller at {ctx.controller}: {exc}")
+        hint = ""
+        if context is not None and isinstance(exc, grpclib.exceptions.StreamTerminatedError):
+            # TLS 1.3: a refused client certificate shows as the connection closed.
+            hint = " (over TLS: the controller may have refused this client's certificate)"
+        _fail(EXIT_UNREACHABLE, f"cannot reach the controller at {ctx.controller}: {exc}{hint}")
     raise AssertionError("unreachable")
 
 

@@ -204,6 +204,7 @@ async def test_qvdcctl_over_mtls(controller: app.Controller, pki: Pki, tmp_path:
         qvdcctl, "--controller", where, *tls_flags(pki, stranger), "nodes", "list"
     )
     assert refused.exit_code == cli.EXIT_UNREACHABLE, refused.output
+    assert "may have refused this client's certificate" in refused.output
 
 
 # ---------------------------------------------------------------- the processes
