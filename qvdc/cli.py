@@ -12,9 +12,10 @@ else the context file ``make run`` writes (``$QVDC_CONTEXT``, ``./.run/context.j
 means port 7443. There is no watch RPC, so ``watch`` and ``--watch`` poll.
 
 TLS: ``--tls-ca`` (the controller's CA) with the operator's ``--tls-cert``/``--tls-key``
-(``QVDC_TLS_CA``/``_CERT``/``_KEY``, else the context file's ``tls_ca``/``tls_cert``/
+(``QVDCCTL_TLS_CA``/``_CERT``/``_KEY``, else the context file's ``tls_ca``/``tls_cert``/
 ``tls_key``, relative to the file); plain text only with ``--insecure``
-(``QVDC_INSECURE=1``). A call with neither is a usage error (docs/security.md).
+(``QVDCCTL_INSECURE=1``). A call with neither is a usage error (docs/security.md). The
+variables are not ``QVDC_TLS_*``: those configure the controller's own ``tls.*``.
 
 Exit status: 0 on success, 1 when the controller answers with an error (its gRPC
 status and message are printed), 2 on bad usage, 3 when the controller cannot be
@@ -408,30 +409,30 @@ def _repeat(render: Callable[[], str], *, watch: bool, interval: float, title: s
 )
 @click.option(
     "--tls-ca",
-    envvar="QVDC_TLS_CA",
+    envvar="QVDCCTL_TLS_CA",
     type=click.Path(path_type=Path),
     default=None,
-    help="CA of the controller's certificate (env QVDC_TLS_CA, then the context file)",
+    help="CA of the controller's certificate (env QVDCCTL_TLS_CA, then the context file)",
 )
 @click.option(
     "--tls-cert",
-    envvar="QVDC_TLS_CERT",
+    envvar="QVDCCTL_TLS_CERT",
     type=click.Path(path_type=Path),
     default=None,
-    help="operator certificate (env QVDC_TLS_CERT, then the context file)",
+    help="operator certificate (env QVDCCTL_TLS_CERT, then the context file)",
 )
 @click.option(
     "--tls-key",
-    envvar="QVDC_TLS_KEY",
+    envvar="QVDCCTL_TLS_KEY",
     type=click.Path(path_type=Path),
     default=None,
-    help="its private key (env QVDC_TLS_KEY, then the context file)",
+    help="its private key (env QVDCCTL_TLS_KEY, then the context file)",
 )
 @click.option(
     "--insecure",
-    envvar="QVDC_INSECURE",
+    envvar="QVDCCTL_INSECURE",
     is_flag=True,
-    help="plain text, no TLS (env QVDC_INSECURE=1)",
+    help="plain text, no TLS (env QVDCCTL_INSECURE=1)",
 )
 @click.version_option(VERSION, prog_name="qvdcctl")
 @click.pass_context

@@ -175,8 +175,8 @@ async def test_qvdcctl_over_mtls(controller: app.Controller, pki: Pki, tmp_path:
     assert ok.exit_code == 0, ok.output
 
     # The same through the environment, and through a context file with relative paths.
-    env = {"QVDC_TLS_CA": str(pki.ca), "QVDC_TLS_CERT": str(alice.cert)}
-    env["QVDC_TLS_KEY"] = str(alice.key)
+    env = {"QVDCCTL_TLS_CA": str(pki.ca), "QVDCCTL_TLS_CERT": str(alice.cert)}
+    env["QVDCCTL_TLS_KEY"] = str(alice.key)
     by_env = await asyncio.to_thread(qvdcctl, "--controller", where, "pools", "list", env=env)
     assert by_env.exit_code == 0, by_env.output
     context = pki.directory / "context.json"
