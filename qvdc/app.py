@@ -68,6 +68,7 @@ from qvdc.engines.view import ClusterView
 from qvdc.http import connect as connect_face
 from qvdc.http import gate, health
 from qvdc.http import server as http_server
+from qvdc.http import tls as http_tls
 from qvdc.kits import eventlog, materiality
 from qvdc.kits.tasks import cancel_and_wait, create_guarded_task, first_of
 from qvdc.kits.timing import Clock, SystemClock
@@ -277,6 +278,7 @@ class Controller:
                 keep_alive_timeout=settings.http.keep_alive_timeout,
                 close_timeout=settings.http.close_timeout,
                 max_connections=settings.http.max_connections,
+                read_timeout=settings.http.read_timeout,
             )
         #: The HTTP server's bound port (``HttpSettings.port`` 0: a free one); 0 until bound.
         self.http_port = 0
@@ -402,15 +404,19 @@ class Controller:
             return
         http = self.settings.http
         sock = await bind_socket(http.host, http.port)
+        context = None
+        if self.settings.http_tls and self.tls is not None:
+            context = http_tls.FollowingContext(self.tls).context
         try:
-            await self.http.start(sock=sock)
+            await self.http.start(sock=sock, ssl_context=context)
         except BaseException:
             sock.close()
             raise
         self.http_port = int(sock.getsockname()[1])
         log.info(
-            "QvDC replica %s serving Connect/HTTP on %s:%d",
+            "QvDC replica %s serving Connect/HTTP%s on %s:%d",
             self.replica_id,
+            "S" if context is not None else " (plain text)",
             http.host,
             self.http_port,
         )

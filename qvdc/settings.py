@@ -240,6 +240,10 @@ class HttpSettings:
     close_timeout: float = 5.0
     """Seconds requests in progress get to finish when the replica stops."""
 
+    read_timeout: float = 30.0
+    """Seconds a request may take to arrive, headers and body, from its first byte; past it
+    the connection is closed, so a client trickling bytes cannot hold one for ever."""
+
     tls: bool | None = None
     """Serve HTTPS with the gRPC port's certificate (``tls.cert``, ``tls.key``). Default: on
     exactly when the gRPC port uses TLS."""
@@ -266,6 +270,10 @@ class HttpSettings:
         _require(
             0 < self.close_timeout <= 600,
             f"close_timeout must be in (0, 600] s: {self.close_timeout}",
+        )
+        _require(
+            0 < self.read_timeout <= 3600,
+            f"read_timeout must be in (0, 3600] s: {self.read_timeout}",
         )
 
 

@@ -30,6 +30,9 @@ from typing import Any
 
 import uvicorn
 from connectrpc.code import Code
+from uvicorn.protocols.http.auto_zttp_impl import AutoZttpProtocol
+from uvicorn.protocols.http.zttp_h2_impl import ZttpH2Protocol
+from uvicorn.protocols.http.zttp_impl import ZttpProtocol
 
 from qvdc.http import connect
 from qvdc.http.health import NOT_LISTED, Readiness
@@ -89,6 +92,69 @@ class Router:
         await self._connect(scope, receive, send)
 
 
+class _BoundedHttp1(ZttpProtocol):
+    """uvicorn's HTTP/1.1 protocol, closing a connection whose request does not arrive.
+
+    uvicorn bounds an idle connection (``timeout_keep_alive``) but not a request being
+    received: the first byte of one cancels that timer and nothing else is armed, so a
+    client sending its headers (or its body) a byte a minute holds the connection for
+    ever. Here the first byte of a request arms ``read_timeout``, and the request's last
+    byte (its body complete) disarms it; past it the connection is closed.
+    """
+
+    read_timeout = 30.0
+    _read_timer: asyncio.TimerHandle | None = None
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        cycle = self.cycle
+        reading = cycle is None or cycle.response_complete or cycle.more_body
+        if reading and self._read_timer is None and not self.transport.is_closing():
+            self._read_timer = self.loop.call_later(self.read_timeout, self._read_timed_out)
+        elif not reading and self._read_timer is not None:
+            self._read_timer.cancel()
+            self._read_timer = None
+
+    def _read_timed_out(self) -> None:
+        self._read_timer = None
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete and not cycle.more_body:
+            return  # the request arrived; its handler is answering
+        log.info("closing a connection whose request took over %g s to arrive", self.read_timeout)
+        self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+            self._read_timer = None
+        super().connection_lost(exc)
+
+
+def _protocol(read_timeout: float) -> type[AutoZttpProtocol]:
+    """uvicorn's HTTP/1.1-or-h2c dispatcher, with :class:`_BoundedHttp1` for HTTP/1.1."""
+
+    class Http1(_BoundedHttp1):
+        pass
+
+    Http1.read_timeout = read_timeout
+
+    class Dispatch(AutoZttpProtocol):
+        def _switch(self, http2: bool, initial_data: bytes = b"") -> None:
+            protocol_class: type[asyncio.Protocol] = ZttpH2Protocol if http2 else Http1
+            protocol = protocol_class(  # type: ignore[call-arg]
+                config=self.config,
+                server_state=self.server_state,
+                app_state=self.app_state,
+                _loop=self.loop,
+            )
+            self.transport.set_protocol(protocol)
+            protocol.connection_made(self.transport)
+            if initial_data:
+                protocol.data_received(initial_data)
+
+    return Dispatch
+
+
 class HttpServer:
     """uvicorn serving :class:`Router` on a bound socket (module docstring); HTTPS when
     started with an ``ssl_context`` (:mod:`qvdc.http.tls`)."""
@@ -100,8 +166,10 @@ class HttpServer:
         keep_alive_timeout: float,
         close_timeout: float,
         max_connections: int | None = None,
+        read_timeout: float = 30.0,
     ) -> None:
         self._app = app
+        self._read_timeout = read_timeout
         self._keep_alive_timeout = keep_alive_timeout
         self._close_timeout = close_timeout
         self._max_connections = max_connections
@@ -115,8 +183,7 @@ class HttpServer:
 
         config = uvicorn.Config(
             self._app,
-            http="zttp",
-            http2=True,
+            http=_protocol(self._read_timeout),  # zttp: HTTP/1.1 and h2c on one port
             lifespan="off",
             log_config=None,
             access_log=False,

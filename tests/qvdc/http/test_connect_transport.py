@@ -156,7 +156,7 @@ async def served() -> AsyncIterator[Served]:
         readiness=health.Readiness(listed=lambda: served.listed, probe=ok, timeout=1.0),
         listed=lambda: served.listed,
     )
-    http = server.HttpServer(router, keep_alive_timeout=5, close_timeout=1)
+    http = server.HttpServer(router, keep_alive_timeout=5, close_timeout=1, read_timeout=0.5)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     await http.start(sock=sock)
@@ -238,3 +238,23 @@ async def test_a_client_gone_mid_stream_ends_the_handler(countdown: tuple[Countd
     await writer.wait_closed()
     async with asyncio.timeout(10):
         await service.ended.wait()  # the handler was cancelled, not left sending
+
+
+async def test_a_request_that_does_not_arrive_is_cut_off(served: Served) -> None:
+    """Headers (or a body) trickling in must not hold a connection for ever."""
+    for partial in (
+        b"POST /test.v1.Countdown/Get HTTP/1.1\r\nHost: x\r\n",
+        b"POST /test.v1.Countdown/Get HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+        b"\r\nContent-Length: 100\r\n\r\n{",
+    ):
+        reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+        writer.write(partial)
+        await writer.drain()
+        async with asyncio.timeout(10):
+            rest = await reader.read()  # EOF: the server closed the connection
+        assert b"200" not in rest
+        writer.close()
+        await writer.wait_closed()
+    # A whole request on a connection is answered as before.
+    answer = await Http(served.port).call("test.v1.Countdown/Get", {"id": "a"})
+    assert (answer.status, answer.json()) == (200, {"id": "a"})
