@@ -249,10 +249,15 @@ class ControllerClient:
         management_ip: str,
         labels: Mapping[str, str],
         facts: hostfacts.HostFacts,
+        heartbeat_interval: float = 0.0,
     ) -> str:
         """Register this host; returns the node id the controller assigned."""
         request = convert.register_request(
-            hostname=hostname, management_ip=management_ip, labels=labels, facts=facts
+            hostname=hostname,
+            management_ip=management_ip,
+            labels=labels,
+            facts=facts,
+            heartbeat_interval=heartbeat_interval,
         )
         with self._map_errors("RegisterNode"):
             node = await self._stub().register_node(request, timeout=self._rpc_timeout)

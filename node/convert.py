@@ -223,10 +223,14 @@ def register_request(
     management_ip: str,
     labels: Mapping[str, str],
     facts: hostfacts.HostFacts,
+    heartbeat_interval: float = 0.0,
 ) -> compute.RegisterNodeRequest:
     """The registration request. ``hostname`` is the configured identity, not
-    libvirt's idea of the host name (the two can differ in containers)."""
+    libvirt's idea of the host name (the two can differ in containers).
+    ``heartbeat_interval`` is the configured one (seconds; 0: not said): the
+    controller tells the node the shorter of it and its own."""
     return compute.RegisterNodeRequest(
+        heartbeat_interval_ms=min(max(round(heartbeat_interval * 1000), 0), 2**32 - 1),
         hostname=hostname,
         management_ip=management_ip,
         labels={key: bounded(value, MAX_TEXT_LENGTH) for key, value in labels.items()},

@@ -209,6 +209,7 @@ class Heartbeater:
                     management_ip=self._settings.management_ip,
                     labels=self._settings.labels,
                     facts=self._facts.latest,
+                    heartbeat_interval=self._settings.heartbeat_interval,
                 )
             except client_mod.ControllerError as exc:
                 delay = delays.next()

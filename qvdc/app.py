@@ -178,6 +178,8 @@ class Controller:
             check_period=settings.check_period,
             mass_outage_fraction=settings.monitor.mass_outage_fraction,
             timeout=timeout,
+            heartbeat_interval=settings.heartbeat.interval,
+            grace_explicit=settings.monitor.grace is not None,
         )
         self.intake = HeartbeatIntake(
             view=self.view,

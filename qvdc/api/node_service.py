@@ -53,6 +53,7 @@ from qvdc.api.errors import guarded, send_timed_out, to_grpc_error, unary
 from qvdc.api.pool_service import PoolMessages
 from qvdc.domain import errors, validation
 from qvdc.domain.limits import Limits
+from qvdc.engines import liveness
 from qvdc.engines.catalog import Catalog
 from qvdc.engines.intake import Assignment, HeartbeatIntake
 from qvdc.engines.liveness import LivenessMonitor
@@ -159,6 +160,8 @@ class NodeService:
             ).to_dict()
             doc["createdAt"] = (old or {}).get("createdAt") or now
             doc["updatedAt"] = now
+            if request.heartbeat_interval_ms:  # its own interval: see the monitor's grace
+                doc[liveness.REQUESTED_INTERVAL_KEY] = request.heartbeat_interval_ms
             if old is not None and not request.labels:
                 doc["labels"] = dict(old.get("labels") or {})  # keep labels unless re-sent
             return doc
@@ -226,6 +229,7 @@ class NodeService:
         self,
         assignment: Assignment,
         *,
+        node_id: str,
         sequence: int,
         with_pools: bool,
         unsolicited: bool = False,
@@ -240,7 +244,7 @@ class NodeService:
         return compute.UpdateHeartbeatResponse(
             acknowledged=True,
             server_time_unix=int(self._clock.time()),
-            heartbeat_interval_secs=self._interval_secs,
+            heartbeat_interval_secs=self._monitor.told_interval_secs(node_id),
             assigned_pool_ids=list(assignment.pool_ids),
             request_full_sync=full_sync,
             assigned_pools=pools,
@@ -270,7 +274,9 @@ class NodeService:
         auth.check_request(self._policy, "UpdateHeartbeat", request)
         self._accept(request, full=True)  # the unary path always carries full reports
         assignment = self._intake.assignment(request.node_id)
-        return self._response(assignment, sequence=request.sequence, with_pools=True)
+        return self._response(
+            assignment, node_id=request.node_id, sequence=request.sequence, with_pools=True
+        )
 
     def stream_heartbeat(
         self,
@@ -419,6 +425,7 @@ class _StreamSession:
         self._sent = assignment
         return self._svc._response(
             assignment,
+            node_id=self.node_id,
             sequence=sequence,
             with_pools=changed,
             unsolicited=unsolicited,

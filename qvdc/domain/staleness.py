@@ -127,8 +127,11 @@ def classify(
     now: float,
     grace: float,
     mass_outage_fraction: float = DEFAULT_MASS_OUTAGE_FRACTION,
+    graces: Mapping[NodeId, float] | None = None,
 ) -> Classification:
     """Return which live nodes went offline at ``now`` (see :class:`Classification`).
+
+    ``graces`` holds the nodes whose grace is not ``grace`` (see :func:`node_grace`).
 
     Cases, per record:
 
@@ -146,14 +149,17 @@ def classify(
     * otherwise                                  -> the going-offline nodes are
       ``newly_offline``.
     """
+    own = graces or {}
     live = sorted(node_id for node_id, record in records.items() if record.live)
     recently_lost = sum(
-        1 for record in records.values() if not record.live and now - record.last_seen <= 2 * grace
+        1
+        for node_id, record in records.items()
+        if not record.live and now - record.last_seen <= 2 * own.get(node_id, grace)
     )
     expired = [
         node_id
         for node_id in live
-        if is_expired(last_seen=records[node_id].last_seen, now=now, grace=grace)
+        if is_expired(last_seen=records[node_id].last_seen, now=now, grace=own.get(node_id, grace))
     ]
     if detect_mass_outage(
         live_before=len(live) + recently_lost,
@@ -227,3 +233,32 @@ def judges(*, owner: str, live_replicas: AbstractSet[str], me: str, leader: str 
     (its lease expired during a pause) judges nothing until it is present again.
     """
     return judge_of(owner=owner, live_replicas=live_replicas, leader=leader) == me
+
+
+def told_interval_secs(*, requested: float, interval: float) -> int:
+    """Return the heartbeat interval, in whole seconds, the controller tells a node.
+
+    ``requested`` is the interval the node is configured with (0: it did not say, as an
+    upstream node), ``interval`` the controller's. The shorter wins: a node may ask to be
+    heard (and judged) more often, never less often than the controller asks of every
+    node. The wire carries whole seconds (``heartbeat_interval_secs``), at least 1.
+    """
+    chosen = requested if 0 < requested < interval else interval
+    return max(1, round(chosen))
+
+
+def node_grace(*, requested: float, interval: float, grace: float, explicit: bool) -> float:
+    """Return the grace a node is judged on.
+
+    ``grace`` is the controller's (``monitor.grace``, or 3 x ``interval`` + 10 s), and
+    ``explicit`` whether the operator set it. Cases:
+
+    * the grace was set explicitly             -> ``grace``, for every node;
+    * the node's own interval does not win     -> ``grace`` (the node heartbeats at the
+      controller's interval; see :func:`told_interval_secs`);
+    * it wins (``0 < requested < interval``)   -> 3 x the interval the node was told + 10 s
+      (the Kubernetes rule on the node's own interval), never longer than ``grace``.
+    """
+    if explicit or not 0 < requested < interval:
+        return grace
+    return min(grace, 3.0 * told_interval_secs(requested=requested, interval=interval) + 10.0)

@@ -59,3 +59,48 @@ def fleet(**last_seen: tuple[float, bool]) -> dict[NodeId, Liveness]:
 def test_waves(records: dict[NodeId, Liveness], offline: tuple[str, ...], mass: bool) -> None:
     result = staleness.classify(records=records, now=NOW, grace=GRACE)
     assert (result.newly_offline, result.mass_outage) == (tuple(map(NodeId, offline)), mass)
+
+
+@pytest.mark.parametrize(
+    ("requested", "interval", "told"),
+    [
+        pytest.param(5.0, 30.0, 5, id="node-shorter-wins"),
+        pytest.param(60.0, 30.0, 30, id="controller-shorter-wins"),
+        pytest.param(30.0, 30.0, 30, id="equal"),
+        pytest.param(0.0, 30.0, 30, id="node-said-nothing"),
+        pytest.param(0.3, 30.0, 1, id="sub-second-is-told-one-second"),
+        pytest.param(0.0, 0.2, 1, id="sub-second-controller-is-told-one-second"),
+        pytest.param(2.6, 30.0, 3, id="rounded-to-whole-seconds"),
+    ],
+)
+def test_told_interval_secs(requested: float, interval: float, told: int) -> None:
+    assert staleness.told_interval_secs(requested=requested, interval=interval) == told
+
+
+@pytest.mark.parametrize(
+    ("requested", "interval", "grace", "explicit", "expected"),
+    [
+        pytest.param(5.0, 30.0, 100.0, False, 25.0, id="node-interval-wins-3x5+10"),
+        pytest.param(60.0, 30.0, 100.0, False, 100.0, id="controller-interval-wins"),
+        pytest.param(0.0, 30.0, 100.0, False, 100.0, id="node-said-nothing"),
+        pytest.param(30.0, 30.0, 100.0, False, 100.0, id="equal"),
+        pytest.param(5.0, 30.0, 300.0, True, 300.0, id="explicit-grace-wins"),
+        pytest.param(5.0, 30.0, 12.0, True, 12.0, id="explicit-short-grace-wins"),
+        pytest.param(0.3, 0.5, 11.5, False, 11.5, id="never-longer-than-the-controllers"),
+    ],
+)
+def test_node_grace(
+    requested: float, interval: float, grace: float, explicit: bool, expected: float
+) -> None:
+    result = staleness.node_grace(
+        requested=requested, interval=interval, grace=grace, explicit=explicit
+    )
+    assert result == expected
+
+
+def test_classify_applies_each_nodes_own_grace() -> None:
+    records = fleet(fast=(970.0, True), slow=(970.0, True), other=(999.0, True))
+    result = staleness.classify(
+        records=records, now=NOW, grace=GRACE, graces={NodeId("fast"): 25.0}
+    )
+    assert (result.newly_offline, result.mass_outage) == ((NodeId("fast"),), False)
