@@ -69,7 +69,7 @@ async def serving(
     server = grpclib.server.Server([health])
     await server.start("127.0.0.1", 0, ssl=context)
     try:
-        port = server._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        port = server._server.sockets[0].getsockname()[1]
         yield port, health, status
     finally:
         server.close()
