@@ -39,7 +39,8 @@ import math
 from collections.abc import Callable
 
 from qvdc.domain import aggregation
-from qvdc.domain.model import NodeId, PoolAggregate, PoolRecord
+from qvdc.domain.model import NodeId, NodeState, PoolAggregate, PoolRecord
+from qvdc.engines import liveness
 from qvdc.engines.view import ClusterView
 from qvdc.kits.backoff import Backoff
 from qvdc.kits.timing import Clock
@@ -144,15 +145,19 @@ class Aggregator:
         self._wakeup.set()
 
     def _timing(self, node_id: str, *, pool_changed_at: float) -> aggregation.HostTiming | None:
-        """The node's timing: live from ``nodestatus``; its last heartbeat only when this
-        replica owns it (its word is the one etcd holds); pending until one interval and a
-        little after the later of its registration and the pool's last change."""
+        """The node's timing: live from ``nodestatus``; its last heartbeat when this replica
+        owns it (its word is the one etcd holds), or, when another replica owns it and has
+        frozen it (``LivenessFrozen``), the last heartbeat that replica recorded then;
+        pending until one interval and a little after the later of its registration and
+        the pool's last change."""
         state = self._view.node_state(node_id)
         if state is None:
             return None
         heard_at = None
-        if self._heard_at is not None and state.owner_replica == self._replica_id:
-            heard_at = self._heard_at(node_id)
+        if state.owner_replica == self._replica_id:
+            heard_at = self._heard_at(node_id) if self._heard_at is not None else None
+        elif _shown_frozen(state):
+            heard_at = state.last_heartbeat_at
         record = self._view.node(node_id)
         registered_at = record.registered_at if record is not None else 0.0
         return aggregation.HostTiming(
@@ -346,6 +351,14 @@ class Aggregator:
             self._node_due.clear()
             self._pool_due.clear()
             self._node_stale.clear()
+
+
+def _shown_frozen(state: NodeState) -> bool:
+    """Whether the node's latest ``LivenessFrozen`` condition says its owner froze it."""
+    for condition in reversed(state.conditions):
+        if condition.type == liveness.FROZEN_CONDITION:
+            return condition.status
+    return False
 
 
 def _pool_changed_at(pool: PoolRecord) -> float:
