@@ -77,7 +77,7 @@ class Aggregator:
         interval: float = 0.0,
         replica_id: str = "",
         heard_at: Callable[[str], float | None] | None = None,
-        grace_of: Callable[[str], float] | None = None,
+        grace_of: Callable[[NodeId], float] | None = None,
         interval_of: Callable[[str], float] | None = None,
         recheck: float = 1.0,
         coalesce: float = 0.002,
@@ -163,7 +163,7 @@ class Aggregator:
         return aggregation.HostTiming(
             live=state.live,
             heard_at=heard_at,
-            grace=self._grace_of(node_id),
+            grace=self._grace_of(NodeId(node_id)),
             report_due=aggregation.report_due(
                 since=max(registered_at, pool_changed_at), interval=self._interval_of(node_id)
             ),
