@@ -200,6 +200,8 @@ class Controller:
             interval=settings.heartbeat.interval,
             replica_id=self.replica_id,
             heard_at=self.monitor.last_heartbeat_wall,
+            grace_of=self.monitor.grace_of,
+            interval_of=self.monitor.told_interval_secs,
             recheck=settings.check_period,
             on_written=self.pool_events,
         )
