@@ -45,6 +45,7 @@ from qvdc.domain.limits import Limits
 from qvdc.domain.model import NodeCondition, NodeId, NodePhase, NodeState, PoolRecord
 from qvdc.engines.liveness import LivenessMonitor
 from qvdc.engines.view import ClusterView
+from qvdc.kits import eventlog
 from qvdc.kits.timing import Clock
 from qvdc.store import codec, keys
 from qvdc.store.etcd import Compare, EtcdStore, Op, StoreError, StoreTimeout, TxnResult
@@ -440,6 +441,19 @@ class Catalog:
                 success=[Op.put(key, codec.encode_node_state(state))],
             )
             if result.succeeded:
+                previous = current.phase.name if current is not None else "PENDING"
+                eventlog.event(
+                    log,
+                    "node.phase",
+                    "node %s: %s -> %s (%s)",
+                    node_id,
+                    previous,
+                    phase.name,
+                    condition.message,
+                    level=logging.INFO,
+                    node_id=node_id,
+                    **{"from": previous, "to": phase.name},
+                )
                 return
             await self.catch_up()
         raise errors.Conflict(

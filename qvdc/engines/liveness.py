@@ -52,6 +52,7 @@ from typing import Any
 from qvdc.domain import model, staleness
 from qvdc.domain.model import NodeCondition, NodeId, NodePhase, NodeState
 from qvdc.engines.view import ClusterView
+from qvdc.kits import eventlog
 from qvdc.kits.timing import Clock
 from qvdc.store import codec, keys
 from qvdc.store.etcd import Compare, EtcdStore, Op, StoreError
@@ -375,11 +376,16 @@ class LivenessMonitor:
         self._frozen_at = now
         self._frozen_nodes = frozenset(live)
         self._heard_in_freeze = False
-        log.warning(
+        eventlog.event(
+            log,
+            "liveness.frozen",
             "liveness frozen: all %d live nodes went silent at once (grace %.1fs); suspecting "
             "a controller-side outage, marking nobody offline until a heartbeat arrives",
             len(live),
             self._grace,
+            level=logging.WARNING,
+            nodes=len(live),
+            grace_s=self._grace,
         )
         for node_id in live:
             self._mark(node_id)  # writes the LivenessFrozen condition
@@ -398,13 +404,18 @@ class LivenessMonitor:
         # evidence against any node, and the ones still silent are judged a grace later.
         self._records = staleness.reset_after_outage(records=self._records, now=now)
         self._no_expiry_before = now + self._grace
-        log.info(
+        eventlog.event(
+            log,
+            "liveness.unfrozen",
             "liveness freeze ended after %.1fs: heartbeats from %d of %d frozen nodes; "
             "every node has a fresh grace of %.1fs",
             now - self._frozen_at,
             heard,
             len(frozen),
             self._grace,
+            frozen_s=round(now - self._frozen_at, 3),
+            heard=heard,
+            frozen=len(frozen),
         )
         for node_id in frozen:
             if node_id in self._records:
@@ -543,8 +554,48 @@ class LivenessMonitor:
                 log.warning(
                     "node %s: status written; the view has not caught up (%s)", node_id, exc
                 )
-            log.info(
-                "node %s: %s%s", node_id, desired.phase.name, "" if desired.live else " (not live)"
+            self._log_transition(node_id, current, desired)
+
+    def _log_transition(
+        self, node_id: NodeId, current: NodeState | None, desired: NodeState
+    ) -> None:
+        """One event per transition this replica wrote: offline, recovered, phase change."""
+        was_live = current is None or current.live
+        if was_live and not desired.live:
+            record = self._records.get(node_id)
+            silent = self._clock.monotonic() - record.last_seen if record is not None else math.nan
+            eventlog.event(
+                log,
+                "node.offline",
+                "node %s OFFLINE: no heartbeat for %.1fs",
+                node_id,
+                silent,
+                level=logging.WARNING,
+                node_id=node_id,
+                silent_s=round(silent, 3),
+                grace_s=self.grace_of(node_id),
+            )
+        elif not was_live and desired.live:
+            eventlog.event(
+                log,
+                "node.recovered",
+                "node %s recovered: heartbeats again",
+                node_id,
+                node_id=node_id,
+                offline_s=_offline_seconds(desired),
+            )
+        previous = current.phase if current is not None else None
+        if previous is not None and previous != desired.phase:
+            eventlog.event(
+                log,
+                "node.phase",
+                "node %s: %s -> %s",
+                node_id,
+                previous.name,
+                desired.phase.name,
+                level=logging.INFO,
+                node_id=node_id,
+                **{"from": previous.name, "to": desired.phase.name},
             )
 
     async def run(self) -> None:
@@ -571,3 +622,20 @@ class LivenessMonitor:
                 if self._dirty:
                     await asyncio.sleep(min(self._check_period, 0.5))
                     self._wakeup.set()
+
+
+def _offline_seconds(state: NodeState) -> float | None:
+    """Seconds between the last Ready=False condition and the Ready=True after it, if both
+    are kept in ``state.conditions`` (they are bounded, so an old one may be gone)."""
+    restored = down = None
+    for condition in reversed(state.conditions):
+        if condition.type != "Ready":
+            continue
+        if condition.status and restored is None:
+            restored = condition.at
+        elif not condition.status and restored is not None:
+            down = condition.at
+            break
+    if restored is None or down is None:
+        return None
+    return round(restored - down, 3)

@@ -93,3 +93,15 @@ async def test_leadership_is_logged_when_taken_and_when_given_up(
         ("leader.acquired", {"replica_id": "test-replica"}),
         ("leader.lost", {"replica_id": "test-replica"}),
     ]
+
+
+async def test_an_operator_phase_change_is_one_node_phase_event(
+    nodes: compute.NodeServiceStub, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="qvdc.engines.catalog")
+    node = await nodes.register_node(register_request("host-m"), timeout=TIMEOUT)
+    await nodes.disable_node(compute.DisableNodeRequest(id=node.id), timeout=TIMEOUT)
+    await nodes.disable_node(compute.DisableNodeRequest(id=node.id), timeout=TIMEOUT)  # no-op
+    await nodes.enable_node(compute.EnableNodeRequest(id=node.id), timeout=TIMEOUT)
+    got = [(e["node_id"], e["from"], e["to"]) for e in events(caplog, "node.phase")]
+    assert got == [(node.id, "READY", "MAINTENANCE"), (node.id, "MAINTENANCE", "READY")]
