@@ -8,7 +8,8 @@ cannot tell a dead fleet from its own cut-off network), but past the grace:
 - every host row is stale and no pool is READY (the figure: how long after
   the stop the last pool left READY);
 - it stays so (watched for two more graces);
-- the freeze is visible: the controller logs it.
+- the freeze is visible: every node carries the condition ``LivenessFrozen`` =
+  True in its status, and the controller logs it.
 
 ``make faults`` runs it (it waits several graces).
 """
@@ -27,7 +28,9 @@ from tests.faults import harness
 
 TIMING = harness.Timing(interval=1.0, grace=5.0)
 HOSTS = 30
-FREEZE_LOGGED = re.compile(r"(?i)outage|freez|silent at once")
+FREEZE_LOGGED = re.compile(r"(?i)frozen|freeze|outage")
+FROZEN = "LivenessFrozen"
+"""The node condition a freeze sets on every node it holds (docs/failure-semantics.md)."""
 READY = storage.StoragePoolStatusPhase.READY
 
 
@@ -35,7 +38,8 @@ READY = storage.StoragePoolStatusPhase.READY
 @pytest.mark.timeout(240)
 async def test_all_nodes_silent_no_pool_ready_on_stale_data(tmp_path: Path) -> None:
     async with harness.rig(tmp_path, timing=TIMING) as r:
-        await harness.setup(r, replicas=["qvdc-a"], nodes=3, fleets={"qvdc-a": HOSTS})
+        s = await harness.setup(r, replicas=["qvdc-a"], nodes=3, fleets={"qvdc-a": HOSTS})
+        node_ids = [*s.node_ids.values(), *r.fleets["qvdc-a"].node_ids]
         api = harness.Api(r.endpoint("qvdc-a"))
         try:
             await harness.until(
@@ -51,12 +55,15 @@ async def test_all_nodes_silent_no_pool_ready_on_stale_data(tmp_path: Path) -> N
             # not-READY with every row stale, and every pool seen READY or fresh after it.
             stale_s: float | None = None
             ready_after: set[str] = set()
+            frozen_seen = False
             pools: list[storage.StoragePool] = []
             while time.monotonic() - stopped < 4 * TIMING.grace:
                 pools = await api.all_pools()
                 good = [_not_ready_and_all_stale(p) for p in pools]
                 if stale_s is None and all(good):
                     stale_s = time.monotonic() - stopped
+                if stale_s is not None and not frozen_seen:
+                    frozen_seen = await _frozen(r, node_ids)
                 if stale_s is not None or time.monotonic() - stopped > 2 * TIMING.grace:
                     ready_after |= {p.name for p, ok in zip(pools, good, strict=True) if not ok}
                 await asyncio.sleep(0.25)
@@ -77,12 +84,14 @@ async def test_all_nodes_silent_no_pool_ready_on_stale_data(tmp_path: Path) -> N
             stale_visible_after_s=None if stale_s is None else round(stale_s, 2),
             pools_ready_on_stale_data=len(ready_after),
             phases_after=",".join(sorted({p.status.phase.name for p in pools})),
+            freeze_condition_on_every_node=frozen_seen,
             freeze_logged=bool(FREEZE_LOGGED.search(log)),
             heartbeat_errors_before=tally.errors,
         )
         assert tally.errors == 0, tally.first_error
         assert stale_s is not None, f"pools still READY or fresh after the grace: {phases}"
         assert not ready_after, f"READY or fresh rows on stale data: {sorted(ready_after)}"
+        assert frozen_seen, f"no {FROZEN}=True condition on every node during the freeze"
         assert FREEZE_LOGGED.search(log), "the freeze is not logged"
 
 
@@ -94,3 +103,16 @@ def _not_ready_and_all_stale(pool: storage.StoragePool) -> bool:
 async def _all_ready(api: harness.Api) -> list[storage.StoragePool] | None:
     pools = await api.all_pools()
     return pools if pools and all(p.status.phase == READY for p in pools) else None
+
+
+async def _frozen(r: harness.Rig, node_ids: list[str]) -> bool:
+    """Every node's latest LivenessFrozen condition says True."""
+    assert r.store is not None
+    for node_id in node_ids:
+        state = await harness.node_state(r.store, node_id)
+        if state is None:
+            return False
+        latest = [c for c in state.conditions if c.type == FROZEN]
+        if not latest or not latest[-1].status:
+            return False
+    return True
