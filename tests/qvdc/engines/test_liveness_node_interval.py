@@ -19,6 +19,7 @@ from node import hostfacts
 from node import settings as node_settings
 from protos.limiquantix.compute import v1 as compute
 from qvdc.app import Controller
+from qvdc.domain.model import NodeId
 from qvdc.kits.timing import FakeClock
 from qvdc.settings import (
     ControllerSettings,
@@ -105,5 +106,5 @@ async def test_a_node_asking_for_5s_is_told_5s_and_judged_on_25s(
     clock.advance(2.0)  # 26 s: past it; far within the others' 100 s
     await eventually(lambda: live(store, fast), lambda v: not v, what="fast node OFFLINE")
     assert await live(store, slow) and await live(store, upstream)
-    assert ctrl.monitor.grace_of(fast) == 25.0
-    assert ctrl.monitor.grace_of(slow) == ctrl.monitor.grace_of(upstream) == 100.0
+    assert ctrl.monitor.grace_of(NodeId(fast)) == 25.0
+    assert ctrl.monitor.grace_of(NodeId(slow)) == ctrl.monitor.grace_of(NodeId(upstream)) == 100.0
