@@ -40,6 +40,7 @@ from typing import Any
 from node import client, heartbeat, hostfacts, pools, probing
 from node import settings as settings_mod
 from qvdc.kits import tasks
+from qvdc.security import certs
 from storage_backends import base, registry
 
 
@@ -248,6 +249,18 @@ async def main(settings: settings_mod.NodeSettings) -> int:
             )
         except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
             logger.error("cannot load the TLS files: %s", exc)
+            return 2
+    if settings.tls_cert is not None:
+        names = certs.dns_names(settings.tls_cert.read_bytes())
+        if names != [settings.hostname]:
+            logger.error(
+                "tls_cert %s names %s, not this node's hostname %r: the controller would "
+                "refuse every call (qvdcctl certs issue-node %s)",
+                settings.tls_cert,
+                names,
+                settings.hostname,
+                settings.hostname,
+            )
             return 2
     daemon = NodeApp(settings=settings, logger=logger, channel_factory=channels)
     stop = asyncio.Event()

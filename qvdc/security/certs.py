@@ -77,6 +77,16 @@ class KeyPair:
         return x509.load_pem_x509_certificate(self.cert_pem)
 
 
+def dns_names(cert_pem: bytes) -> list[str]:
+    """The SAN DNS names of a PEM certificate (a node's: its hostname)."""
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return []
+    return [str(name) for name in san.value.get_values_for_type(x509.DNSName)]
+
+
 def node_name(hostname: str) -> str:
     """The file stem of a node's certificate in a PKI directory."""
     return f"node-{hostname}"

@@ -326,3 +326,14 @@ async def test_the_node_daemon_needs_a_tls_choice(tmp_path: Path) -> None:
     proc, log_path = spawn_node(tmp_path, 1, "--tls-ca", str(tmp_path / "missing.crt"))
     assert await asyncio.to_thread(proc.wait, 30) == 2
     assert "cannot load the TLS files" in log_path.read_text()
+
+
+@pytest.mark.e2e
+async def test_the_node_daemon_refuses_a_certificate_for_another_host(
+    tmp_path: Path, pki: Pki
+) -> None:
+    other = pki.node("host-b")  # the daemon runs as host-a
+    flags = ("--tls-ca", str(pki.ca), "--tls-cert", str(other.cert), "--tls-key", str(other.key))
+    proc, log_path = spawn_node(tmp_path, 1, *flags)
+    assert await asyncio.to_thread(proc.wait, 30) == 2
+    assert "names ['host-b'], not this node's hostname 'host-a'" in log_path.read_text()

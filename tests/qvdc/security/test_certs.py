@@ -119,3 +119,8 @@ def test_write_pair_keeps_the_key_private_and_reads_back(ca: certs.KeyPair, tmp_
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
     assert certs.read_pair(directory=directory, name="node-h") == pair
     assert sorted(p.name for p in directory.iterdir()) == ["node-h.crt", "node-h.key"]
+
+
+def test_dns_names_reads_a_nodes_hostname(ca: certs.KeyPair) -> None:
+    assert certs.dns_names(certs.issue_node(ca, "host-a", days=1).cert_pem) == ["host-a"]
+    assert certs.dns_names(certs.issue_operator(ca, "bob", "admin", days=1).cert_pem) == []
