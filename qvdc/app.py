@@ -55,6 +55,7 @@ from grpclib.reflection.v1 import reflection_pb2
 
 from qvdc.api import auth
 from qvdc.api.node_service import NodeService
+from qvdc.api.pool_secrets import PoolSecrets
 from qvdc.api.pool_service import StoragePoolService
 from qvdc.engines.aggregator import Aggregator
 from qvdc.engines.catalog import Catalog
@@ -72,6 +73,7 @@ from qvdc.http import tls as http_tls
 from qvdc.kits import eventlog, materiality
 from qvdc.kits.tasks import cancel_and_wait, create_guarded_task, first_of
 from qvdc.kits.timing import Clock, SystemClock
+from qvdc.security import sealing
 from qvdc.settings import ControllerSettings, GrpcSettings, TlsSettings
 from qvdc.store.embedded import EmbeddedEtcd
 from qvdc.store.etcd import EtcdStore
@@ -218,6 +220,7 @@ class Controller:
             store=store, view=self.view, replica_id=self.replica_id, timeout=timeout
         )
         self.pool_service = StoragePoolService(
+            pool_secrets=PoolSecrets(keyring=keyring(settings)),
             catalog=self.catalog,
             view=self.view,
             clock=self.clock,
@@ -506,6 +509,35 @@ def server_tls(settings: TlsSettings) -> tls.ReloadableServerContext | None:
     )
 
 
+def keyring(settings: ControllerSettings) -> sealing.Keyring:
+    """The keys pool secrets are sealed with (SealError naming a bad key file)."""
+    return sealing.Keyring.from_files(
+        key_file=settings.secrets.key_file, old_key_files=settings.secrets.old_key_files
+    )
+
+
+def _check_keyring(settings: ControllerSettings) -> bool:
+    """Load the secrets keys once before starting, and say what secrets will do."""
+    try:
+        keys = keyring(settings)
+    except sealing.SealError as error:
+        log.error("cannot load the secrets key: %s", error)
+        return False
+    if keys.current is None:
+        log.warning(
+            "no secrets key configured (secrets.key_file): pools carrying a secret (a CHAP "
+            "password) are refused; `qvdcctl secrets new-key FILE` makes one"
+        )
+    else:
+        older = len(keys.key_ids) - 1
+        log.info(
+            "pool secrets sealed with key %s%s",
+            keys.current.id,
+            f", opening {older} older key(s) too" if older else "",
+        )
+    return True
+
+
 class ControllerFactory(Protocol):
     """Builds the replica around a connected store (``Controller`` itself, by default)."""
 
@@ -529,6 +561,8 @@ async def main(settings: ControllerSettings, *, factory: ControllerFactory = Con
         server_tls(settings.tls)
     except (OSError, ssl.SSLError, ValueError) as error:
         log.error("cannot load the TLS certificate %s: %s", settings.tls.cert, error)
+        return EXIT_INVALID
+    if not _check_keyring(settings):
         return EXIT_INVALID
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

@@ -50,7 +50,7 @@ from rich.text import Text
 from protos.google import protobuf
 from protos.limiquantix.compute import v1 as compute
 from protos.limiquantix.storage import v1 as storage
-from qvdc import cli_certs
+from qvdc import cli_certs, cli_secrets
 from qvdc.transport import tls
 
 RPC_TIMEOUT = 10.0
@@ -918,6 +918,7 @@ def context_etcd() -> None:
 
 
 cli.add_command(cli_certs.certs_group, name="certs")
+cli.add_command(cli_secrets.secrets_group, name="secrets")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -359,6 +359,27 @@ class AuthSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class SecretsSettings:
+    """Sealing of pool secrets (CHAP passwords) in etcd (docs/security.md, "Secrets")."""
+
+    key_file: Path | None = None
+    """File holding the current key, the base64 of 32 random bytes (``qvdcctl secrets
+    new-key FILE``): it seals every secret written and opens what it sealed. Unset: a
+    request carrying a secret is refused (FAILED_PRECONDITION), so none is stored in plain
+    text. Read at start; a missing or malformed file stops the start."""
+
+    old_key_files: tuple[str, ...] = ()
+    """Key files of earlier rotations: they only open secrets sealed with them, until an
+    update re-seals each with ``key_file``."""
+
+    def __post_init__(self) -> None:
+        _require(
+            not self.old_key_files or self.key_file is not None,
+            "secrets.old_key_files needs secrets.key_file (the key new secrets are sealed with)",
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class ControllerSettings:
     etcd: EtcdSettings = field(default_factory=EtcdSettings)
     heartbeat: HeartbeatSettings = field(default_factory=HeartbeatSettings)
@@ -370,6 +391,8 @@ class ControllerSettings:
     """Authorization of every call (qvdc/api/auth.py)."""
     http: HttpSettings = field(default_factory=HttpSettings)
     """The Connect/HTTP server; its request bound is ``grpc.max_message_bytes``."""
+    secrets: SecretsSettings = field(default_factory=SecretsSettings)
+    """The key pool secrets are sealed with in etcd."""
     limits: Limits = field(default_factory=Limits)
     """Bounds on every field a client sends (qvdc/domain/limits.py)."""
 

@@ -240,7 +240,7 @@ class NodeService:
             for pool_id in assignment.pool_ids:
                 record = self._view.pool(pool_id)
                 if record is not None:
-                    pools.append(self._pools.definition(record))
+                    pools.append(self._pools.for_node(record))
         return compute.UpdateHeartbeatResponse(
             acknowledged=True,
             server_time_unix=int(self._clock.time()),

@@ -2,8 +2,10 @@
 
 Validation happens here, before anything is stored, and every rejection names
 the field (``spec.backend.nfs.server: required``). Definitions are returned in
-full, backend configuration included. ``ListPools`` pages for real: pools are
-ordered by name and the page token is an opaque cursor after the last name.
+full, backend configuration included, except secrets: those are write-only, stored
+sealed and shown as their ``…_set`` marker (:mod:`qvdc.api.pool_secrets`).
+``ListPools`` pages for real: pools are ordered by name and the page token is an opaque
+cursor after the last name.
 Every change is written to the audit log with who made it (:func:`qvdc.api.auth.audit`).
 """
 
@@ -20,7 +22,8 @@ from protos.google import protobuf as pb
 from protos.limiquantix.storage import v1 as storage
 from qvdc.api import auth, convert, paging
 from qvdc.api.errors import unary
-from qvdc.domain import errors, limits, validation
+from qvdc.api.pool_secrets import PoolSecrets
+from qvdc.domain import errors, limits, secrets, validation
 from qvdc.domain.limits import Limits
 from qvdc.domain.model import BackendType, PoolRecord
 from qvdc.engines.catalog import Catalog, Document
@@ -66,25 +69,42 @@ def validate_spec(spec: storage.StoragePoolSpec | None) -> None:
 
 class PoolMessages:
     """Builds ``StoragePool`` messages, memoising the definition per etcd revision
-    (heartbeat responses carry full pool definitions)."""
+    (heartbeat responses carry full pool definitions): :meth:`definition` with its secrets
+    redacted, for operators; :meth:`for_node` with them opened, only for the heartbeat
+    responses of the nodes the pool is assigned to."""
 
-    def __init__(self, *, view: ClusterView) -> None:
+    def __init__(self, *, view: ClusterView, secrets: PoolSecrets) -> None:
         self._view = view
+        self._secrets = secrets
         self._specs: dict[str, tuple[int, storage.StoragePool]] = {}
+        self._node_specs: dict[str, tuple[int, storage.StoragePool]] = {}
         view.subscribe(self._forget_deleted)
 
     def _forget_deleted(self, key: str, old: object, new: object) -> None:
         if new is None and key.startswith(keys.POOLS):
             self._specs.pop(key[len(keys.POOLS) :], None)
+            self._node_specs.pop(key[len(keys.POOLS) :], None)
+
+    def _memoised(
+        self,
+        memos: dict[str, tuple[int, storage.StoragePool]],
+        record: PoolRecord,
+        shown: Callable[[Any], dict[str, Any]],
+    ) -> storage.StoragePool:
+        revision = self._view.mod_revision(keys.pool(record.id))
+        memo = memos.get(record.id)
+        if memo is None or memo[0] != revision:
+            document = shown(record.document)
+            message = storage.StoragePool.from_dict(document, ignore_unknown_fields=True)
+            memo = (revision, message)
+            memos[record.id] = memo
+        return memo[1]
 
     def definition(self, record: PoolRecord) -> storage.StoragePool:
-        revision = self._view.mod_revision(keys.pool(record.id))
-        memo = self._specs.get(record.id)
-        if memo is None or memo[0] != revision:
-            message = storage.StoragePool.from_dict(record.document, ignore_unknown_fields=True)
-            memo = (revision, message)
-            self._specs[record.id] = memo
-        return memo[1]
+        return self._memoised(self._specs, record, self._secrets.for_operator)
+
+    def for_node(self, record: PoolRecord) -> storage.StoragePool:
+        return self._memoised(self._node_specs, record, self._secrets.for_node)
 
     def full(self, record: PoolRecord) -> storage.StoragePool:
         base = self.definition(record)
@@ -118,13 +138,16 @@ class StoragePoolService:
         clock: Clock,
         send_timeout: float,
         limits: Limits | None = None,
+        pool_secrets: PoolSecrets | None = None,
     ) -> None:
         self._limits = Limits() if limits is None else limits
         self._catalog = catalog
         self._send_timeout = send_timeout
         self._view = view
         self._clock = clock
-        self.messages = PoolMessages(view=view)
+        # No keyring: every request carrying a secret is refused (FAILED_PRECONDITION).
+        self._secrets = pool_secrets or PoolSecrets()
+        self.messages = PoolMessages(view=view, secrets=self._secrets)
 
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
         prefix = "/limiquantix.storage.v1.StoragePoolService/"
@@ -174,7 +197,9 @@ class StoragePoolService:
             created_at=now,
             updated_at=now,
         )
-        record = await self._catalog.create_pool(convert.pool_document(pool))
+        record = await self._catalog.create_pool(
+            self._secrets.sealed_new(convert.pool_document(pool))
+        )
         auth.audit(
             "CreatePool", target=f"pool {record.id}", detail=f"name {limits.quote(request.name)}"
         )
@@ -222,7 +247,8 @@ class StoragePoolService:
         current = await self._catalog.pool(request.id)
         paths = list(request.update_mask.paths) if request.update_mask else []
         for i, path in enumerate(paths):
-            if path not in ("description", "labels", "spec", *_SPEC_FIELDS):
+            known = path in ("description", "labels", "spec", *_SPEC_FIELDS)
+            if not known and secrets.by_path(path) is None:
                 raise errors.InvalidArgument(
                     f"unknown path {limits.quote(path)}", field=f"update_mask.paths[{i}]"
                 )
@@ -232,6 +258,7 @@ class StoragePoolService:
         now = convert.timestamp(self._clock.time())
 
         def mutate(doc: Document) -> Document:
+            old = doc
             doc = dict(doc)
             spec = dict(doc.get("spec") or {})
             if paths:
@@ -254,7 +281,10 @@ class StoragePoolService:
                     doc["labels"] = dict(request.labels)
                 spec.update(new_spec)
             doc["spec"] = spec
-            merged = storage.StoragePoolSpec.from_dict(spec, ignore_unknown_fields=True)
+            check, doc = self._secrets.updated(
+                old=old, new=doc, request_spec=new_spec, mask_paths=paths
+            )
+            merged = storage.StoragePoolSpec.from_dict(check["spec"], ignore_unknown_fields=True)
             validate_spec(merged)
             if (
                 merged.backend is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpclib.client
 import pytest
@@ -10,14 +11,23 @@ import pytest
 from protos.limiquantix.compute import v1 as compute
 from protos.limiquantix.storage import v1 as storage
 from qvdc.app import Controller
-from qvdc.settings import EtcdSettings
+from qvdc.security import sealing
+from qvdc.settings import EtcdSettings, SecretsSettings
 from qvdc.store.etcd import EtcdStore
 from tests.qvdc.api.helpers import controller_settings
 
 
 @pytest.fixture
-async def controller(store: EtcdStore, etcd_settings: EtcdSettings) -> AsyncIterator[Controller]:
-    c = Controller(store=store, settings=controller_settings(etcd_settings))
+async def controller(
+    store: EtcdStore, etcd_settings: EtcdSettings, tmp_path: Path
+) -> AsyncIterator[Controller]:
+    # With a secrets key, as `make run` has one: pools may carry CHAP passwords.
+    key_file = tmp_path / "secrets.key"
+    sealing.write_new_key(key_file)
+    settings = controller_settings(etcd_settings).replace(
+        secrets=SecretsSettings(key_file=key_file)
+    )
+    c = Controller(store=store, settings=settings)
     await c.start()
     try:
         yield c

@@ -103,7 +103,9 @@ async def test_create_pool_and_the_node_backend_give_the_same_verdict(
             controller = exc.message or ""
             pool = storage.StoragePool(id=f"id-{index}", name=request.name, spec=request.spec)
         else:
-            pool = created
+            # What its nodes receive: the definition with its secrets (CreatePool's own
+            # response shows only their markers).
+            pool = storage.StoragePool(id=created.id, name=created.name, spec=request.spec)
         node = _node_verdict(pool, tmp_path)
         if case.field is None:
             if controller is not None or node is not None:
