@@ -245,9 +245,23 @@ def translating(conn: Connection, *, what: str, limit: float | None) -> Iterator
 
     A StoreUnavailable marks ``conn`` failed, so the next call may move to
     another endpoint.
+
+    grpc.aio answers a call open on a channel that is closed (a failed connection
+    retired by :meth:`Endpoints.acquire`) with ``CancelledError``, though nobody
+    cancelled the caller's task: that is StoreUnavailable too, so the caller retries
+    on the new connection. A real cancellation of the task (``cancelling()``) is
+    re-raised unchanged.
     """
     try:
         yield
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is None or task.cancelling():
+            raise
+        conn.failed = True
+        raise records.StoreUnavailable(
+            f"etcd {conn.endpoint}: {what}: the connection was closed under the call"
+        ) from None
     except Exception as exc:
         error = errors.map_exception(exc, endpoint=conn.endpoint, what=what, limit=limit)
         if isinstance(error, records.StoreUnavailable):

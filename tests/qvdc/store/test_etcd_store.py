@@ -404,6 +404,41 @@ async def test_calls_fail_over_to_the_next_endpoint(
         await store.close()
 
 
+async def test_calls_in_flight_on_a_retired_connection_fail_unavailable(
+    etcd_server: EtcdServer,
+) -> None:
+    """Switching endpoints closes the failed connection, and grpc.aio cancels the calls
+    still open on it. Those calls must fail StoreUnavailable (their callers retry), never
+    raise CancelledError: a root task ending on it read as the replica being stopped."""
+    settings = EtcdSettings(
+        endpoints=(etcd_server.endpoint, etcd_server.endpoint), prefix="/t-retired/", timeout=3
+    )
+    store = await etcd.EtcdStore.connect(settings=settings)
+    try:
+        revision = await store.put("k", b"v")
+        events = store.watch_prefix("", start_revision=revision + 1)
+        pending = asyncio.ensure_future(anext(events))
+        await asyncio.sleep(0.2)  # the watch is open, its read waiting on the connection
+        assert not pending.done()
+        store._endpoints._conn.failed = True  # type: ignore[union-attr]  # a call failed on it
+        await store.put("other", b"x")  # switches, closing the connection the watch is on
+        with pytest.raises(etcd.StoreUnavailable, match="closed"):
+            await asyncio.wait_for(pending, timeout=5)
+        assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+        await events.aclose()
+        # A real cancellation still propagates as one.
+        events = store.watch_prefix("", start_revision=await store.revision() + 1)
+        pending = asyncio.ensure_future(anext(events))
+        await asyncio.sleep(0.2)
+        pending.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await pending
+        await events.aclose()
+    finally:
+        await store.delete_prefix("")
+        await store.close()
+
+
 @contextlib.contextmanager
 def paused(pid: int | None) -> Iterator[None]:
     """SIGSTOP a process (a real etcd that accepts connections but never answers)."""
