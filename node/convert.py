@@ -166,7 +166,14 @@ def storage_pool_to_spec(pool: storage.StoragePool) -> base.PoolSpec:
             output_format=betterproto2.OutputFormat.PYTHON,
             include_default_values=True,
         )
+        for name in _OUTPUT_ONLY:
+            config.pop(name, None)
     return base.PoolSpec(pool_id=pool.id, kind=kind, config=config, name=pool.name)
+
+
+#: Config fields the controller only ever fills for operators (a write-only secret's
+#: "is set" marker): nothing a backend reads.
+_OUTPUT_ONLY = frozenset({"chap_password_set"})
 
 
 def reply_from_response(response: compute.UpdateHeartbeatResponse) -> HeartbeatReply:

@@ -173,7 +173,7 @@ class HttpServer:
         self._keep_alive_timeout = keep_alive_timeout
         self._close_timeout = close_timeout
         self._max_connections = max_connections
-        self._server: uvicorn.Server | None = None
+        self._uvicorn: uvicorn.Server | None = None
         self._sock: socket.socket | None = None
 
     def _config(self, ssl_context: ssl.SSLContext | None) -> uvicorn.Config:
@@ -207,12 +207,12 @@ class HttpServer:
         server = uvicorn.Server(config)
         server.lifespan = config.lifespan_class(config)
         await server.startup(sockets=[sock])
-        self._server, self._sock = server, sock
+        self._uvicorn, self._sock = server, sock
 
     async def close(self) -> None:
         """Stop accepting, let calls in progress finish (bounded), close the socket."""
         sock, self._sock = self._sock, None
-        server = self._server
+        server = self._uvicorn
         if sock is None or server is None:
             return
         server.should_exit = True

@@ -242,7 +242,11 @@ async def test_an_inconsistent_capacity_is_never_a_healthy_row(
     refusal = await beat(hostile, host, report(pid, total=total, used=used, available=available))
     got = await until(
         lambda: row(hostile, pid, host),
-        lambda r: r is not None and (bool(refusal) or r.health != Health.UNMOUNTED),
+        # Before the report lands the row is pending (UNKNOWN, waiting for the host's
+        # first report) or, once that window has passed, UNMOUNTED "not reported".
+        lambda r: (
+            r is not None and (bool(refusal) or r.health not in (Health.UNMOUNTED, Health.UNKNOWN))
+        ),
         timeout=5.0,
         what="the host's row",
     )
