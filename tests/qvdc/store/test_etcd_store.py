@@ -420,11 +420,11 @@ async def test_calls_in_flight_on_a_retired_connection_fail_unavailable(
         pending = asyncio.ensure_future(anext(events))
         await asyncio.sleep(0.2)  # the watch is open, its read waiting on the connection
         assert not pending.done()
-        store._endpoints._conn.failed = True  # type: ignore[union-attr]  # a call failed on it
+        store._endpoints._conn.failed = True
         await store.put("other", b"x")  # switches, closing the connection the watch is on
         with pytest.raises(etcd.StoreUnavailable, match="closed"):
             await asyncio.wait_for(pending, timeout=5)
-        assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+        assert asyncio.current_task().cancelling() == 0
         await events.aclose()
         # A real cancellation still propagates as one.
         events = store.watch_prefix("", start_revision=await store.revision() + 1)
