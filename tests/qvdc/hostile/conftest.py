@@ -552,6 +552,26 @@ async def _seed(harness: Harness) -> Seeds:
             ),
             timeout=5.0,
         )
+    # The seed host reports every pool once: an assigned host that never reported is
+    # pending, and when its window ends (an interval later, mid-module) the leader
+    # rewrites the pool's aggregate on its own, which would read as a hostile call's doing.
+    await harness.nodes.update_heartbeat(
+        compute.UpdateHeartbeatRequest(
+            node_id=node.id,
+            storage_pools=[
+                compute.StoragePoolStatusReport(
+                    pool_id=pool.id,
+                    health=compute.StoragePoolStatusReportHealthStatus.HEALTH_HEALTHY,
+                    total_bytes=100 << 30,
+                    used_bytes=10 << 30,
+                    available_bytes=90 << 30,
+                    mount_path=f"/srv/pools/{kind}",
+                )
+                for kind, pool in pools.items()
+            ],
+        ),
+        timeout=5.0,
+    )
     return Seeds(node=node.id, spare=spare.id, pools=pools)
 
 

@@ -119,7 +119,9 @@ def _base(h: Harness, rpc: str, kind: str) -> betterproto2.Message:
         node_id=s.node,
         cpu_usage_percent=1.0,
         memory_total_mib=1024,
-        storage_pools=[report(s.pool)],
+        # Every seed pool, the base one first: a pool left out is 'not reported', pending
+        # until a window ends mid-module and the leader rewrites its aggregate on its own.
+        storage_pools=[report(s.pool)] + [report(p.id) for p in s.pools.values() if p.id != s.pool],
         state_hash="h",
     )
     builders: dict[str, Callable[[], betterproto2.Message]] = {
