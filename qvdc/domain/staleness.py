@@ -128,10 +128,15 @@ def classify(
     grace: float,
     mass_outage_fraction: float = DEFAULT_MASS_OUTAGE_FRACTION,
     graces: Mapping[NodeId, float] | None = None,
+    spread: float = 0.0,
 ) -> Classification:
     """Return which live nodes went offline at ``now`` (see :class:`Classification`).
 
     ``graces`` holds the nodes whose grace is not ``grace`` (see :func:`node_grace`).
+    ``spread`` is how far apart the last heartbeats of nodes that stopped at the same
+    moment can be (one heartbeat interval): for the mass-outage rule a live node silent
+    for longer than its grace minus ``spread`` is going silent with the expired ones, so a
+    fleet that stopped at once is one outage even when its expiries straddle two passes.
 
     Cases, per record:
 
@@ -161,9 +166,18 @@ def classify(
         for node_id in live
         if is_expired(last_seen=records[node_id].last_seen, now=now, grace=own.get(node_id, grace))
     ]
+    silent_together = (
+        sum(
+            1
+            for node_id in live
+            if now - records[node_id].last_seen > own.get(node_id, grace) - spread
+        )
+        if expired
+        else 0
+    )
     if detect_mass_outage(
         live_before=len(live) + recently_lost,
-        going_offline=len(expired),
+        going_offline=silent_together,
         fraction=mass_outage_fraction,
     ):
         return Classification(newly_offline=(), still_live=tuple(live), mass_outage=True)

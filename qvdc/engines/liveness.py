@@ -351,6 +351,7 @@ class LivenessMonitor:
             grace=self._grace,
             mass_outage_fraction=self._mass_fraction,
             graces=self._graces,
+            spread=self._interval or 0.0,  # unknown interval: expiries only
         )
         if result.mass_outage:
             self._start_freeze(now=now, live=result.still_live)

@@ -104,3 +104,34 @@ def test_classify_applies_each_nodes_own_grace() -> None:
         records=records, now=NOW, grace=GRACE, graces={NodeId("fast"): 25.0}
     )
     assert (result.newly_offline, result.mass_outage) == ((NodeId("fast"),), False)
+
+
+@pytest.mark.parametrize(
+    ("spread", "frozen"),
+    [
+        (0.0, False),  # expiries only: the early half is judged, a stop read as two waves
+        (1.0, True),  # one interval of spread: the same stop is one outage
+    ],
+)
+def test_a_fleet_stopped_at_once_is_one_outage_across_two_passes(
+    spread: float, frozen: bool
+) -> None:
+    """Nodes stopped at the same moment have last heartbeats up to one interval apart
+    (interval 1 s), so their expiries straddle passes: the later half is not expired yet."""
+    records = {
+        NodeId(n): Liveness(node_id=NodeId(n), last_seen=seen, live=True)
+        for n, seen in [("a", 0.0), ("b", 0.3), ("c", 0.6), ("d", 0.9)]
+    }
+    result = staleness.classify(records=records, now=8.5, grace=8.0, spread=spread)
+    assert result.mass_outage is frozen
+    assert result.newly_offline == (() if frozen else (NodeId("a"), NodeId("b")))
+
+
+def test_spread_never_freezes_when_one_node_still_heartbeats() -> None:
+    records = {
+        NodeId(n): Liveness(node_id=NodeId(n), last_seen=seen, live=True)
+        for n, seen in [("a", 0.0), ("b", 0.9), ("c", 8.0)]
+    }
+    result = staleness.classify(records=records, now=8.5, grace=8.0, spread=1.0)
+    assert not result.mass_outage
+    assert result.newly_offline == (NodeId("a"),)
