@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 
 Receive = Callable[[], Awaitable[Any]]
 Send = Callable[[Any], Awaitable[None]]
+#: An ASGI ``http`` handler for one path prefix (see :class:`Router`'s ``pages``).
+Page = Callable[[Mapping[str, Any], Receive, Send], Awaitable[None]]
 
 
 async def _plain(send: Send, status: int, text: str) -> None:
@@ -63,11 +65,19 @@ class Router:
     """The ASGI application: the health paths, then the Connect face."""
 
     def __init__(
-        self, *, connect_app: connect.ConnectApp, readiness: Readiness, listed: Callable[[], bool]
+        self,
+        *,
+        connect_app: connect.ConnectApp,
+        readiness: Readiness,
+        listed: Callable[[], bool],
+        pages: Mapping[str, Page] | None = None,
     ) -> None:
         self._connect = connect_app
         self._readiness = readiness
         self._listed = listed
+        #: Path prefix -> handler, for the plain HTTP pages (``/metrics``, the status
+        #: page); a path is served by the longest prefix it starts with.
+        self._pages = sorted((pages or {}).items(), key=lambda item: -len(item[0]))
 
     async def __call__(self, scope: Mapping[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -83,6 +93,10 @@ class Router:
                 ready, reason = await self._readiness.check()
                 await _plain(send, 200 if ready else 503, f"{reason}\n")
             return
+        for prefix, page in self._pages:
+            if path == prefix or path.startswith(prefix.rstrip("/") + "/"):
+                await page(scope, receive, send)
+                return
         if not self._connect.serves(path):
             await _plain(send, 404, "not found\n")
             return
