@@ -127,12 +127,18 @@ class NodeApp:
             logger=log.getChild("hostfacts"),
         )
         client_options: dict[str, Any] = {}
+        bootstrap = bootstrap_of(settings)
         if channel_factory is None and settings.tls_ca is not None:
             channel_factory = client.tls_channel_factory(
-                ca=settings.tls_ca, cert=settings.tls_cert, key=settings.tls_key
+                ca=settings.tls_ca,
+                cert=settings.tls_cert,
+                key=settings.tls_key,
+                cert_optional=bootstrap is not None,
             )
         if channel_factory is not None:
             client_options["channel_factory"] = channel_factory
+        if bootstrap is not None:
+            client_options["bootstrap"] = bootstrap
         self.client = client.ControllerClient(
             endpoints=settings.endpoints,
             rpc_timeout=settings.rpc_timeout,
@@ -225,6 +231,16 @@ class NodeApp:
             await self.facts.collect()
 
 
+def bootstrap_of(settings: settings_mod.NodeSettings) -> client.Bootstrap | None:
+    """The node's bootstrap token setting, if it has one (settings validated the paths)."""
+    if settings.bootstrap_token_file is None:
+        return None
+    assert settings.tls_cert is not None and settings.tls_key is not None
+    return client.Bootstrap(
+        token_file=settings.bootstrap_token_file, cert=settings.tls_cert, key=settings.tls_key
+    )
+
+
 async def main(settings: settings_mod.NodeSettings) -> int:
     """Run the daemon until SIGTERM/SIGINT; returns the process exit code (2: TLS neither
     configured nor refused explicitly with ``insecure``, or its files cannot be loaded)."""
@@ -242,15 +258,32 @@ async def main(settings: settings_mod.NodeSettings) -> int:
             "read and forge this node's reports; see docs/security.md"
         )
     channels: client.ChannelFactory | None = None
+    bootstrap = bootstrap_of(settings)
+    if bootstrap is not None and not bootstrap.certificate_present():
+        try:
+            bootstrap.token()
+        except ValueError as exc:
+            logger.error("cannot read the bootstrap token: %s", exc)
+            return 2
+        logger.warning(
+            "no certificate at %s yet: registering with the bootstrap token of %s; "
+            "heartbeats start once the certificate is there (qvdcctl certs issue-node %s)",
+            bootstrap.cert,
+            bootstrap.token_file,
+            settings.hostname,
+        )
     if settings.tls_ca is not None:
         try:
             channels = client.tls_channel_factory(
-                ca=settings.tls_ca, cert=settings.tls_cert, key=settings.tls_key
+                ca=settings.tls_ca,
+                cert=settings.tls_cert,
+                key=settings.tls_key,
+                cert_optional=bootstrap is not None,
             )
         except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
             logger.error("cannot load the TLS files: %s", exc)
             return 2
-    if settings.tls_cert is not None:
+    if settings.tls_cert is not None and (bootstrap is None or bootstrap.certificate_present()):
         names = certs.dns_names(settings.tls_cert.read_bytes())
         if names != [settings.hostname]:
             logger.error(

@@ -21,6 +21,12 @@ and rebuilt after ``recreate_after`` consecutive failures instead (grpclib
 reconnects a lost connection by itself, but a half-dead connection it still
 believes in is only cured by a new channel). Any success resets the count.
 
+Bootstrap (docs/security.md, "Bootstrap"): with a :class:`Bootstrap`, while this node's
+certificate files do not exist the channel presents no certificate and ``RegisterNode``
+carries ``authorization: Bearer <token>``; heartbeat calls are not made at all
+(:class:`CertificatePending`), since the controller refuses them without a node
+certificate. The first call after both files appear rebuilds the channel with them.
+
 Time limits: every unary call passes ``timeout=`` (the RPC timeout). The
 heartbeat stream is long-lived, so it is opened with ``timeout=None`` on
 purpose; instead each ``send`` is bounded here, and the heartbeat loop bounds
@@ -32,7 +38,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpclib.client
@@ -96,18 +104,64 @@ def _default_channel(host: str, port: int) -> grpclib.client.Channel:
     return grpclib.client.Channel(host, port)
 
 
-def tls_channel_factory(*, ca: Path, cert: Path | None, key: Path | None) -> ChannelFactory:
+def tls_channel_factory(
+    *, ca: Path, cert: Path | None, key: Path | None, cert_optional: bool = False
+) -> ChannelFactory:
     """Channels over TLS: the controller's certificate checked against ``ca`` and the host
     dialled, this node's ``cert`` presented. The files are read for every new channel
     (the first one now, so that a bad file fails the start-up), so a rotated
-    certificate is used from the next reconnection on."""
-    tls.client_context(ca=ca, cert=cert, key=key)
+    certificate is used from the next reconnection on. ``cert_optional`` (a node with a
+    bootstrap token): while ``cert`` or ``key`` does not exist yet, channels present no
+    certificate; from the first channel built after both exist, they do."""
+
+    def context() -> ssl.SSLContext:
+        if cert_optional and not (cert is not None and key is not None and files_exist(cert, key)):
+            return tls.client_context(ca=ca)
+        return tls.client_context(ca=ca, cert=cert, key=key)
+
+    context()
 
     def channel(host: str, port: int) -> grpclib.client.Channel:
-        context = tls.client_context(ca=ca, cert=cert, key=key)
-        return grpclib.client.Channel(host, port, ssl=context)
+        return grpclib.client.Channel(host, port, ssl=context())
 
     return channel
+
+
+def files_exist(*paths: Path) -> bool:
+    return all(path.is_file() for path in paths)
+
+
+class CertificatePending(ControllerError):
+    """This node registered with a bootstrap token and has no certificate yet: it cannot
+    heartbeat until its certificate is put at ``tls_cert``/``tls_key`` (no call was made)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Bootstrap:
+    """A node's bootstrap token (docs/security.md, "Bootstrap"): sent on RegisterNode
+    while this node's certificate is not at ``cert``/``key``; never sent once it is."""
+
+    token_file: Path
+    cert: Path
+    key: Path
+
+    def certificate_present(self) -> bool:
+        """Both certificate files are there (the node has been issued its certificate)."""
+        return files_exist(self.cert, self.key)
+
+    def token(self) -> str:
+        """The token in ``token_file`` (surrounding whitespace dropped); ValueError naming
+        the file if it cannot be read or holds none."""
+        try:
+            text = self.token_file.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"bootstrap_token_file {self.token_file}: {exc}") from exc
+        token = text.strip()
+        if not token or any(c.isspace() for c in token) or not token.isprintable():
+            raise ValueError(
+                f"bootstrap_token_file {self.token_file}: holds no token (one line, no spaces)"
+            )
+        return token
 
 
 class ControllerClient:
@@ -123,6 +177,7 @@ class ControllerClient:
         recreate_after: int,
         logger: logging.Logger,
         channel_factory: ChannelFactory = _default_channel,
+        bootstrap: Bootstrap | None = None,
     ) -> None:
         if not endpoints:
             raise ValueError("at least one controller endpoint is required")
@@ -137,6 +192,9 @@ class ControllerClient:
         self._channel: grpclib.client.Channel | None = None
         self._consecutive_failures = 0
         self._channels_created = 0
+        self._bootstrap = bootstrap
+        #: Whether the current channel was built while this node had no certificate.
+        self._without_certificate = False
 
     # -- endpoint and channel management ------------------------------------------------
 
@@ -157,11 +215,40 @@ class ControllerClient:
         return self._channels_created
 
     def _stub(self) -> compute.NodeServiceStub:
+        bootstrap = self._bootstrap
+        if (
+            self._channel is not None
+            and self._without_certificate
+            and bootstrap is not None
+            and bootstrap.certificate_present()
+        ):
+            self._logger.info(
+                "this node's certificate is now at %s: reconnecting to present it", bootstrap.cert
+            )
+            self._close_channel()
         if self._channel is None:
             host, port = self._endpoints[self._index]
+            self._without_certificate = self.awaiting_certificate
             self._channel = self._channel_factory(host, port)
             self._channels_created += 1
         return compute.NodeServiceStub(self._channel)
+
+    @property
+    def awaiting_certificate(self) -> bool:
+        """This node has a bootstrap token and no certificate yet."""
+        return self._bootstrap is not None and not self._bootstrap.certificate_present()
+
+    def _require_certificate(self, what: str) -> None:
+        """Heartbeats need this node's certificate: without one (bootstrap token only) the
+        controller would refuse them, so no call is made."""
+        bootstrap = self._bootstrap
+        if bootstrap is not None and not bootstrap.certificate_present():
+            raise CertificatePending(
+                f"{what}: registered with the bootstrap token; heartbeats need this node's "
+                f"certificate at {bootstrap.cert} and {bootstrap.key} (make it with "
+                "'qvdcctl certs issue-node <hostname>' where the CA is, and copy it here)",
+                endpoint=self.endpoint,
+            )
 
     def _close_channel(self) -> None:
         if self._channel is not None:
@@ -259,8 +346,20 @@ class ControllerClient:
             facts=facts,
             heartbeat_interval=heartbeat_interval,
         )
+        metadata: dict[str, str] | None = None
+        bootstrap = self._bootstrap
         with self._map_errors("RegisterNode"):
-            node = await self._stub().register_node(request, timeout=self._rpc_timeout)
+            stub = self._stub()
+            if bootstrap is not None and self._without_certificate:
+                try:
+                    metadata = {"authorization": f"Bearer {bootstrap.token()}"}
+                except ValueError as exc:
+                    raise Rejected(
+                        f"RegisterNode: {exc}",
+                        endpoint=self.endpoint,
+                        status=grpclib.const.Status.FAILED_PRECONDITION,
+                    ) from None
+            node = await stub.register_node(request, timeout=self._rpc_timeout, metadata=metadata)
         if not node.id:
             raise Rejected(
                 f"RegisterNode at {self.endpoint}: the controller returned no node id",
@@ -272,6 +371,7 @@ class ControllerClient:
 
     async def update_heartbeat(self, heartbeat: convert.Heartbeat) -> convert.HeartbeatReply:
         """The upstream unary heartbeat (always full reports)."""
+        self._require_certificate("UpdateHeartbeat")
         request = convert.heartbeat_to_request(heartbeat)
         request.delta = False
         with self._map_errors("UpdateHeartbeat"):
@@ -287,7 +387,9 @@ class ControllerClient:
         reason; the block should treat any :class:`ControllerError` from the
         stream as the end of it.
         """
-        stub = self._stub()
+        self._require_certificate("StreamHeartbeat")
+        with self._map_errors("StreamHeartbeat"):
+            stub = self._stub()  # a half-copied certificate fails here: retried later
         # Long-lived call: no overall deadline (timeout=None) by design; every
         # send below and every acknowledgement in the heartbeat loop is bounded.
         # open_stream never waits for trailers on exit (the stream never ends normally).

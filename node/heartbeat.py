@@ -250,6 +250,7 @@ class Heartbeater:
             maximum=self._settings.reconnect_max,
             rng=self._rng,
         )
+        waiting_logged = False
         try:
             while True:
                 try:
@@ -259,9 +260,15 @@ class Heartbeater:
                     if self._handle_failure(exc):
                         continue
                     delay = delays.next()
-                    self._logger.warning(
-                        "controller unreachable (%s); retrying in %.1fs", exc, delay
-                    )
+                    if isinstance(exc, client_mod.CertificatePending):
+                        # Once at WARNING (a host can wait hours for its certificate).
+                        level = logging.DEBUG if waiting_logged else logging.WARNING
+                        waiting_logged = True
+                        self._logger.log(level, "waiting for this node's certificate: %s", exc)
+                    else:
+                        self._logger.warning(
+                            "controller unreachable (%s); retrying in %.1fs", exc, delay
+                        )
                     await asyncio.sleep(delay)
                     continue
                 delays.reset()

@@ -171,6 +171,14 @@ class NodeSettings:
     """Talk to the controller in plain text (no ``tls_*``): anyone on the path can read
     and forge this node's reports. Logged as a WARNING at start."""
 
+    bootstrap_token_file: Path | None = None
+    """A file holding a bootstrap token (docs/security.md, "Bootstrap"), for a host that
+    has no certificate yet: while no certificate is at ``tls_cert``/``tls_key`` the node
+    registers with ``authorization: Bearer <token>``, then waits for the certificate
+    (heartbeats need it) and uses it from the moment both files are there. Needs
+    ``tls_ca``, ``tls_cert`` and ``tls_key`` (the paths the certificate will be put at).
+    Read only while there is no certificate, so it may be deleted afterwards."""
+
     def __post_init__(self) -> None:
         # Freeze the containers too: a frozen dataclass holding a live dict
         # would still let a caller mutate "frozen" settings.
@@ -284,6 +292,15 @@ class NodeSettings:
             "tls_cert needs tls_ca (the CA of the controller's certificate)",
         )
         _require(not (self.insecure and self.tls_ca is not None), "insecure and tls_ca contradict")
+        _require(
+            self.bootstrap_token_file is None or (self.tls_ca is not None and not self.insecure),
+            "bootstrap_token_file needs tls_ca: a token is never sent in plain text",
+        )
+        _require(
+            self.bootstrap_token_file is None or self.tls_cert is not None,
+            "bootstrap_token_file needs tls_cert and tls_key: the paths this node's "
+            "certificate will be put at once it is registered (qvdcctl certs issue-node)",
+        )
         # Cross-field rules (see the module docstring for why these and not stricter ones).
         grace = 3 * self.heartbeat_interval + 10
         _require(
