@@ -16,6 +16,10 @@ TLS: ``--tls-ca`` (the controller's CA) with the operator's ``--tls-cert``/``--t
 ``tls_key``, relative to the file); plain text only with ``--insecure``
 (``QVDCCTL_INSECURE=1``). A call with neither is a usage error (docs/security.md). The
 variables are not ``QVDC_TLS_*``: those configure the controller's own ``tls.*``.
+An operator without a certificate gives a bearer token instead: ``--token-file``
+(``QVDCCTL_TOKEN_FILE``, else the context file's ``token_file``), a file holding an
+operator token of the controller's ``auth.tokens_file``; it is sent as
+``authorization: Bearer <token>`` on every call, and only over TLS.
 
 Exit status: 0 on success, 1 when the controller answers with an error (its gRPC
 status and message are printed), 2 on bad usage, 3 when the controller cannot be
@@ -214,14 +218,15 @@ def load_context_file() -> tuple[dict[str, Any], Path | None]:
     return {}, None
 
 
-TLS_KEYS = ("tls_ca", "tls_cert", "tls_key")
-"""The context file's TLS fields (paths, relative to the file's directory)."""
+TLS_KEYS = ("tls_ca", "tls_cert", "tls_key", "token_file")
+"""The context file's credential fields (paths, relative to the file's directory)."""
 
 
 def tls_files(
     flags: dict[str, Path | None], context: dict[str, Any], where: Path | None
 ) -> dict[str, Path | None]:
-    """``tls_ca``/``tls_cert``/``tls_key``: each flag (or its variable), else the context's."""
+    """``tls_ca``/``tls_cert``/``tls_key``/``token_file``: each flag (or its variable), else
+    the context's."""
     out: dict[str, Path | None] = {}
     for key in TLS_KEYS:
         value = flags.get(key)
@@ -266,11 +271,28 @@ class Ctx:
         self.tls_files = tls_files or {}
         self.insecure = insecure
 
+    def metadata(self) -> dict[str, str] | None:
+        """``authorization: Bearer <token>`` from ``--token-file`` (None without one); a
+        usage error if the file cannot be read, holds no token, or the call is plain text."""
+        path = self.tls_files.get("token_file")
+        if path is None:
+            return None
+        if self.insecure:
+            _fail(EXIT_USAGE, "--token-file needs TLS: a token is never sent in plain text")
+        try:
+            token = path.read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            _fail(EXIT_USAGE, f"cannot read the token file {path}: {exc}")
+            raise AssertionError("unreachable") from exc
+        if not token or any(c.isspace() for c in token) or not token.isprintable():
+            _fail(EXIT_USAGE, f"the token file {path} holds no token (one line, no spaces)")
+        return {"authorization": f"Bearer {token}"}
+
     def ssl_context(self) -> ssl.SSLContext | None:
         """The client TLS context (None with ``--insecure``); a usage error without either."""
         if self.insecure:
             return None
-        ca, cert, key = (self.tls_files.get(k) for k in TLS_KEYS)
+        ca, cert, key = (self.tls_files.get(k) for k in TLS_KEYS[:3])
         if ca is None:
             _fail(
                 EXIT_USAGE,
@@ -294,11 +316,12 @@ def rpc(ctx: Ctx, body: Callable[[Client], Awaitable[T]]) -> T:
     """Run ``body`` with a connected client; map errors to the documented exit codes."""
 
     context = ctx.ssl_context()
+    metadata = ctx.metadata()
 
     async def go() -> T:
         channel = grpclib.client.Channel(ctx.host, ctx.port, ssl=context)
         try:
-            return await body(Client(channel))
+            return await body(Client(channel, metadata=metadata))
         finally:
             tls.close_at_once(channel)  # the loop ends next: no TLS close_notify exchange
 
@@ -316,9 +339,13 @@ def rpc(ctx: Ctx, body: Callable[[Client], Awaitable[T]]) -> T:
 
 
 class Client:
-    def __init__(self, channel: grpclib.client.Channel) -> None:
-        self.pools = storage.StoragePoolServiceStub(channel, timeout=RPC_TIMEOUT)
-        self.nodes = compute.NodeServiceStub(channel, timeout=RPC_TIMEOUT)
+    def __init__(
+        self, channel: grpclib.client.Channel, *, metadata: dict[str, str] | None = None
+    ) -> None:
+        #: The call metadata every RPC carries (the bearer token): pass it to raw calls too.
+        self.metadata = metadata
+        self.pools = storage.StoragePoolServiceStub(channel, timeout=RPC_TIMEOUT, metadata=metadata)
+        self.nodes = compute.NodeServiceStub(channel, timeout=RPC_TIMEOUT, metadata=metadata)
 
     async def all_pools(self) -> list[storage.StoragePool]:
         out: list[storage.StoragePool] = []
@@ -429,6 +456,14 @@ def _repeat(render: Callable[[], str], *, watch: bool, interval: float, title: s
     help="its private key (env QVDCCTL_TLS_KEY, then the context file)",
 )
 @click.option(
+    "--token-file",
+    envvar="QVDCCTL_TOKEN_FILE",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="a file holding an operator bearer token, for an operator without a certificate "
+    "(env QVDCCTL_TOKEN_FILE, then the context file's token_file); sent only over TLS",
+)
+@click.option(
     "--insecure",
     envvar="QVDCCTL_INSECURE",
     is_flag=True,
@@ -442,12 +477,13 @@ def cli(
     tls_ca: Path | None,
     tls_cert: Path | None,
     tls_key: Path | None,
+    token_file: Path | None,
     insecure: bool,
 ) -> None:
     """Operate a QvDC controller. Exit: 0 ok, 1 controller error, 2 usage, 3 unreachable."""
     context, where = load_context_file()
     endpoint = controller or str(context.get("controller") or DEFAULT_CONTROLLER)
-    flags = {"tls_ca": tls_ca, "tls_cert": tls_cert, "tls_key": tls_key}
+    flags = {"tls_ca": tls_ca, "tls_cert": tls_cert, "tls_key": tls_key, "token_file": token_file}
     ctx.obj = Ctx(endpoint, tls_files=tls_files(flags, context, where), insecure=insecure)
 
 
