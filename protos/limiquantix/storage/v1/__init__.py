@@ -181,6 +181,21 @@ class CephConfig(betterproto2.Message):
     libvirt secret holding the key
     """
 
+    key: "str" = betterproto2.field(50, betterproto2.TYPE_STRING)
+    """
+    Write-only (docs/security.md, "Secrets"): the cephx key of `user` (the
+    base64 `key = ...` of its keyring), for hosts without a keyring file.
+    Stored sealed, sent only to the nodes the pool is assigned to (their
+    librados gets it as its `key` option: no file is written), never returned
+    to operators. Not together with keyring_path.
+    """
+
+    key_set: "bool" = betterproto2.field(51, betterproto2.TYPE_BOOL)
+    """
+    Output only: a key is stored (key itself is never returned). Ignored in
+    requests.
+    """
+
 
 default_message_pool.register_message("limiquantix.storage.v1", "CephConfig", CephConfig)
 
