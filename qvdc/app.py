@@ -67,7 +67,7 @@ from qvdc.engines.liveness import LivenessMonitor
 from qvdc.engines.push import PushHub
 from qvdc.engines.view import ClusterView
 from qvdc.http import connect as connect_face
-from qvdc.http import gate, health
+from qvdc.http import gate, health, status_page
 from qvdc.http import server as http_server
 from qvdc.http import tls as http_tls
 from qvdc.kits import eventlog, materiality
@@ -262,6 +262,8 @@ class Controller:
         self.port = 0
         self.http: http_server.HttpServer | None = None
         self.gate: gate.Gate | None = None
+        #: The read-only status page (``/status`` on the HTTP port).
+        self.status_page: status_page.StatusPage | None = None
         if settings.http.enabled:
             self.gate = gate.Gate(
                 self.policy,
@@ -275,10 +277,17 @@ class Controller:
                 grpc_only_hint=f" (port {settings.grpc.port})" if settings.grpc.port else "",
                 gate=self.gate,
             )
+            self.status_page = status_page.StatusPage(
+                view=self.view,
+                heard_at=self.monitor.last_heartbeat_wall,
+                gate=self.gate,
+                replica_id=self.replica_id,
+            )
             router = http_server.Router(
                 connect_app=connect_app,
                 readiness=self.readiness,
                 listed=lambda: self.view.cache.ready,
+                pages={status_page.PREFIX: self.status_page},
             )
             self.http = http_server.HttpServer(
                 router,
@@ -431,6 +440,8 @@ class Controller:
             self.gate.announce()
 
     async def _close_http(self) -> None:
+        if self.status_page is not None:
+            self.status_page.close()  # its event streams end, so the close need not wait
         if self.http is not None:
             await self.http.close()
 
