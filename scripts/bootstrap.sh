@@ -6,12 +6,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages: etcd for the controller; libvirt headers for libvirt-python;
-# the real storage servers and userspace clients the test suite runs (docs/lab.md).
+# the real storage servers and userspace clients the test suite runs (docs/lab.md);
+# chromium for the status page's browser test (headless, driven over its DevTools pipe).
 debs=(etcd-server etcd-client libvirt-dev pkg-config gcc
       e2fsprogs xfsprogs uuid-runtime
       nfs-ganesha nfs-ganesha-vfs libnfs13 libnfs-utils
       tgt libiscsi7 libiscsi-bin
-      ceph-mon ceph-mgr ceph-osd ceph-common python3-rados python3-rbd)
+      ceph-mon ceph-mgr ceph-osd ceph-common python3-rados python3-rbd
+      chromium)
 need_apt=()
 for deb in "${debs[@]}"; do
     dpkg-query -W -f='${Status}' "$deb" 2>/dev/null | grep -q "ok installed" || need_apt+=("$deb")
