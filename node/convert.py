@@ -173,7 +173,7 @@ def storage_pool_to_spec(pool: storage.StoragePool) -> base.PoolSpec:
 
 #: Config fields the controller only ever fills for operators (a write-only secret's
 #: "is set" marker): nothing a backend reads.
-_OUTPUT_ONLY = frozenset({"chap_password_set"})
+_OUTPUT_ONLY = frozenset({"chap_password_set", "key_set"})
 
 
 def reply_from_response(response: compute.UpdateHeartbeatResponse) -> HeartbeatReply:

@@ -601,7 +601,31 @@ def _backend(
             namespace=opts["namespace"],
             cluster_id=opts["cluster_id"],
             secret_uuid=opts["secret_uuid"],
+            key=_ceph_key(opts["ceph_key_file"]),
         ),
+    )
+
+
+def _ceph_key(path: Path | None) -> str:
+    """The cephx key in ``path``: a keyring file's ``key = ...`` line, or the key alone.
+    Read from a file, not a flag, so it is in no shell history or process list."""
+    if path is None:
+        return ""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.BadParameter(
+            f"cannot read {path}: {exc}", param_hint="--ceph-key-file"
+        ) from None
+    for line in text.splitlines():
+        name, sep, value = line.partition("=")
+        if sep and name.strip() == "key":
+            return value.strip()
+    stripped = text.strip()
+    if stripped and "\n" not in stripped and "[" not in stripped:
+        return stripped
+    raise click.BadParameter(
+        f"{path} holds no 'key = ...' line and is not a bare key", param_hint="--ceph-key-file"
     )
 
 
@@ -638,6 +662,14 @@ def _labels(pairs: Sequence[str]) -> dict[str, str]:
 @click.option("--namespace", default="", help="RBD namespace")
 @click.option("--cluster-id", default="", help="Ceph cluster id")
 @click.option("--secret-uuid", default="", help="libvirt secret holding the Ceph key")
+@click.option(
+    "--ceph-key-file",
+    type=click.Path(path_type=Path),
+    default=None,
+    metavar="FILE",
+    help="a keyring (or bare key) whose cephx key the pool's nodes get (write-only; not "
+    "with --keyring)",
+)
 @click.option("--assign", multiple=True, metavar="NODE", help="node hostname or id (repeatable)")
 @click.option("--description", default="")
 @click.option("--label", multiple=True, metavar="KEY=VALUE")

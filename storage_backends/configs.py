@@ -24,6 +24,8 @@ layer imports this module, and so do the backends.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import ipaddress
 import posixpath
@@ -355,6 +357,9 @@ class CephRbdConfig:
     namespace: str = ""
     secret_uuid: str = ""
     cluster_id: str = ""
+    #: The cephx key of ``user`` (base64), given to librados as its ``key`` option; never
+    #: shown (write-only, docs/security.md "Secrets").
+    key: str = dataclasses.field(default="", repr=False)
 
     @property
     def location(self) -> str:
@@ -388,7 +393,9 @@ def parse_ceph_rbd(config: Mapping[str, Any], *, monitors_from_conf: bool = Fals
     a ceph.conf); ``user``: the client id without ``client.`` (default admin);
     ``keyring_path``: absolute when set; ``namespace``: like pool_name when set;
     ``secret_uuid``: a UUID when set; ``cluster_id``: free text (a UUID is checked against
-    the cluster's fsid by the backend)."""
+    the cluster's fsid by the backend); ``key``: the cephx key of ``user`` (base64 of
+    16-128 bytes, as in a keyring's ``key = ...``), not together with ``keyring_path``,
+    never quoted in an error."""
     prefix = "ceph"
     config = _require_mapping(config, prefix=prefix)
     pool_name = _string(config, "pool_name", prefix=prefix)
@@ -440,6 +447,16 @@ def parse_ceph_rbd(config: Mapping[str, Any], *, monitors_from_conf: bool = Fals
                 f"must be a UUID (the libvirt secret), got {quote(secret_uuid)}",
             ) from None
 
+    key = _string(config, "key", prefix=prefix, secret=True)
+    if key:
+        _check_ceph_key(key, field=f"{prefix}.key")
+        if keyring_path:
+            raise ConfigError(
+                f"{prefix}.key",
+                "give either key or keyring_path, not both (keyring_path names a keyring "
+                "file on the node, key is the key itself)",
+            )
+
     return CephRbdConfig(
         pool_name=pool_name,
         monitors=monitors,
@@ -448,7 +465,28 @@ def parse_ceph_rbd(config: Mapping[str, Any], *, monitors_from_conf: bool = Fals
         namespace=namespace,
         secret_uuid=secret_uuid,
         cluster_id=_string(config, "cluster_id", prefix=prefix),
+        key=key,
     )
+
+
+#: Bounds of a cephx key's decoded length: ceph-authtool's keys are 28 bytes (a 12-byte
+#: header and a 16-byte AES key).
+CEPH_KEY_BYTES: Final = (16, 128)
+
+
+def _check_ceph_key(key: str, *, field: str) -> None:
+    """A cephx key is base64 (its value is never put in the message)."""
+    low, high = CEPH_KEY_BYTES
+    try:
+        decoded = base64.b64decode(key, validate=True)
+    except (ValueError, binascii.Error):
+        decoded = None
+    if decoded is None or not low <= len(decoded) <= high:
+        raise ConfigError(
+            field,
+            f"must be a cephx key: the base64 of {low}-{high} bytes, as in a keyring's "
+            f"'key = ...' line (a value of {len(key)} characters is not)",
+        )
 
 
 # -- iscsi ---------------------------------------------------------------------------------

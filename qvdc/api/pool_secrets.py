@@ -65,9 +65,9 @@ class PoolSecrets:
         mask_paths: Collection[str],
     ) -> tuple[Document, Document]:
         """``(to_check, to_store)`` for an UpdatePool that turned ``old`` into ``new``:
-        the document with the secrets it will hold in plain text or as stored (for the
-        validation, which must see a kept secret as present and a new one as typed), and
-        the same document sealed. ``request_spec``: the request's spec as JSON."""
+        the document with the secrets it will hold in plain text (for the validation, which
+        must see a kept secret as it was set and a new one as typed), and the same
+        document sealed. ``request_spec``: the request's spec as JSON."""
         pool_id = str(old["id"])
         stored = secrets.values(old)
         plan = secrets.plan_update(
@@ -82,9 +82,19 @@ class PoolSecrets:
                 check[field] = planned.plaintext
                 store[field] = self._seal(pool_id, field, planned.plaintext)
             elif planned.keep:
-                check[field] = stored[field]
+                check[field] = self._opened(pool_id, field, stored[field])
                 store[field] = self._resealed(pool_id, field, stored[field])
         return secrets.replaced(new, check), secrets.replaced(new, store)
+
+    def _opened(self, pool_id: str, field: SecretField, value: str) -> str:
+        """A kept value as the validation must see it: opened (a Ceph key's format is
+        checked, not its envelope's); as stored when no configured key opens it."""
+        if not sealing.is_sealed(value):
+            return value
+        try:
+            return self.keyring.unseal(value, context=_context(pool_id, field))
+        except sealing.SealError:
+            return value  # _resealed logs it; the check then sees the envelope
 
     def _resealed(self, pool_id: str, field: SecretField, value: str) -> str:
         """A kept value, sealed with the current key if it is not already (a plain legacy

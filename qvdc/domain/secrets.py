@@ -1,10 +1,10 @@
 """Which pool fields are secrets, and a pool document with them hidden, set or kept.
 
 Secrets are write-only (docs/security.md, "Secrets"): an operator sets one and from then on
-reads only its output-only marker (``chapPasswordSet: true``); the value goes to the nodes the
-pool is assigned to and nowhere else. This module is the one list of those fields and the
-pure document surgery on them. Sealing (encryption at rest) belongs to the store
-(:mod:`qvdc.security.sealing`); choosing who receives what belongs to the API.
+reads only its output-only marker (``chapPasswordSet: true``, ``keySet: true``); the value
+goes to the nodes the pool is assigned to and nowhere else. This module is the one list of
+those fields and the pure document surgery on them. Sealing (encryption at rest) belongs to
+the store (:mod:`qvdc.security.sealing`); choosing who receives what belongs to the API.
 
 Documents are the protobuf JSON of ``StoragePool`` (camelCase keys), as stored at
 ``pools/<id>``. The stored document holds each secret *sealed* in its own field and never
@@ -46,10 +46,17 @@ CHAP_PASSWORD = SecretField(
     path="spec.backend.iscsi.chap_password",
 )
 
-#: Every secret of a pool definition. CephConfig holds none: ``keyring_path`` names a file
-#: on the node and ``secret_uuid`` a libvirt secret there, so a Ceph key never passes the
-#: controller. A secret added to the protos is one entry here.
-SECRET_FIELDS: tuple[SecretField, ...] = (CHAP_PASSWORD,)
+CEPH_KEY = SecretField(
+    config="ceph",
+    key="key",
+    marker="keySet",
+    path="spec.backend.ceph.key",
+)
+
+#: Every secret of a pool definition. A Ceph pool may instead name a keyring file on the
+#: node (``keyring_path``), whose key then never passes the controller. A secret added to
+#: the protos is one entry here.
+SECRET_FIELDS: tuple[SecretField, ...] = (CHAP_PASSWORD, CEPH_KEY)
 
 _BY_PATH = {f.path: f for f in SECRET_FIELDS}
 

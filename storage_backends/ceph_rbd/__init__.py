@@ -60,7 +60,9 @@ Config (the proto's CephConfig, snake_case keys): ``pool_name`` (required),
 one, a backend that reads a ceph.conf accepts none), ``user`` (the client id, default ``admin``:
 librados name ``client.admin``), ``keyring_path`` (needed with cephx unless
 the default keyring applies), ``namespace``, ``secret_uuid`` (the libvirt
-secret VMs use; only validated here) and ``cluster_id``: when it is a UUID it
+secret VMs use; only validated here), ``key`` (the cephx key itself, write-only at
+the controller, given to librados as its ``key`` option instead of a keyring file; not
+with ``keyring_path``) and ``cluster_id``: when it is a UUID it
 must be the fsid of the cluster the monitors belong to, which catches a
 monitor address reused by another cluster; otherwise it is a label.
 

@@ -236,6 +236,8 @@ class Client:
             options["mon_host"] = ",".join(str(m) for m in config.monitors)
         if config.keyring_path:
             options["keyring"] = config.keyring_path
+        if config.key:  # the pool's write-only key: handed over in memory, no file written
+            options["key"] = config.key
         try:
             cluster = rados.Rados(
                 name=config.client_name,
@@ -316,7 +318,7 @@ class Client:
             if code in (errno.EACCES, errno.EPERM, -errno.EACCES, -errno.EPERM):
                 raise base.BackendUnavailable(
                     f"Ceph cluster refused {config.client_name}: {_describe(exc)} "
-                    "(check ceph.user and ceph.keyring_path)"
+                    "(check ceph.user and ceph.keyring_path or ceph.key)"
                 ) from exc
             if what is None:
                 raise base.BackendUnavailable(

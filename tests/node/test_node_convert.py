@@ -51,7 +51,11 @@ def pool(pool_id: str, backend: storage.StorageBackend | None) -> storage.Storag
         ),
         (
             storage.StorageBackend(
-                type=T.CEPH_RBD, ceph=storage.CephConfig(pool_name="rbd", monitors=["m1", "m2"])
+                type=T.CEPH_RBD,
+                # key_set is the operators' marker: dropped; the key itself is the node's.
+                ceph=storage.CephConfig(
+                    pool_name="rbd", monitors=["m1", "m2"], key="AQBk3w==", key_set=True
+                ),
             ),
             "ceph_rbd",
             {
@@ -62,6 +66,7 @@ def pool(pool_id: str, backend: storage.StorageBackend | None) -> storage.Storag
                 "keyring_path": "",
                 "namespace": "",
                 "secret_uuid": "",
+                "key": "AQBk3w==",
             },
         ),
         (

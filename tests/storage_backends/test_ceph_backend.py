@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from storage_backends import base, ceph_rbd
+from storage_backends import base, ceph_rbd, configs
 from tests.fixtures.ceph import (  # noqa: F401  (fixtures used by name)
     NAMESPACE,
     POOL,
@@ -58,6 +58,8 @@ def spec(config: dict[str, Any], *, pool_id: str = "p1") -> base.PoolSpec:
 # -- configuration ------------------------------------------------------------------
 
 GOOD = {"pool_name": "rbd", "monitors": ["10.0.0.1:6789"]}
+#: A cephx key as ceph-authtool makes them (base64 of a 12-byte header and 16 key bytes).
+CEPH_KEY = "AQBcm2BnAAAAABAAq7mZt3fT0xG9bQ1vKp5sRw=="
 
 
 @pytest.mark.parametrize(
@@ -76,6 +78,7 @@ GOOD = {"pool_name": "rbd", "monitors": ["10.0.0.1:6789"]}
             },
             id="every-field",
         ),
+        pytest.param({**GOOD, "user": "qvdc", "key": CEPH_KEY}, id="key"),
         pytest.param(
             # What the node's proto conversion hands over for unset fields.
             {
@@ -119,6 +122,13 @@ def test_validate_accepts(config: dict[str, Any]) -> None:
         ({**GOOD, "user": "client.admin"}, r"^ceph\.user is the client id without"),
         ({**GOOD, "user": "ad min"}, r"^ceph\.user must be a plain client id"),
         ({**GOOD, "namespace": "a@b"}, r"^ceph\.namespace must not contain"),
+        ({**GOOD, "key": "secret!"}, r"^ceph\.key must be a cephx key.*of 7 characters is not\)$"),
+        ({**GOOD, "key": "AAAA"}, r"^ceph\.key must be a cephx key"),
+        ({**GOOD, "key": 7}, r"^ceph\.key must be a string, got a non-string value$"),
+        (
+            {**GOOD, "key": CEPH_KEY, "keyring_path": "/etc/ceph/k"},
+            r"^ceph\.key give either key or keyring_path, not both",
+        ),
     ],
 )
 def test_validate_rejects_naming_the_field(config: dict[str, Any], message: str) -> None:
@@ -573,6 +583,25 @@ async def test_detach_closes_the_connection_is_idempotent_and_keeps_images(
     info = await backend.attach(pool, timeout=TIMEOUT)
     assert info.health is base.PoolHealth.HEALTHY, info.error_message
     assert info.volume_count == 1
+
+
+async def test_the_pools_key_is_handed_to_librados_in_memory(
+    backend: ceph_rbd.CephRbdBackend, ceph_cluster: CephCluster
+) -> None:
+    """A pool's write-only key is librados' ``key`` option of that pool's handle (no file
+    written); the test cluster runs without cephx, so this checks the hand-over, and that
+    a handle with a key still connects."""
+    keyed = spec(pool_config(ceph_cluster, key=CEPH_KEY), pool_id="keyed")
+    plain = spec(pool_config(ceph_cluster), pool_id="plain")
+    info = await backend.attach(keyed, timeout=TIMEOUT)
+    assert info.health is base.PoolHealth.HEALTHY, info.error_message
+    await backend.attach(plain, timeout=TIMEOUT)
+    keyed_handle = backend._pools["keyed"].cluster
+    plain_handle = backend._pools["plain"].cluster
+    assert keyed_handle is not None and plain_handle is not None
+    assert keyed_handle.conf_get("key") == CEPH_KEY
+    assert plain_handle.conf_get("key") == ""
+    assert CEPH_KEY not in repr(configs.parse_ceph_rbd(keyed.config))
 
 
 async def test_reattach_reuses_the_connection(

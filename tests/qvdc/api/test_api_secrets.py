@@ -410,3 +410,150 @@ async def test_rotation_old_key_still_opens_and_an_update_reseals(
     assert assigned(await wrong.node_sees(node.id), created.id).chap_password == ""
     assert new_key.id in caplog.text and "not sent to its nodes" in caplog.text
     assert SECRET not in caplog.text
+
+
+# -- the Ceph key ---------------------------------------------------------------------------
+
+#: A cephx key as ceph-authtool makes them (base64 of a 12-byte header and 16 key bytes).
+CEPH_KEY = "AQBcm2BnAAAAABAAq7mZt3fT0xG9bQ1vKp5sRw=="
+NEW_CEPH_KEY = "AQBcm2BnAAAAABAAZ3fQmD2w8Ykq1Lx0Tn7cHg=="
+
+
+def ceph(key: str = CEPH_KEY, *, keyring_path: str = "") -> storage.StorageBackend:
+    return storage.StorageBackend(
+        type=Type.CEPH_RBD,
+        ceph=storage.CephConfig(
+            pool_name="vms",
+            monitors=["10.0.0.1:6789"],
+            user="qvdc",
+            key=key,
+            keyring_path=keyring_path,
+        ),
+    )
+
+
+def assigned_ceph(response: compute.UpdateHeartbeatResponse, pool_id: str) -> storage.CephConfig:
+    (pool,) = [p for p in response.assigned_pools if p.id == pool_id]
+    assert pool.spec is not None and pool.spec.backend is not None
+    assert pool.spec.backend.ceph is not None
+    return pool.spec.backend.ceph
+
+
+async def test_a_ceph_key_is_write_only_like_the_chap_password(
+    start: Start,
+    key_file: Path,
+    etcd_server: EtcdServer,
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    r = await start(key_file)
+    node_a = await r.nodes.register_node(register_request("host-a"), timeout=TIMEOUT)
+    node_b = await r.nodes.register_node(register_request("host-b"), timeout=TIMEOUT)
+    outputs: dict[str, betterproto2.Message] = {}
+    created = await r.pools.create_pool(
+        storage.CreatePoolRequest(
+            name="rbd", spec=storage.StoragePoolSpec(backend=ceph(), assigned_node_ids=[node_a.id])
+        ),
+        timeout=TIMEOUT,
+    )
+    outputs["CreatePool"] = created
+    assert created.spec.backend.ceph.key == "" and created.spec.backend.ceph.key_set is True
+    assert created.spec.backend.ceph.user == "qvdc"
+    outputs["GetPool"] = await r.pools.get_pool(
+        storage.GetPoolRequest(id=created.id), timeout=TIMEOUT
+    )
+    outputs["ListPools"] = await r.pools.list_pools(storage.ListPoolsRequest(), timeout=TIMEOUT)
+    outputs["UpdateHeartbeat(B)"] = seen_b = await r.node_sees(node_b.id)
+    assert seen_b.assigned_pools == []
+
+    # Keep (the redacted backend sent back), then set a new one by value.
+    backend = created.spec.backend
+    backend.ceph.namespace = "tenant-a"
+    outputs["UpdatePool"] = kept = await r.pools.update_pool(
+        storage.UpdatePoolRequest(
+            id=created.id,
+            spec=storage.StoragePoolSpec(backend=backend),
+            update_mask=protobuf.FieldMask(paths=["spec.backend"]),
+        ),
+        timeout=TIMEOUT,
+    )
+    assert kept.spec.backend.ceph.key_set and kept.spec.backend.ceph.namespace == "tenant-a"
+    assert assigned_ceph(await r.node_sees(node_a.id), created.id).key == CEPH_KEY
+    for name, message in outputs.items():
+        assert CEPH_KEY not in text_of(message), name
+
+    shown = {fmt: await qvdcctl(r, "pools", "get", "rbd", "-o", fmt) for fmt in ("json", "yaml")}
+    shown["list"] = await qvdcctl(r, "pools", "list", "-o", "wide")
+    for fmt, text in shown.items():
+        assert CEPH_KEY not in text, fmt
+    assert '"keySet": true' in shown["json"]
+    dump = etcdctl_dump(etcd_server)
+    assert CEPH_KEY not in dump and "qvdc-sealed:v1:" in dump
+
+    await r.pools.update_pool(
+        storage.UpdatePoolRequest(
+            id=created.id,
+            spec=storage.StoragePoolSpec(backend=ceph(NEW_CEPH_KEY)),
+            update_mask=protobuf.FieldMask(paths=["spec.backend"]),
+        ),
+        timeout=TIMEOUT,
+    )
+    assert assigned_ceph(await r.node_sees(node_a.id), created.id).key == NEW_CEPH_KEY
+
+    # qvdcctl takes the key from a keyring file (never from a flag's value).
+    keyring = tmp_path / "ceph.client.qvdc.keyring"
+    keyring.write_text(f"[client.qvdc]\n\tkey = {NEW_CEPH_KEY}\n")
+    said = await qvdcctl(
+        r, "pools", "create", "rbd2", "--ceph-rbd", "vms", "--monitor", "10.0.0.1",
+        "--ceph-user", "qvdc", "--ceph-key-file", str(keyring), "--assign", "host-a",
+    )  # fmt: skip
+    assert NEW_CEPH_KEY not in said
+    (second,) = [p for p in (await r.node_sees(node_a.id)).assigned_pools if p.name == "rbd2"]
+    assert assigned_ceph(await r.node_sees(node_a.id), second.id).key == NEW_CEPH_KEY
+    assert NEW_CEPH_KEY not in etcdctl_dump(etcd_server)
+
+    # Not with a keyring file too, and a malformed key is refused without being echoed.
+    for bad, words in (
+        (ceph(keyring_path="/etc/ceph/ceph.client.qvdc.keyring"), "not both"),
+        (ceph("not a key!"), "must be a cephx key"),
+    ):
+        error = await expect_error(
+            r.pools.create_pool(
+                storage.CreatePoolRequest(name="bad", spec=storage.StoragePoolSpec(backend=bad)),
+                timeout=TIMEOUT,
+            ),
+            Status.INVALID_ARGUMENT,
+            "spec.backend.ceph.key",
+            words,
+        )
+        assert "not a key!" not in (error.message or "") and CEPH_KEY not in (error.message or "")
+
+    # Clear: its own path in the mask; the node's copy then has no key.
+    cleared = await r.pools.update_pool(
+        storage.UpdatePoolRequest(
+            id=created.id,
+            update_mask=protobuf.FieldMask(paths=["spec.backend.ceph.key"]),
+        ),
+        timeout=TIMEOUT,
+    )
+    assert cleared.spec.backend.ceph.key_set is False
+    assert assigned_ceph(await r.node_sees(node_a.id), created.id).key == ""
+    stored = await r.controller.store.get(keys.pool(created.id))
+    assert stored is not None and "key" not in json.loads(stored.value)["spec"]["backend"]["ceph"]
+    assert CEPH_KEY not in caplog.text and NEW_CEPH_KEY not in caplog.text
+
+
+async def test_without_a_key_file_a_ceph_key_is_refused(start: Start, store: EtcdStore) -> None:
+    r = await start(None)
+    error = await expect_error(
+        r.pools.create_pool(
+            storage.CreatePoolRequest(name="rbd", spec=storage.StoragePoolSpec(backend=ceph())),
+            timeout=TIMEOUT,
+        ),
+        Status.FAILED_PRECONDITION,
+        "spec.backend.ceph.key",
+        "secrets.key_file",
+    )
+    assert CEPH_KEY not in (error.message or "")
+    assert (await store.get_prefix(keys.POOLS))[0] == []
