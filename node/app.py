@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from node import client, heartbeat, hostfacts, pools, probing
+from node import client, heartbeat, hostfacts, metrics, pools, probing
 from node import settings as settings_mod
 from qvdc.kits import tasks
 from qvdc.security import certs
@@ -119,7 +119,13 @@ class NodeApp:
             resync_interval=settings.resync_interval,
             logger=log.getChild("pools"),
         )
-        self.prober = probing.Prober(timeout=settings.probe_timeout, logger=log.getChild("probing"))
+        #: This daemon's Prometheus registry (served when ``metrics_listen`` is set).
+        self.metrics = metrics.NodeMetrics()
+        self.prober = probing.Prober(
+            timeout=settings.probe_timeout,
+            logger=log.getChild("probing"),
+            on_probe=self.metrics.observe_probe,
+        )
         self.facts = hostfacts.HostFactsCollector(
             uri=settings.libvirt_uri,
             timeout=settings.hostfacts_timeout,
@@ -155,6 +161,17 @@ class NodeApp:
             logger=log.getChild("heartbeat"),
         )
         self.pools.on_change = self.heartbeat.wakeup.set
+        self.metrics.watch(
+            stats=self.heartbeat.stats,
+            connected=lambda: self.heartbeat.connected_endpoint is not None,
+            reports=self.pools.reports,
+        )
+        self.metrics_server: metrics.MetricsServer | None = None
+        if settings.metrics_listen is not None:
+            host, port = settings_mod.parse_listen(settings.metrics_listen)
+            self.metrics_server = metrics.MetricsServer(
+                metrics=self.metrics, host=host, port=port, logger=log.getChild("metrics")
+            )
         #: Set once every root task runs (a test hook).
         self.started = asyncio.Event()
 
@@ -186,6 +203,8 @@ class NodeApp:
             s.pools_root,
         )
         try:
+            if self.metrics_server is not None:
+                await self.metrics_server.start()
             # Local state first: pools come back even with no controller reachable.
             await self.heartbeat.load()
             await self.pools.load()
@@ -220,6 +239,8 @@ class NodeApp:
                 for root in roots:
                     root.cancel()
         finally:
+            if self.metrics_server is not None:
+                await self.metrics_server.close()
             await self.heartbeat.close()
             await self.prober.close()
             self.client.close()

@@ -40,6 +40,11 @@ from storage_backends import base
 Targets = Mapping[str, tuple[base.StorageBackend, base.PoolSpec]]
 
 
+ProbeObserver = Callable[[str, float, bool], None]
+"""``on_probe(kind, seconds, failed)``: one probe of a ``kind`` pool ended after ``seconds``;
+``failed``: it raised, timed out or reported ERROR (``node.metrics``)."""
+
+
 class Recorder(Protocol):
     """Where probe results go (PoolManager.record_probe)."""
 
@@ -60,7 +65,9 @@ def error_info(*, spec: base.PoolSpec, message: str) -> base.PoolInfo:
 class Prober:
     """Runs bounded, concurrent probes; remembers probes that would not stop."""
 
-    def __init__(self, *, timeout: float, logger: logging.Logger) -> None:
+    def __init__(
+        self, *, timeout: float, logger: logging.Logger, on_probe: ProbeObserver | None = None
+    ) -> None:
         if timeout <= 0:
             raise ValueError(f"probe timeout must be > 0: {timeout}")
         self._timeout = timeout
@@ -70,6 +77,7 @@ class Prober:
         # The hard limit for a probe that ignores cancellation.
         self._hard_limit = self._soft_limit + max(0.1, timeout * 0.25)
         self._stragglers: dict[str, asyncio.Task[base.PoolInfo]] = {}
+        self._on_probe = on_probe
         self.rounds = 0
 
     @property
@@ -85,6 +93,16 @@ class Prober:
         self, *, backend: base.StorageBackend, spec: base.PoolSpec
     ) -> base.PoolInfo:
         """Probe one pool; always returns a PoolInfo (ERROR with the reason on failure)."""
+        started = time.monotonic()
+        info = await self._probe_one(backend=backend, spec=spec)
+        if self._on_probe is not None:
+            failed = info.health is base.PoolHealth.ERROR
+            self._on_probe(spec.kind, time.monotonic() - started, failed)
+        return info
+
+    async def _probe_one(
+        self, *, backend: base.StorageBackend, spec: base.PoolSpec
+    ) -> base.PoolInfo:
         try:
             async with asyncio.timeout(self._soft_limit):
                 info = await backend.probe(spec, timeout=self._timeout)
@@ -142,6 +160,8 @@ class Prober:
                 results[pool_id] = error_info(
                     spec=spec, message=f"probe timed out after {self._timeout:g}s"
                 )
+                if self._on_probe is not None:  # abandoned: it never told probe_one's end
+                    self._on_probe(spec.kind, self._hard_limit, True)
         self.rounds += 1
         return results
 

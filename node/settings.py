@@ -63,6 +63,21 @@ def parse_endpoint(endpoint: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+def parse_listen(text: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6addr]:port`` (port 0: any free one) -> ``(host, port)``.
+
+    Raises :class:`SettingsError` naming the text when it is malformed.
+    """
+    host, sep, port = text.strip().rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    _require(
+        bool(sep) and bool(host) and port.isdigit() and int(port) <= 65535,
+        f"metrics_listen must be host:port with a port in 0..65535: {text[:64]!r}",
+    )
+    return host, int(port)
+
+
 @dataclass(frozen=True, slots=True)
 class NodeSettings:
     """Everything the node daemon can be told. Defaults suit a production host."""
@@ -178,6 +193,11 @@ class NodeSettings:
     (heartbeats need it) and uses it from the moment both files are there. Needs
     ``tls_ca``, ``tls_cert`` and ``tls_key`` (the paths the certificate will be put at).
     Read only while there is no certificate, so it may be deleted afterwards."""
+
+    metrics_listen: str | None = None
+    """``host:port`` of the Prometheus ``GET /metrics`` listener (port 0: any free one).
+    Default: none, no listener. Unauthenticated (it holds no secret): bind it to loopback
+    or a management network (docs/operations.md, "Metrics")."""
 
     def __post_init__(self) -> None:
         # Freeze the containers too: a frozen dataclass holding a live dict
@@ -301,6 +321,8 @@ class NodeSettings:
             "bootstrap_token_file needs tls_cert and tls_key: the paths this node's "
             "certificate will be put at once it is registered (qvdcctl certs issue-node)",
         )
+        if self.metrics_listen is not None:
+            parse_listen(self.metrics_listen)
         # Cross-field rules (see the module docstring for why these and not stricter ones).
         grace = 3 * self.heartbeat_interval + 10
         _require(

@@ -53,6 +53,7 @@ from grpclib.health.v1 import health_pb2
 from grpclib.reflection.service import ServerReflection
 from grpclib.reflection.v1 import reflection_pb2
 
+from qvdc import metrics
 from qvdc.api import auth
 from qvdc.api.node_service import NodeService
 from qvdc.api.pool_secrets import PoolSecrets
@@ -191,6 +192,8 @@ class Controller:
             clock=self.clock,
             materiality_rule=materiality_rule,
         )
+        #: This replica's Prometheus registry (``GET /metrics`` on the HTTP port).
+        self.metrics = metrics.ControllerMetrics()
         #: pool.phase and host.health events, once each (a new baseline per leadership term).
         self.pool_events = PoolEvents()
         self.aggregator = Aggregator(
@@ -206,8 +209,18 @@ class Controller:
             interval_of=self.monitor.told_interval_secs,
             recheck=settings.check_period,
             on_written=self.pool_events,
+            on_lag=self.metrics.observe_lag,
         )
         self.hub = PushHub(view=self.view)
+        self.metrics.watch(
+            store=store,
+            view=self.view,
+            intake=self.intake,
+            committer=self.committer,
+            monitor=self.monitor,
+            aggregator=self.aggregator,
+            hub=self.hub,
+        )
         self.catalog = Catalog(
             store=store,
             view=self.view,
@@ -287,7 +300,7 @@ class Controller:
                 connect_app=connect_app,
                 readiness=self.readiness,
                 listed=lambda: self.view.cache.ready,
-                pages={status_page.PREFIX: self.status_page},
+                pages={"/metrics": self.metrics.page, status_page.PREFIX: self.status_page},
             )
             self.http = http_server.HttpServer(
                 router,

@@ -36,7 +36,7 @@ import heapq
 import itertools
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from qvdc.domain import aggregation
 from qvdc.domain.model import NodeId, NodeState, PoolAggregate, PoolRecord
@@ -82,11 +82,15 @@ class Aggregator:
         recheck: float = 1.0,
         coalesce: float = 0.002,
         on_written: Callable[[str, PoolAggregate], None] | None = None,
+        on_lag: Callable[[float], None] | None = None,
     ) -> None:
         """``heard_at(node)``: wall time of the node's last heartbeat on this replica (None:
         not heard here); read only for nodes whose ``nodestatus`` names ``replica_id`` as
         owner. ``grace_of`` / ``interval_of``: a node's grace and heartbeat interval
-        (default: ``grace`` and ``interval`` for every node)."""
+        (default: ``grace`` and ``interval`` for every node). ``on_lag(seconds)``: for each
+        pool a host-status change dirtied, once its aggregate is current in etcd (written
+        or found unchanged), the seconds since the earliest such row's ``changed_at`` (the
+        report's arrival at a replica): the aggregation lag (``qvdc.metrics``)."""
         self._store = store
         self._view = view
         self._clock = clock
@@ -98,6 +102,9 @@ class Aggregator:
         self._recheck = recheck
         self._coalesce = coalesce
         self._on_written = on_written
+        self._on_lag = on_lag
+        # pool -> changed_at of the earliest host-status row not yet aggregated (on_lag).
+        self._report_at: dict[str, float] = {}
         # (deadline wall time, sequence, _NODE or _POOL, id): see the module docstring.
         self._timers: list[tuple[float, int, int, str]] = []
         self._sequence = itertools.count()
@@ -127,6 +134,11 @@ class Aggregator:
             if own is not None and own == new.value:
                 del self._in_flight[parts[1]]
                 return  # our own write coming back through the watch: nothing to redo
+        lag_wanted = self._on_lag is not None and new is not None
+        if lag_wanted and kind == "hoststatus" and len(parts) == 3:
+            row = self._view.host_status(parts[1], parts[2])
+            if row is not None:
+                self._report_at.setdefault(parts[1], row.changed_at)
         if pool_keyed or (kind == "hoststatus" and len(parts) == 3):
             self._mark(parts[1])
         elif kind == "assignments" and len(parts) == 3:
@@ -286,8 +298,21 @@ class Aggregator:
         self._in_flight[pool_id] = value
         return compare, Op.put(key, value), agg
 
+    def _lagged(self, pool_ids: Iterable[str]) -> None:
+        """These pools' aggregates are current in etcd: report their reports' lag."""
+        if not self._report_at or self._on_lag is None:
+            return
+        now = self._clock.time()
+        for pool_id in pool_ids:
+            arrived = self._report_at.pop(pool_id, None)
+            if arrived is not None:
+                self._on_lag(now - arrived)
+
     async def _flush(self, pool_ids: list[str]) -> None:
         plans = [(p, plan) for p in pool_ids if (plan := self._plan(p)) is not None]
+        if self._report_at:
+            planned = {p for p, _ in plans}
+            self._lagged(p for p in pool_ids if p not in planned)  # unchanged: current
         for start in range(0, len(plans), MAX_TXN_OPS):
             chunk = plans[start : start + MAX_TXN_OPS]
             result = await self._store.txn(
@@ -308,6 +333,7 @@ class Aggregator:
             for pool_id, plan in chunk:
                 if self._on_written is not None and plan[2] is not None:
                     self._on_written(pool_id, plan[2])
+            self._lagged(pool_id for pool_id, _ in chunk)
 
     async def run(self) -> None:
         """Aggregate until cancelled (while this replica leads)."""
@@ -347,6 +373,7 @@ class Aggregator:
         finally:
             self._active = False
             self._in_flight.clear()
+            self._report_at.clear()
             self._timers.clear()
             self._node_due.clear()
             self._pool_due.clear()

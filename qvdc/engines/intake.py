@@ -135,6 +135,9 @@ class HeartbeatIntake:
         #: Counters for tests and the benchmark.
         self.heartbeats = 0
         self.reports_seen = 0
+        #: Reports written as material changes (the rest of reports_seen were unchanged,
+        #: or unknown_reports); material_changes also counts rows written for omissions.
+        self.reports_written = 0
         self.material_changes = 0
         self.unknown_reports = 0
 
@@ -198,6 +201,7 @@ class HeartbeatIntake:
             seen.add(resolved)
             if self._is_material(rows, nid, resolved, report):
                 self._write(nid, convert(report, resolved))
+                self.reports_written += 1
         # A full heartbeat omits what the host no longer has; a delta one says so.
         everything = set(rows).union(assigned) if full else set(removed)
         gone = everything - seen

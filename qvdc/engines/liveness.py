@@ -127,6 +127,8 @@ class LivenessMonitor:
         self.leader = False
         #: Liveness frozen: every live node went silent in one pass (see the module docstring).
         self.mass_outage = False
+        #: Freezes started (``qvdc.metrics`` reads it, with ``mass_outage``).
+        self.freezes = 0
         self._frozen_at = 0.0  # monotonic start of the freeze
         self._frozen_nodes: frozenset[NodeId] = frozenset()  # live when it started
         self._heard_in_freeze = False
@@ -374,6 +376,7 @@ class LivenessMonitor:
 
     def _start_freeze(self, *, now: float, live: tuple[NodeId, ...]) -> None:
         self.mass_outage = True
+        self.freezes += 1
         self._frozen_at = now
         self._frozen_nodes = frozenset(live)
         self._heard_in_freeze = False

@@ -27,9 +27,12 @@ class PushHub:
     def __init__(self, *, view: ClusterView) -> None:
         self._view = view
         self._sessions: dict[str, tuple[Wake, ...]] = {}  # usually one stream per node
+        #: Streams opened (a node's first and every reconnection), for ``qvdc.metrics``.
+        self.opened = 0
         view.subscribe(self._on_change)
 
     def open(self, node_id: str, wake: Wake) -> None:
+        self.opened += 1
         self._sessions[node_id] = (*self._sessions.get(node_id, ()), wake)
 
     def close(self, node_id: str, wake: Wake) -> None:

@@ -38,6 +38,23 @@ class LeaseNotFound(records.StoreError):
 _UNAVAILABLE_CODES = frozenset({"UNAVAILABLE", "CANCELLED", "ABORTED"})
 
 
+def kind_of(error: records.StoreError) -> str:
+    """A short, bounded name of ``error``'s kind, for the etcd error counter
+    (``EtcdStore.error_counts``): timeout, unavailable, compacted, lease_not_found,
+    too_large or refused (any other rejection)."""
+    if isinstance(error, records.StoreTimeout):
+        return "timeout"
+    if isinstance(error, records.StoreUnavailable):
+        return "unavailable"
+    if isinstance(error, RevisionCompacted | records.Compacted):
+        return "compacted"
+    if isinstance(error, LeaseNotFound | records.LeaseExpired):
+        return "lease_not_found"
+    if isinstance(error, ResponseTooLarge):
+        return "too_large"
+    return "refused"
+
+
 def map_exception(exc: Exception, *, endpoint: str, what: str, limit: float | None) -> Exception:
     """The StoreError for a client exception; other exceptions are returned as they are."""
     if isinstance(exc, records.StoreError):

@@ -6,6 +6,7 @@ See the package docstring for the contract and the reasons behind its shape.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -55,6 +56,12 @@ class EtcdStore:
         self._page_size = page_size
         self._page_bytes = page_bytes
         self._endpoints = connections.Endpoints(settings=settings, probe_key=self._prefix)
+        #: Failed etcd calls by (operation, kind) (``errors.kind_of``), the handled ones
+        #: too (a listing restarted after a compaction); read by ``qvdc.metrics``.
+        self.error_counts: collections.Counter[tuple[str, str]] = collections.Counter()
+
+    def _count_error(self, what: str, error: records.StoreError) -> None:
+        self.error_counts[what.split(" ", 1)[0], errors.kind_of(error)] += 1
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -94,11 +101,15 @@ class EtcdStore:
     ) -> _T:
         """Run ``invoke(client, metadata, limit)`` bounded by ``limit``, translating errors."""
         limit = self._limit(call_timeout)
-        conn = await self._endpoints.acquire()
-        with connections.translating(conn, what=what, limit=limit):
-            async with asyncio.timeout(limit):
-                await conn.client.connect()
-                result = await invoke(conn.client, conn.client.metadata, limit)
+        try:
+            conn = await self._endpoints.acquire()
+            with connections.translating(conn, what=what, limit=limit):
+                async with asyncio.timeout(limit):
+                    await conn.client.connect()
+                    result = await invoke(conn.client, conn.client.metadata, limit)
+        except records.StoreError as error:
+            self._count_error(what, error)
+            raise
         conn.failed = False
         return result
 
@@ -342,32 +353,36 @@ class EtcdStore:
         what = f"watch {prefix!r} from {start_revision}"
         limit = self._limit(None)
         watch_event = self._messages.watch_event
-        conn = await self._endpoints.acquire()
-        call: Any = None
         try:
-            # Open the stream and wait for etcd to confirm the watch, bounded.
-            with connections.translating(conn, what=what, limit=limit):
-                async with asyncio.timeout(limit):
-                    await conn.client.connect()
-                    stub = rpc.WatchStub(conn.client.channel)
-                    call = stub.Watch(metadata=conn.client.metadata)
-                    await call.write(rpc.WatchRequest(create_request=create))
-                    response = await call.read()
-            _check_watch_response(response, conn=conn, what=what)
-            if not response.created:
-                raise records.StoreError(f"{what}: etcd answered the create with {response!r}")
-            conn.failed = False
-            # Relay events; each read waits for etcd (bounded by keepalive / idle_timeout).
-            while True:
-                for event in response.events:
-                    yield watch_event(event)
-                with connections.translating(conn, what=what, limit=idle_timeout):
-                    async with asyncio.timeout(idle_timeout):
+            conn = await self._endpoints.acquire()
+            call: Any = None
+            try:
+                # Open the stream and wait for etcd to confirm the watch, bounded.
+                with connections.translating(conn, what=what, limit=limit):
+                    async with asyncio.timeout(limit):
+                        await conn.client.connect()
+                        stub = rpc.WatchStub(conn.client.channel)
+                        call = stub.Watch(metadata=conn.client.metadata)
+                        await call.write(rpc.WatchRequest(create_request=create))
                         response = await call.read()
                 _check_watch_response(response, conn=conn, what=what)
-        finally:
-            if call is not None:
-                call.cancel()
+                if not response.created:
+                    raise records.StoreError(f"{what}: etcd answered the create with {response!r}")
+                conn.failed = False
+                # Relay events; each read waits for etcd (bounded by keepalive / idle_timeout).
+                while True:
+                    for event in response.events:
+                        yield watch_event(event)
+                    with connections.translating(conn, what=what, limit=idle_timeout):
+                        async with asyncio.timeout(idle_timeout):
+                            response = await call.read()
+                    _check_watch_response(response, conn=conn, what=what)
+            finally:
+                if call is not None:
+                    call.cancel()
+        except records.StoreError as error:
+            self._count_error("watch", error)
+            raise
 
 
 def _check_watch_response(response: Any, *, conn: connections.Connection, what: str) -> None:
