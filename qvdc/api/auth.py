@@ -3,14 +3,15 @@
 The policy is a function of (identity, RPC path, request), so every face of the
 controller asks it the same question. Three kinds of RPC:
 
-* **node RPCs** (``RegisterNode``, ``UpdateHeartbeat``, ``StreamHeartbeat``) need a node
+* **node RPCs** (``RegisterNode``, ``UpdateHeartbeat``, ``StreamHeartbeat``,
+  ``SyncFullState``, ``NotifyStorageChange``, and the VM ones refused as out of scope) need a node
   certificate, and a node may only act for itself: ``hostname`` (registration) or
   ``node_id`` (heartbeats) must be its own, as Kubernetes' NodeRestriction lets a kubelet
   write only its own Node. A node id this replica does not know passes the check and is
   answered NOT_FOUND by the handler, as before (nothing is written for it). A bootstrap
   token may call ``RegisterNode`` only, for a hostname that is not registered yet (and,
   if the token lists hostnames, one of those): it can add a node, never take one over.
-* **read RPCs** (``Get*``, ``List*``, ``Watch*``) need an operator, either role.
+* **read RPCs** (``Get*``, ``List*``, ``Watch*``, ``Stream*``) need an operator, either role.
 * the gRPC health service is open to every caller, reflection to every operator;
 * **every other RPC** changes state and needs an operator with role ``admin``: a
   ``viewer`` is refused, and so is a node certificate.
@@ -74,8 +75,14 @@ NODE_RPCS: Mapping[str, str] = {
     "RegisterNode": "hostname",
     "UpdateHeartbeat": "node_id",
     "StreamHeartbeat": "node_id",
+    "SyncFullState": "node_id",
+    "NotifyStorageChange": "node_id",
+    "SyncNodeVMs": "node_id",
+    "NotifyVMChange": "node_id",
 }
-READ_PREFIXES = ("Get", "List", "Watch")
+#: Reads; ``Stream*`` are the read streams (StreamEvents, StreamNodeMetrics): the
+#: heartbeat stream is a node RPC above, matched first.
+READ_PREFIXES = ("Get", "List", "Watch", "Stream")
 #: Services open to every caller (liveness probes) and to every operator (reflection).
 PUBLIC_SERVICES = ("/grpc.health.v1.Health/",)
 READ_SERVICES = ("/grpc.reflection.",)

@@ -38,7 +38,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
 import grpclib.const
@@ -46,8 +46,9 @@ import grpclib.server
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
+from protos.google import protobuf as pb
 from protos.limiquantix.compute import v1 as compute
-from qvdc.api import auth, convert, paging
+from qvdc.api import auth, convert, paging, rpc_groups
 from qvdc.api import limits as request_limits
 from qvdc.api.errors import guarded, send_timed_out, to_grpc_error, unary
 from qvdc.api.pool_service import PoolMessages
@@ -66,6 +67,72 @@ from qvdc.store import codec
 
 log = logging.getLogger(__name__)
 
+_UNARY = grpclib.const.Cardinality.UNARY_UNARY
+_STREAM = grpclib.const.Cardinality.UNARY_STREAM
+_VMS = "this slice manages storage pools and hosts, not virtual machines"
+#: Upstream's VM RPCs: UNIMPLEMENTED with the reason (:class:`rpc_groups.OutOfScope`).
+OUT_OF_SCOPE = rpc_groups.OutOfScope(
+    [
+        (
+            "SyncNodeVMs",
+            compute.SyncNodeVMsRequest,
+            compute.SyncNodeVMsResponse,
+            grpclib.const.Cardinality.UNARY_UNARY,
+            _VMS,
+        ),
+        (
+            "NotifyVMChange",
+            compute.VmChangeNotification,
+            compute.VmChangeAck,
+            grpclib.const.Cardinality.UNARY_UNARY,
+            _VMS,
+        ),
+    ]
+)
+_SOON = "not implemented yet in this build"
+#: RPCs of this slice still being built: each moves to its own group when it lands.
+PENDING = rpc_groups.OutOfScope(
+    [
+        (name, request, response, cardinality, _SOON)
+        for name, request, response, cardinality in [
+            ("UpdateNode", compute.UpdateNodeRequest, compute.Node, _UNARY),
+            ("DecommissionNode", compute.DecommissionNodeRequest, pb.Empty, _UNARY),
+            ("DrainNode", compute.DrainNodeRequest, compute.DrainNodeResponse, _UNARY),
+            ("AddTaint", compute.AddTaintRequest, compute.Node, _UNARY),
+            ("RemoveTaint", compute.RemoveTaintRequest, compute.Node, _UNARY),
+            ("UpdateLabels", compute.UpdateLabelsRequest, compute.Node, _UNARY),
+            (
+                "SyncFullState",
+                compute.SyncFullStateRequest,
+                compute.SyncFullStateResponse,
+                _UNARY,
+            ),
+            (
+                "NotifyStorageChange",
+                compute.StorageChangeNotification,
+                compute.StorageChangeAck,
+                _UNARY,
+            ),
+            ("GetNodeMetrics", compute.GetNodeMetricsRequest, compute.NodeMetrics, _UNARY),
+            (
+                "ListNodeEvents",
+                compute.ListNodeEventsRequest,
+                compute.ListNodeEventsResponse,
+                _UNARY,
+            ),
+            ("WatchNode", compute.WatchNodeRequest, compute.Node, _STREAM),
+            ("WatchNodes", compute.WatchNodesRequest, compute.NodeUpdate, _STREAM),
+            (
+                "StreamNodeMetrics",
+                compute.StreamNodeMetricsRequest,
+                compute.NodeMetrics,
+                _STREAM,
+            ),
+            ("StreamEvents", compute.StreamEventsRequest, compute.SystemEvent, _STREAM),
+        ]
+    ]
+)
+
 
 class NodeService:
     def __init__(
@@ -82,8 +149,15 @@ class NodeService:
         send_timeout: float,
         limits: Limits | None = None,
         policy: auth.Policy | None = None,
+        groups: Sequence[rpc_groups.RpcGroup] = (),
     ) -> None:
         self._limits = Limits() if limits is None else limits
+        #: Further RPCs, each group in its own module (:mod:`qvdc.api.rpc_groups`).
+        served = {rpc.name for group in groups for rpc in group.rpcs()}
+        pending = rpc_groups.OutOfScope(
+            [entry for entry in PENDING.entries if entry[0] not in served]
+        )
+        self._groups = [*groups, OUT_OF_SCOPE, pending]
         self._policy = policy
         #: The open stream of each node (one per node: a newer one replaces it).
         self._streams: dict[str, _StreamSession] = {}
@@ -127,6 +201,11 @@ class NodeService:
             grpclib.const.Cardinality.STREAM_STREAM,
             compute.UpdateHeartbeatRequest,
             compute.UpdateHeartbeatResponse,
+        )
+        mapping.update(
+            rpc_groups.handlers(
+                prefix, self._groups, send_timeout=self._send_timeout, limits=self._limits
+            )
         )
         return mapping
 

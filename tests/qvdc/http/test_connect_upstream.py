@@ -292,9 +292,14 @@ async def test_oversized_body_is_refused_before_it_is_read(
 async def test_unimplemented_paths_answer_as_grpc_does(
     client: Http, channel: grpclib.client.Channel
 ) -> None:
-    answer = await client.call(f"{NODES}/SyncFullState", {"nodeId": "n"})
+    answer = await client.call(f"{NODES}/NoSuchMethod", {"nodeId": "n"})
     assert answer.status == 501
     assert answer.json() == {"code": "unimplemented", "message": "Method not found"}
+
+    vms = await client.call(f"{NODES}/SyncNodeVMs", {"nodeId": "n"})
+    assert vms.status == 501
+    assert vms.json()["code"] == "unimplemented"
+    assert "out of scope" in vms.json()["message"]
 
     stream = await client.call(f"{NODES}/StreamHeartbeat", {"nodeId": "n"})
     assert stream.status == 501

@@ -4,11 +4,21 @@
 # This file has been @generated
 
 __all__ = (
+    "AddTaintRequest",
     "CpuAllocation",
     "CpuInfo",
+    "DecommissionNodeRequest",
     "DisableNodeRequest",
+    "DrainFailure",
+    "DrainNodeRequest",
+    "DrainNodeResponse",
     "EnableNodeRequest",
+    "GetNodeMetricsRequest",
     "GetNodeRequest",
+    "HostInfo",
+    "HugePagesInfo",
+    "ListNodeEventsRequest",
+    "ListNodeEventsResponse",
     "ListNodesRequest",
     "ListNodesResponse",
     "MemoryAllocation",
@@ -17,21 +27,53 @@ __all__ = (
     "Node",
     "NodeCondition",
     "NodeConditionStatus",
+    "NodeEvent",
+    "NodeEventEventType",
+    "NodeMetrics",
     "NodeRole",
     "NodeServiceBase",
     "NodeServiceStub",
     "NodeSpec",
     "NodeStatus",
     "NodeStatusPhase",
+    "NodeUpdate",
+    "NodeUpdateUpdateType",
+    "NodeVmInfo",
+    "NumaNodeInfo",
     "RegisterNodeRequest",
+    "RemoveTaintRequest",
     "ResourceAllocation",
     "SchedulingConfig",
+    "StorageChangeAck",
+    "StorageChangeEventType",
+    "StorageChangeNotification",
     "StorageDevice",
     "StorageDeviceDeviceType",
     "StoragePoolStatusReport",
     "StoragePoolStatusReportHealthStatus",
+    "StreamEventsRequest",
+    "StreamNodeMetricsRequest",
+    "SyncConflict",
+    "SyncFullStateRequest",
+    "SyncFullStateResponse",
+    "SyncNodeVMsRequest",
+    "SyncNodeVMsResponse",
+    "SystemEvent",
+    "SystemEventEventType",
+    "SystemEventSeverity",
+    "Taint",
+    "TaintEffect",
     "UpdateHeartbeatRequest",
     "UpdateHeartbeatResponse",
+    "UpdateLabelsRequest",
+    "UpdateNodeRequest",
+    "VmChangeAck",
+    "VmChangeEventType",
+    "VmChangeNotification",
+    "VmPowerState",
+    "VmStatusReport",
+    "WatchNodeRequest",
+    "WatchNodesRequest",
 )
 
 import datetime
@@ -62,6 +104,14 @@ class NodeConditionStatus(betterproto2.Enum):
     FALSE = 2
 
 
+class NodeEventEventType(betterproto2.Enum):
+    NORMAL = 0
+
+    WARNING = 1
+
+    ERROR = 2
+
+
 class NodeStatusPhase(betterproto2.Enum):
     UNKNOWN = 0
 
@@ -87,6 +137,24 @@ class NodeStatusPhase(betterproto2.Enum):
     """
 
 
+class NodeUpdateUpdateType(betterproto2.Enum):
+    ADDED = 0
+
+    MODIFIED = 1
+
+    DELETED = 2
+
+
+class StorageChangeEventType(betterproto2.Enum):
+    STORAGE_CHANGE_UNKNOWN = 0
+
+    STORAGE_CHANGE_MOUNTED = 1
+
+    STORAGE_CHANGE_UNMOUNTED = 2
+
+    STORAGE_CHANGE_UPDATED = 3
+
+
 class StorageDeviceDeviceType(betterproto2.Enum):
     HDD = 0
 
@@ -105,6 +173,146 @@ class StoragePoolStatusReportHealthStatus(betterproto2.Enum):
     HEALTH_ERROR = 3
 
     HEALTH_UNMOUNTED = 4
+
+
+class SystemEventEventType(betterproto2.Enum):
+    UNKNOWN = 0
+
+    SERVICE_STARTED = 1
+
+    SERVICE_STOPPED = 2
+
+    SERVICE_FAILED = 3
+
+    SERVICE_RESTARTED = 4
+
+    VM_CREATED = 10
+
+    VM_STARTED = 11
+
+    VM_STOPPED = 12
+
+    VM_CRASHED = 13
+
+    VM_DELETED = 14
+
+    HARDWARE_ADDED = 20
+
+    HARDWARE_REMOVED = 21
+
+    HARDWARE_FAILURE = 22
+
+    NETWORK_INTERFACE_UP = 30
+
+    NETWORK_INTERFACE_DOWN = 31
+
+    NETWORK_CONFIGURED = 32
+
+    STORAGE_POOL_CREATED = 40
+
+    STORAGE_POOL_DELETED = 41
+
+    STORAGE_POOL_FULL = 42
+
+    VOLUME_CREATED = 43
+
+    VOLUME_DELETED = 44
+
+    SYSTEM_BOOT = 50
+
+    SYSTEM_SHUTDOWN = 51
+
+    SYSTEM_REBOOT = 52
+
+    SYSTEM_OVERLOAD = 53
+
+    SYSTEM_RECOVERED = 54
+
+    ERROR_OCCURRED = 60
+
+    WARNING_ISSUED = 61
+
+
+class SystemEventSeverity(betterproto2.Enum):
+    INFO = 0
+
+    WARNING = 1
+
+    ERROR = 2
+
+    CRITICAL = 3
+
+
+class TaintEffect(betterproto2.Enum):
+    NO_SCHEDULE = 0
+
+    PREFER_NO_SCHEDULE = 1
+
+    NO_EXECUTE = 2
+
+
+class VmChangeEventType(betterproto2.Enum):
+    VM_CHANGE_UNKNOWN = 0
+
+    VM_CHANGE_CREATED = 1
+
+    VM_CHANGE_UPDATED = 2
+
+    VM_CHANGE_DELETED = 3
+
+
+class VmPowerState(betterproto2.Enum):
+    UNKNOWN = 0
+
+    RUNNING = 1
+
+    STOPPED = 2
+
+    PAUSED = 3
+
+    SUSPENDED = 4
+
+    CRASHED = 5
+
+    MIGRATING = 6
+
+    SHUTOFF = 7
+
+    @classmethod
+    def betterproto_value_to_renamed_proto_names(cls) -> dict[int, str]:
+        return {
+            0: "VM_POWER_STATE_UNKNOWN",
+            1: "VM_POWER_STATE_RUNNING",
+            2: "VM_POWER_STATE_STOPPED",
+            3: "VM_POWER_STATE_PAUSED",
+            4: "VM_POWER_STATE_SUSPENDED",
+            5: "VM_POWER_STATE_CRASHED",
+            6: "VM_POWER_STATE_MIGRATING",
+            7: "VM_POWER_STATE_SHUTOFF",
+        }
+
+    @classmethod
+    def betterproto_renamed_proto_names_to_value(cls) -> dict[str, int]:
+        return {
+            "VM_POWER_STATE_UNKNOWN": 0,
+            "VM_POWER_STATE_RUNNING": 1,
+            "VM_POWER_STATE_STOPPED": 2,
+            "VM_POWER_STATE_PAUSED": 3,
+            "VM_POWER_STATE_SUSPENDED": 4,
+            "VM_POWER_STATE_CRASHED": 5,
+            "VM_POWER_STATE_MIGRATING": 6,
+            "VM_POWER_STATE_SHUTOFF": 7,
+        }
+
+
+@dataclass(eq=False, repr=False)
+class AddTaintRequest(betterproto2.Message):
+    node_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    taint: "Taint | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+
+
+default_message_pool.register_message("limiquantix.compute.v1", "AddTaintRequest", AddTaintRequest)
 
 
 @dataclass(eq=False, repr=False)
@@ -135,8 +343,24 @@ class CpuInfo(betterproto2.Message):
 
     features: "list[str]" = betterproto2.field(7, betterproto2.TYPE_STRING, repeated=True)
 
+    numa_nodes: "list[NumaNodeInfo]" = betterproto2.field(
+        8, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
 
 default_message_pool.register_message("limiquantix.compute.v1", "CpuInfo", CpuInfo)
+
+
+@dataclass(eq=False, repr=False)
+class DecommissionNodeRequest(betterproto2.Message):
+    id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    force: "bool" = betterproto2.field(2, betterproto2.TYPE_BOOL)
+
+
+default_message_pool.register_message(
+    "limiquantix.compute.v1", "DecommissionNodeRequest", DecommissionNodeRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -152,12 +376,64 @@ default_message_pool.register_message(
 
 
 @dataclass(eq=False, repr=False)
+class DrainFailure(betterproto2.Message):
+    vm_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    error: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message("limiquantix.compute.v1", "DrainFailure", DrainFailure)
+
+
+@dataclass(eq=False, repr=False)
+class DrainNodeRequest(betterproto2.Message):
+    id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    grace_period_sec: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
+
+    force: "bool" = betterproto2.field(3, betterproto2.TYPE_BOOL)
+
+    target_node_id: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message(
+    "limiquantix.compute.v1", "DrainNodeRequest", DrainNodeRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class DrainNodeResponse(betterproto2.Message):
+    node: "Node | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+
+    migrated_vm_ids: "list[str]" = betterproto2.field(2, betterproto2.TYPE_STRING, repeated=True)
+
+    stopped_vm_ids: "list[str]" = betterproto2.field(3, betterproto2.TYPE_STRING, repeated=True)
+
+    failures: "list[DrainFailure]" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, repeated=True)
+
+
+default_message_pool.register_message(
+    "limiquantix.compute.v1", "DrainNodeResponse", DrainNodeResponse
+)
+
+
+@dataclass(eq=False, repr=False)
 class EnableNodeRequest(betterproto2.Message):
     id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
 
 default_message_pool.register_message(
     "limiquantix.compute.v1", "EnableNodeRequest", EnableNodeRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class GetNodeMetricsRequest(betterproto2.Message):
+    id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message(
+    "limiquantix.compute.v1", "GetNodeMetricsRequest", GetNodeMetricsRequest
 )
 
 
@@ -170,6 +446,62 @@ default_message_pool.register_message("limiquantix.compute.v1", "GetNodeRequest"
 
 
 @dataclass(eq=False, repr=False)
+class HostInfo(betterproto2.Message):
+    hostname: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    management_ip: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    memory_total_bytes: "int" = betterproto2.field(3, betterproto2.TYPE_UINT64)
+
+    memory_available_bytes: "int" = betterproto2.field(4, betterproto2.TYPE_UINT64)
+
+    cpu_cores: "int" = betterproto2.field(5, betterproto2.TYPE_UINT32)
+
+    cpu_usage_percent: "float" = betterproto2.field(6, betterproto2.TYPE_DOUBLE)
+
+
+default_message_pool.register_message("limiquantix.compute.v1", "HostInfo", HostInfo)
+
+
+@dataclass(eq=False, repr=False)
+class HugePagesInfo(betterproto2.Message):
+    pages_2mb_total: "int" = betterproto2.field(1, betterproto2.TYPE_UINT64)
+
+    pages_2mb_free: "int" = betterproto2.field(2, betterproto2.TYPE_UINT64)
+
+    pages_1gb_total: "int" = betterproto2.field(3, betterproto2.TYPE_UINT64)
+
+    pages_1gb_free: "int" = betterproto2.field(4, betterproto2.TYPE_UINT64)
+
+
+default_message_pool.register_message("limiquantix.compute.v1", "HugePagesInfo", HugePagesInfo)
+
+
+@dataclass(eq=False, repr=False)
+class ListNodeEventsRequest(betterproto2.Message):
+    node_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    types: "list[NodeEventEventType]" = betterproto2.field(2, betterproto2.TYPE_ENUM, repeated=True)
+
+    limit: "int" = betterproto2.field(3, betterproto2.TYPE_INT32)
+
+
+default_message_pool.register_message(
+    "limiquantix.compute.v1", "ListNodeEventsRequest", ListNodeEventsRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class ListNodeEventsResponse(betterproto2.Message):
+    events: "list[NodeEvent]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+
+
+default_message_pool.register_message(
+    "limiquantix.compute.v1", "ListNodeEventsResponse", ListNodeEventsResponse
+)
+
+
+@dataclass(eq=False, repr=False)
 class ListNodesRequest(betterproto2.Message):
     labels: "dict[str, str]" = betterproto2.field(
         1,
@@ -178,6 +510,12 @@ class ListNodesRequest(betterproto2.Message):
     )
 
     phases: "list[NodeStatusPhase]" = betterproto2.field(2, betterproto2.TYPE_ENUM, repeated=True)
+
+    compute_only: "bool" = betterproto2.field(3, betterproto2.TYPE_BOOL)
+
+    storage_only: "bool" = betterproto2.field(4, betterproto2.TYPE_BOOL)
+
+    control_plane_only: "bool" = betterproto2.field(5, betterproto2.TYPE_BOOL)
 
     page_size: "int" = betterproto2.field(10, betterproto2.TYPE_INT32)
 
@@ -225,6 +563,10 @@ class MemoryInfo(betterproto2.Message):
 
     allocatable_bytes: "int" = betterproto2.field(2, betterproto2.TYPE_UINT64)
 
+    huge_pages: "HugePagesInfo | None" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, optional=True
+    )
+
 
 default_message_pool.register_message("limiquantix.compute.v1", "MemoryInfo", MemoryInfo)
 
@@ -240,6 +582,14 @@ class NetworkDevice(betterproto2.Message):
     speed_mbps: "int" = betterproto2.field(4, betterproto2.TYPE_UINT64)
 
     mtu: "int" = betterproto2.field(5, betterproto2.TYPE_UINT32)
+
+    numa_node: "int" = betterproto2.field(6, betterproto2.TYPE_UINT32)
+
+    sriov_capable: "bool" = betterproto2.field(7, betterproto2.TYPE_BOOL)
+
+    sriov_vfs_total: "int" = betterproto2.field(8, betterproto2.TYPE_UINT32)
+
+    sriov_vfs_used: "int" = betterproto2.field(9, betterproto2.TYPE_UINT32)
 
 
 default_message_pool.register_message("limiquantix.compute.v1", "NetworkDevice", NetworkDevice)
@@ -299,6 +649,76 @@ class NodeCondition(betterproto2.Message):
 
 
 default_message_pool.register_message("limiquantix.compute.v1", "NodeCondition", NodeCondition)
+
+
+@dataclass(eq=False, repr=False)
+class NodeEvent(betterproto2.Message):
+    """
+    A transition the controller recorded for a node (ListNodeEvents).
+    """
+
+    id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    node_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    type: "NodeEventEventType" = betterproto2.field(
+        3, betterproto2.TYPE_ENUM, default_factory=lambda: NodeEventEventType(0)
+    )
+
+    reason: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+
+    message: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
+
+    timestamp: "datetime.datetime | None" = betterproto2.field(
+        6, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+    )
+
+
+default_message_pool.register_message("limiquantix.compute.v1", "NodeEvent", NodeEvent)
+
+
+@dataclass(eq=False, repr=False)
+class NodeMetrics(betterproto2.Message):
+    node_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    cpu_usage_percent: "float" = betterproto2.field(2, betterproto2.TYPE_DOUBLE)
+
+    cpu_cores_total: "int" = betterproto2.field(3, betterproto2.TYPE_UINT32)
+
+    cpu_cores_allocated: "int" = betterproto2.field(4, betterproto2.TYPE_UINT32)
+
+    memory_total_bytes: "int" = betterproto2.field(5, betterproto2.TYPE_UINT64)
+
+    memory_used_bytes: "int" = betterproto2.field(6, betterproto2.TYPE_UINT64)
+
+    memory_allocated_bytes: "int" = betterproto2.field(7, betterproto2.TYPE_UINT64)
+
+    memory_available_bytes: "int" = betterproto2.field(8, betterproto2.TYPE_UINT64)
+
+    storage_total_bytes: "int" = betterproto2.field(9, betterproto2.TYPE_UINT64)
+
+    storage_used_bytes: "int" = betterproto2.field(10, betterproto2.TYPE_UINT64)
+
+    network_rx_bytes: "int" = betterproto2.field(11, betterproto2.TYPE_UINT64)
+
+    network_tx_bytes: "int" = betterproto2.field(12, betterproto2.TYPE_UINT64)
+
+    network_rx_errors: "int" = betterproto2.field(13, betterproto2.TYPE_UINT64)
+
+    network_tx_errors: "int" = betterproto2.field(14, betterproto2.TYPE_UINT64)
+
+    vm_count: "int" = betterproto2.field(15, betterproto2.TYPE_UINT32)
+
+    vm_running_count: "int" = betterproto2.field(16, betterproto2.TYPE_UINT32)
+
+    load_1m: "float" = betterproto2.field(17, betterproto2.TYPE_DOUBLE)
+
+    load_5m: "float" = betterproto2.field(18, betterproto2.TYPE_DOUBLE)
+
+    load_15m: "float" = betterproto2.field(19, betterproto2.TYPE_DOUBLE)
+
+
+default_message_pool.register_message("limiquantix.compute.v1", "NodeMetrics", NodeMetrics)
 
 
 @dataclass(eq=False, repr=False)
@@ -373,6 +793,48 @@ default_message_pool.register_message("limiquantix.compute.v1", "NodeStatus", No
 
 
 @dataclass(eq=False, repr=False)
+class NodeUpdate(betterproto2.Message):
+    type: "NodeUpdateUpdateType" = betterproto2.field(
+        1, betterproto2.TYPE_ENUM, default_factory=lambda: NodeUpdateUpdateType(0)
+    )
+
+    node: "Node | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+
+
+default_message_pool.register_message("limiquantix.compute.v1", "NodeUpdate", NodeUpdate)
+
+
+@dataclass(eq=False, repr=False)
+class NodeVmInfo(betterproto2.Message):
+    id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    name: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    state: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+
+    cpu_cores: "int" = betterproto2.field(4, betterproto2.TYPE_UINT32)
+
+    memory_mib: "int" = betterproto2.field(5, betterproto2.TYPE_UINT64)
+
+    disk_paths: "list[str]" = betterproto2.field(6, betterproto2.TYPE_STRING, repeated=True)
+
+
+default_message_pool.register_message("limiquantix.compute.v1", "NodeVMInfo", NodeVmInfo)
+
+
+@dataclass(eq=False, repr=False)
+class NumaNodeInfo(betterproto2.Message):
+    node_id: "int" = betterproto2.field(1, betterproto2.TYPE_UINT32)
+
+    cpus: "list[int]" = betterproto2.field(2, betterproto2.TYPE_UINT32, repeated=True)
+
+    memory_bytes: "int" = betterproto2.field(3, betterproto2.TYPE_UINT64)
+
+
+default_message_pool.register_message("limiquantix.compute.v1", "NumaNodeInfo", NumaNodeInfo)
+
+
+@dataclass(eq=False, repr=False)
 class RegisterNodeRequest(betterproto2.Message):
     hostname: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
     """
@@ -391,6 +853,10 @@ class RegisterNodeRequest(betterproto2.Message):
     )
 
     role: "NodeRole | None" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, optional=True)
+
+    taints: "list[Taint]" = betterproto2.field(5, betterproto2.TYPE_MESSAGE, repeated=True)
+
+    agent_endpoint: "str" = betterproto2.field(6, betterproto2.TYPE_STRING)
 
     cpu_info: "CpuInfo | None" = betterproto2.field(7, betterproto2.TYPE_MESSAGE, optional=True)
 
@@ -420,6 +886,18 @@ default_message_pool.register_message(
 
 
 @dataclass(eq=False, repr=False)
+class RemoveTaintRequest(betterproto2.Message):
+    node_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    taint_key: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message(
+    "limiquantix.compute.v1", "RemoveTaintRequest", RemoveTaintRequest
+)
+
+
+@dataclass(eq=False, repr=False)
 class ResourceAllocation(betterproto2.Message):
     cpu: "CpuAllocation | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
 
@@ -437,9 +915,45 @@ default_message_pool.register_message(
 class SchedulingConfig(betterproto2.Message):
     schedulable: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
 
+    taints: "list[Taint]" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, repeated=True)
+
 
 default_message_pool.register_message(
     "limiquantix.compute.v1", "SchedulingConfig", SchedulingConfig
+)
+
+
+@dataclass(eq=False, repr=False)
+class StorageChangeAck(betterproto2.Message):
+    acknowledged: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
+
+    action: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    error: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message(
+    "limiquantix.compute.v1", "StorageChangeAck", StorageChangeAck
+)
+
+
+@dataclass(eq=False, repr=False)
+class StorageChangeNotification(betterproto2.Message):
+    node_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    pool: "StoragePoolStatusReport | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
+
+    event_type: "StorageChangeEventType" = betterproto2.field(
+        3, betterproto2.TYPE_ENUM, default_factory=lambda: StorageChangeEventType(0)
+    )
+
+    timestamp_unix: "int" = betterproto2.field(4, betterproto2.TYPE_INT64)
+
+
+default_message_pool.register_message(
+    "limiquantix.compute.v1", "StorageChangeNotification", StorageChangeNotification
 )
 
 
@@ -491,6 +1005,166 @@ class StoragePoolStatusReport(betterproto2.Message):
 default_message_pool.register_message(
     "limiquantix.compute.v1", "StoragePoolStatusReport", StoragePoolStatusReport
 )
+
+
+@dataclass(eq=False, repr=False)
+class StreamEventsRequest(betterproto2.Message):
+    node_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    types: "list[SystemEventEventType]" = betterproto2.field(
+        2, betterproto2.TYPE_ENUM, repeated=True
+    )
+
+
+default_message_pool.register_message(
+    "limiquantix.compute.v1", "StreamEventsRequest", StreamEventsRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class StreamNodeMetricsRequest(betterproto2.Message):
+    node_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    interval_sec: "int" = betterproto2.field(2, betterproto2.TYPE_UINT32)
+
+
+default_message_pool.register_message(
+    "limiquantix.compute.v1", "StreamNodeMetricsRequest", StreamNodeMetricsRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class SyncConflict(betterproto2.Message):
+    resource_type: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    "vm" or "storage_pool"
+    """
+
+    resource_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    conflict_type: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    "missing_on_node", "missing_in_db", "state_mismatch"
+    """
+
+    message: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message("limiquantix.compute.v1", "SyncConflict", SyncConflict)
+
+
+@dataclass(eq=False, repr=False)
+class SyncFullStateRequest(betterproto2.Message):
+    node_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    host_info: "HostInfo | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+
+    vms: "list[VmStatusReport]" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, repeated=True)
+
+    storage_pools: "list[StoragePoolStatusReport]" = betterproto2.field(
+        4, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+    state_hash: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message(
+    "limiquantix.compute.v1", "SyncFullStateRequest", SyncFullStateRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class SyncFullStateResponse(betterproto2.Message):
+    acknowledged: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
+
+    vms_reconciled: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
+
+    vms_discovered: "int" = betterproto2.field(3, betterproto2.TYPE_INT32)
+
+    vms_lost: "int" = betterproto2.field(4, betterproto2.TYPE_INT32)
+
+    pools_reconciled: "int" = betterproto2.field(5, betterproto2.TYPE_INT32)
+
+    conflicts: "list[SyncConflict]" = betterproto2.field(
+        6, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+
+default_message_pool.register_message(
+    "limiquantix.compute.v1", "SyncFullStateResponse", SyncFullStateResponse
+)
+
+
+@dataclass(eq=False, repr=False)
+class SyncNodeVMsRequest(betterproto2.Message):
+    node_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    vms: "list[NodeVmInfo]" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, repeated=True)
+
+
+default_message_pool.register_message(
+    "limiquantix.compute.v1", "SyncNodeVMsRequest", SyncNodeVMsRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class SyncNodeVMsResponse(betterproto2.Message):
+    imported_count: "int" = betterproto2.field(1, betterproto2.TYPE_INT32)
+
+    existing_count: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
+
+    errors: "list[str]" = betterproto2.field(3, betterproto2.TYPE_STRING, repeated=True)
+
+
+default_message_pool.register_message(
+    "limiquantix.compute.v1", "SyncNodeVMsResponse", SyncNodeVMsResponse
+)
+
+
+@dataclass(eq=False, repr=False)
+class SystemEvent(betterproto2.Message):
+    id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    timestamp: "datetime.datetime | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
+    )
+
+    type: "SystemEventEventType" = betterproto2.field(
+        3, betterproto2.TYPE_ENUM, default_factory=lambda: SystemEventEventType(0)
+    )
+
+    severity: "SystemEventSeverity" = betterproto2.field(
+        4, betterproto2.TYPE_ENUM, default_factory=lambda: SystemEventSeverity(0)
+    )
+
+    source: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
+
+    message: "str" = betterproto2.field(6, betterproto2.TYPE_STRING)
+
+    resource_id: "str" = betterproto2.field(7, betterproto2.TYPE_STRING)
+
+    metadata: "dict[str, str]" = betterproto2.field(
+        8,
+        betterproto2.TYPE_MAP,
+        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+    )
+
+
+default_message_pool.register_message("limiquantix.compute.v1", "SystemEvent", SystemEvent)
+
+
+@dataclass(eq=False, repr=False)
+class Taint(betterproto2.Message):
+    key: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    value: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    effect: "TaintEffect" = betterproto2.field(
+        3, betterproto2.TYPE_ENUM, default_factory=lambda: TaintEffect(0)
+    )
+
+
+default_message_pool.register_message("limiquantix.compute.v1", "Taint", Taint)
 
 
 @dataclass(eq=False, repr=False)
@@ -577,6 +1251,126 @@ class UpdateHeartbeatResponse(betterproto2.Message):
 
 default_message_pool.register_message(
     "limiquantix.compute.v1", "UpdateHeartbeatResponse", UpdateHeartbeatResponse
+)
+
+
+@dataclass(eq=False, repr=False)
+class UpdateLabelsRequest(betterproto2.Message):
+    node_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    add_labels: "dict[str, str]" = betterproto2.field(
+        2,
+        betterproto2.TYPE_MAP,
+        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+    )
+
+    remove_labels: "list[str]" = betterproto2.field(3, betterproto2.TYPE_STRING, repeated=True)
+
+
+default_message_pool.register_message(
+    "limiquantix.compute.v1", "UpdateLabelsRequest", UpdateLabelsRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class UpdateNodeRequest(betterproto2.Message):
+    id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    scheduling: "SchedulingConfig | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
+
+    role: "NodeRole | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
+
+    update_mask: "___google__protobuf__.FieldMask | None" = betterproto2.field(
+        4, betterproto2.TYPE_MESSAGE, optional=True
+    )
+
+
+default_message_pool.register_message(
+    "limiquantix.compute.v1", "UpdateNodeRequest", UpdateNodeRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class VmChangeAck(betterproto2.Message):
+    acknowledged: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
+
+    action: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    error: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message("limiquantix.compute.v1", "VMChangeAck", VmChangeAck)
+
+
+@dataclass(eq=False, repr=False)
+class VmChangeNotification(betterproto2.Message):
+    node_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    vm: "VmStatusReport | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+
+    event_type: "VmChangeEventType" = betterproto2.field(
+        3, betterproto2.TYPE_ENUM, default_factory=lambda: VmChangeEventType(0)
+    )
+
+    timestamp_unix: "int" = betterproto2.field(4, betterproto2.TYPE_INT64)
+
+    previous_state: "VmPowerState" = betterproto2.field(
+        5, betterproto2.TYPE_ENUM, default_factory=lambda: VmPowerState(0)
+    )
+
+
+default_message_pool.register_message(
+    "limiquantix.compute.v1", "VMChangeNotification", VmChangeNotification
+)
+
+
+@dataclass(eq=False, repr=False)
+class VmStatusReport(betterproto2.Message):
+    id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    name: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    state: "VmPowerState" = betterproto2.field(
+        3, betterproto2.TYPE_ENUM, default_factory=lambda: VmPowerState(0)
+    )
+
+    state_change_count: "int" = betterproto2.field(4, betterproto2.TYPE_UINT64)
+
+    cpu_usage_percent: "float" = betterproto2.field(5, betterproto2.TYPE_DOUBLE)
+
+    memory_used_bytes: "int" = betterproto2.field(6, betterproto2.TYPE_UINT64)
+
+    ip_addresses: "list[str]" = betterproto2.field(7, betterproto2.TYPE_STRING, repeated=True)
+
+    state_changed_at_unix: "int" = betterproto2.field(8, betterproto2.TYPE_INT64)
+
+
+default_message_pool.register_message("limiquantix.compute.v1", "VMStatusReport", VmStatusReport)
+
+
+@dataclass(eq=False, repr=False)
+class WatchNodeRequest(betterproto2.Message):
+    node_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message(
+    "limiquantix.compute.v1", "WatchNodeRequest", WatchNodeRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class WatchNodesRequest(betterproto2.Message):
+    labels: "dict[str, str]" = betterproto2.field(
+        1,
+        betterproto2.TYPE_MAP,
+        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+    )
+
+
+default_message_pool.register_message(
+    "limiquantix.compute.v1", "WatchNodesRequest", WatchNodesRequest
 )
 
 
@@ -723,6 +1517,302 @@ class NodeServiceStub(betterproto2_grpclib.ServiceStub):
         ):
             yield response
 
+    async def update_node(
+        self,
+        message: "UpdateNodeRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "Node":
+        """
+        Upstream's remaining NodeService RPCs (README "Compatibility" says which this
+        slice implements and which are out of scope).
+        """
+
+        return await self._unary_unary(
+            "/limiquantix.compute.v1.NodeService/UpdateNode",
+            message,
+            Node,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def decommission_node(
+        self,
+        message: "DecommissionNodeRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "___google__protobuf__.Empty":
+
+        return await self._unary_unary(
+            "/limiquantix.compute.v1.NodeService/DecommissionNode",
+            message,
+            ___google__protobuf__.Empty,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def drain_node(
+        self,
+        message: "DrainNodeRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "DrainNodeResponse":
+
+        return await self._unary_unary(
+            "/limiquantix.compute.v1.NodeService/DrainNode",
+            message,
+            DrainNodeResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def add_taint(
+        self,
+        message: "AddTaintRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "Node":
+
+        return await self._unary_unary(
+            "/limiquantix.compute.v1.NodeService/AddTaint",
+            message,
+            Node,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def remove_taint(
+        self,
+        message: "RemoveTaintRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "Node":
+
+        return await self._unary_unary(
+            "/limiquantix.compute.v1.NodeService/RemoveTaint",
+            message,
+            Node,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def update_labels(
+        self,
+        message: "UpdateLabelsRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "Node":
+
+        return await self._unary_unary(
+            "/limiquantix.compute.v1.NodeService/UpdateLabels",
+            message,
+            Node,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def sync_node_v_ms(
+        self,
+        message: "SyncNodeVMsRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "SyncNodeVMsResponse":
+
+        return await self._unary_unary(
+            "/limiquantix.compute.v1.NodeService/SyncNodeVMs",
+            message,
+            SyncNodeVMsResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def sync_full_state(
+        self,
+        message: "SyncFullStateRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "SyncFullStateResponse":
+
+        return await self._unary_unary(
+            "/limiquantix.compute.v1.NodeService/SyncFullState",
+            message,
+            SyncFullStateResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def notify_vm_change(
+        self,
+        message: "VmChangeNotification",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "VmChangeAck":
+
+        return await self._unary_unary(
+            "/limiquantix.compute.v1.NodeService/NotifyVMChange",
+            message,
+            VmChangeAck,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def notify_storage_change(
+        self,
+        message: "StorageChangeNotification",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "StorageChangeAck":
+
+        return await self._unary_unary(
+            "/limiquantix.compute.v1.NodeService/NotifyStorageChange",
+            message,
+            StorageChangeAck,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def get_node_metrics(
+        self,
+        message: "GetNodeMetricsRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "NodeMetrics":
+
+        return await self._unary_unary(
+            "/limiquantix.compute.v1.NodeService/GetNodeMetrics",
+            message,
+            NodeMetrics,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def list_node_events(
+        self,
+        message: "ListNodeEventsRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ListNodeEventsResponse":
+
+        return await self._unary_unary(
+            "/limiquantix.compute.v1.NodeService/ListNodeEvents",
+            message,
+            ListNodeEventsResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def watch_node(
+        self,
+        message: "WatchNodeRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "AsyncIterator[Node]":
+
+        async for response in self._unary_stream(
+            "/limiquantix.compute.v1.NodeService/WatchNode",
+            message,
+            Node,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        ):
+            yield response
+
+    async def watch_nodes(
+        self,
+        message: "WatchNodesRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "AsyncIterator[NodeUpdate]":
+
+        async for response in self._unary_stream(
+            "/limiquantix.compute.v1.NodeService/WatchNodes",
+            message,
+            NodeUpdate,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        ):
+            yield response
+
+    async def stream_node_metrics(
+        self,
+        message: "StreamNodeMetricsRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "AsyncIterator[NodeMetrics]":
+
+        async for response in self._unary_stream(
+            "/limiquantix.compute.v1.NodeService/StreamNodeMetrics",
+            message,
+            NodeMetrics,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        ):
+            yield response
+
+    async def stream_events(
+        self,
+        message: "StreamEventsRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "AsyncIterator[SystemEvent]":
+
+        async for response in self._unary_stream(
+            "/limiquantix.compute.v1.NodeService/StreamEvents",
+            message,
+            SystemEvent,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        ):
+            yield response
+
 
 from ....google import protobuf as ___google__protobuf__
 from ...storage import v1 as __storage__v1__
@@ -775,6 +1865,84 @@ class NodeServiceBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
         yield UpdateHeartbeatResponse()
+
+    async def update_node(self, message: "UpdateNodeRequest") -> "Node":
+        """
+        Upstream's remaining NodeService RPCs (README "Compatibility" says which this
+        slice implements and which are out of scope).
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def decommission_node(
+        self, message: "DecommissionNodeRequest"
+    ) -> "___google__protobuf__.Empty":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def drain_node(self, message: "DrainNodeRequest") -> "DrainNodeResponse":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def add_taint(self, message: "AddTaintRequest") -> "Node":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def remove_taint(self, message: "RemoveTaintRequest") -> "Node":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def update_labels(self, message: "UpdateLabelsRequest") -> "Node":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def sync_node_v_ms(self, message: "SyncNodeVMsRequest") -> "SyncNodeVMsResponse":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def sync_full_state(self, message: "SyncFullStateRequest") -> "SyncFullStateResponse":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def notify_vm_change(self, message: "VmChangeNotification") -> "VmChangeAck":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def notify_storage_change(
+        self, message: "StorageChangeNotification"
+    ) -> "StorageChangeAck":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def get_node_metrics(self, message: "GetNodeMetricsRequest") -> "NodeMetrics":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def list_node_events(self, message: "ListNodeEventsRequest") -> "ListNodeEventsResponse":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def watch_node(self, message: "WatchNodeRequest") -> "AsyncIterator[Node]":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+        yield Node()
+
+    async def watch_nodes(self, message: "WatchNodesRequest") -> "AsyncIterator[NodeUpdate]":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+        yield NodeUpdate()
+
+    async def stream_node_metrics(
+        self, message: "StreamNodeMetricsRequest"
+    ) -> "AsyncIterator[NodeMetrics]":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+        yield NodeMetrics()
+
+    async def stream_events(self, message: "StreamEventsRequest") -> "AsyncIterator[SystemEvent]":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+        yield SystemEvent()
 
     async def __rpc_register_node(
         self, stream: "grpclib.server.Stream[RegisterNodeRequest, Node]"
@@ -832,6 +2000,144 @@ class NodeServiceBase(betterproto2_grpclib.ServiceBase):
             request,
         )
 
+    async def __rpc_update_node(
+        self, stream: "grpclib.server.Stream[UpdateNodeRequest, Node]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.update_node(request)
+        await stream.send_message(response)
+
+    async def __rpc_decommission_node(
+        self, stream: "grpclib.server.Stream[DecommissionNodeRequest, ___google__protobuf__.Empty]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.decommission_node(request)
+        await stream.send_message(response)
+
+    async def __rpc_drain_node(
+        self, stream: "grpclib.server.Stream[DrainNodeRequest, DrainNodeResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.drain_node(request)
+        await stream.send_message(response)
+
+    async def __rpc_add_taint(self, stream: "grpclib.server.Stream[AddTaintRequest, Node]") -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.add_taint(request)
+        await stream.send_message(response)
+
+    async def __rpc_remove_taint(
+        self, stream: "grpclib.server.Stream[RemoveTaintRequest, Node]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.remove_taint(request)
+        await stream.send_message(response)
+
+    async def __rpc_update_labels(
+        self, stream: "grpclib.server.Stream[UpdateLabelsRequest, Node]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.update_labels(request)
+        await stream.send_message(response)
+
+    async def __rpc_sync_node_v_ms(
+        self, stream: "grpclib.server.Stream[SyncNodeVMsRequest, SyncNodeVMsResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.sync_node_v_ms(request)
+        await stream.send_message(response)
+
+    async def __rpc_sync_full_state(
+        self, stream: "grpclib.server.Stream[SyncFullStateRequest, SyncFullStateResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.sync_full_state(request)
+        await stream.send_message(response)
+
+    async def __rpc_notify_vm_change(
+        self, stream: "grpclib.server.Stream[VmChangeNotification, VmChangeAck]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.notify_vm_change(request)
+        await stream.send_message(response)
+
+    async def __rpc_notify_storage_change(
+        self, stream: "grpclib.server.Stream[StorageChangeNotification, StorageChangeAck]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.notify_storage_change(request)
+        await stream.send_message(response)
+
+    async def __rpc_get_node_metrics(
+        self, stream: "grpclib.server.Stream[GetNodeMetricsRequest, NodeMetrics]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.get_node_metrics(request)
+        await stream.send_message(response)
+
+    async def __rpc_list_node_events(
+        self, stream: "grpclib.server.Stream[ListNodeEventsRequest, ListNodeEventsResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.list_node_events(request)
+        await stream.send_message(response)
+
+    async def __rpc_watch_node(
+        self, stream: "grpclib.server.Stream[WatchNodeRequest, Node]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        await self._call_rpc_handler_server_stream(
+            self.watch_node,
+            stream,
+            request,
+        )
+
+    async def __rpc_watch_nodes(
+        self, stream: "grpclib.server.Stream[WatchNodesRequest, NodeUpdate]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        await self._call_rpc_handler_server_stream(
+            self.watch_nodes,
+            stream,
+            request,
+        )
+
+    async def __rpc_stream_node_metrics(
+        self, stream: "grpclib.server.Stream[StreamNodeMetricsRequest, NodeMetrics]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        await self._call_rpc_handler_server_stream(
+            self.stream_node_metrics,
+            stream,
+            request,
+        )
+
+    async def __rpc_stream_events(
+        self, stream: "grpclib.server.Stream[StreamEventsRequest, SystemEvent]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        await self._call_rpc_handler_server_stream(
+            self.stream_events,
+            stream,
+            request,
+        )
+
     def __mapping__(self) -> "dict[str, grpclib.const.Handler]":
         return {
             "/limiquantix.compute.v1.NodeService/RegisterNode": grpclib.const.Handler(
@@ -875,5 +2181,101 @@ class NodeServiceBase(betterproto2_grpclib.ServiceBase):
                 grpclib.const.Cardinality.STREAM_STREAM,
                 UpdateHeartbeatRequest,
                 UpdateHeartbeatResponse,
+            ),
+            "/limiquantix.compute.v1.NodeService/UpdateNode": grpclib.const.Handler(
+                self.__rpc_update_node,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                UpdateNodeRequest,
+                Node,
+            ),
+            "/limiquantix.compute.v1.NodeService/DecommissionNode": grpclib.const.Handler(
+                self.__rpc_decommission_node,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                DecommissionNodeRequest,
+                ___google__protobuf__.Empty,
+            ),
+            "/limiquantix.compute.v1.NodeService/DrainNode": grpclib.const.Handler(
+                self.__rpc_drain_node,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                DrainNodeRequest,
+                DrainNodeResponse,
+            ),
+            "/limiquantix.compute.v1.NodeService/AddTaint": grpclib.const.Handler(
+                self.__rpc_add_taint,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                AddTaintRequest,
+                Node,
+            ),
+            "/limiquantix.compute.v1.NodeService/RemoveTaint": grpclib.const.Handler(
+                self.__rpc_remove_taint,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                RemoveTaintRequest,
+                Node,
+            ),
+            "/limiquantix.compute.v1.NodeService/UpdateLabels": grpclib.const.Handler(
+                self.__rpc_update_labels,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                UpdateLabelsRequest,
+                Node,
+            ),
+            "/limiquantix.compute.v1.NodeService/SyncNodeVMs": grpclib.const.Handler(
+                self.__rpc_sync_node_v_ms,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                SyncNodeVMsRequest,
+                SyncNodeVMsResponse,
+            ),
+            "/limiquantix.compute.v1.NodeService/SyncFullState": grpclib.const.Handler(
+                self.__rpc_sync_full_state,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                SyncFullStateRequest,
+                SyncFullStateResponse,
+            ),
+            "/limiquantix.compute.v1.NodeService/NotifyVMChange": grpclib.const.Handler(
+                self.__rpc_notify_vm_change,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                VmChangeNotification,
+                VmChangeAck,
+            ),
+            "/limiquantix.compute.v1.NodeService/NotifyStorageChange": grpclib.const.Handler(
+                self.__rpc_notify_storage_change,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                StorageChangeNotification,
+                StorageChangeAck,
+            ),
+            "/limiquantix.compute.v1.NodeService/GetNodeMetrics": grpclib.const.Handler(
+                self.__rpc_get_node_metrics,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                GetNodeMetricsRequest,
+                NodeMetrics,
+            ),
+            "/limiquantix.compute.v1.NodeService/ListNodeEvents": grpclib.const.Handler(
+                self.__rpc_list_node_events,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ListNodeEventsRequest,
+                ListNodeEventsResponse,
+            ),
+            "/limiquantix.compute.v1.NodeService/WatchNode": grpclib.const.Handler(
+                self.__rpc_watch_node,
+                grpclib.const.Cardinality.UNARY_STREAM,
+                WatchNodeRequest,
+                Node,
+            ),
+            "/limiquantix.compute.v1.NodeService/WatchNodes": grpclib.const.Handler(
+                self.__rpc_watch_nodes,
+                grpclib.const.Cardinality.UNARY_STREAM,
+                WatchNodesRequest,
+                NodeUpdate,
+            ),
+            "/limiquantix.compute.v1.NodeService/StreamNodeMetrics": grpclib.const.Handler(
+                self.__rpc_stream_node_metrics,
+                grpclib.const.Cardinality.UNARY_STREAM,
+                StreamNodeMetricsRequest,
+                NodeMetrics,
+            ),
+            "/limiquantix.compute.v1.NodeService/StreamEvents": grpclib.const.Handler(
+                self.__rpc_stream_events,
+                grpclib.const.Cardinality.UNARY_STREAM,
+                StreamEventsRequest,
+                SystemEvent,
             ),
         }

@@ -15,14 +15,20 @@ __all__ = (
     "GetPoolRequest",
     "HealthCheck",
     "IscsiConfig",
+    "ListPoolFilesRequest",
+    "ListPoolFilesResponse",
     "ListPoolsRequest",
     "ListPoolsResponse",
     "LocalDirConfig",
     "LocalLvmConfig",
     "NfsConfig",
+    "PoolFileEntry",
     "PoolHostStatus",
     "PoolHostStatusHealth",
     "PoolMetrics",
+    "PoolUpdate",
+    "PoolUpdateUpdateType",
+    "ReconnectPoolRequest",
     "ReplicationConfig",
     "StorageBackend",
     "StorageBackendBackendType",
@@ -43,9 +49,11 @@ __all__ = (
     "UpdatePoolRequest",
     "VolumeDefaults",
     "VolumeDefaultsProvisioningType",
+    "WatchPoolsRequest",
 )
 
 import datetime
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -80,6 +88,14 @@ class PoolHostStatusHealth(betterproto2.Enum):
     ERROR = 3
 
     UNMOUNTED = 4
+
+
+class PoolUpdateUpdateType(betterproto2.Enum):
+    ADDED = 0
+
+    MODIFIED = 1
+
+    DELETED = 2
 
 
 class StorageBackendBackendType(betterproto2.Enum):
@@ -338,6 +354,42 @@ default_message_pool.register_message("limiquantix.storage.v1", "IscsiConfig", I
 
 
 @dataclass(eq=False, repr=False)
+class ListPoolFilesRequest(betterproto2.Message):
+    pool_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    path: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    relative to the pool root; empty: the root
+    """
+
+    page_size: "int" = betterproto2.field(50, betterproto2.TYPE_INT32)
+    """
+    QvDC: paging (0: the default page size; the token is the previous page's).
+    """
+
+    page_token: "str" = betterproto2.field(51, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message(
+    "limiquantix.storage.v1", "ListPoolFilesRequest", ListPoolFilesRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class ListPoolFilesResponse(betterproto2.Message):
+    entries: "list[PoolFileEntry]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+
+    current_path: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    next_page_token: "str" = betterproto2.field(50, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message(
+    "limiquantix.storage.v1", "ListPoolFilesResponse", ListPoolFilesResponse
+)
+
+
+@dataclass(eq=False, repr=False)
 class ListPoolsRequest(betterproto2.Message):
     project_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
@@ -470,6 +522,38 @@ default_message_pool.register_message("limiquantix.storage.v1", "NfsConfig", Nfs
 
 
 @dataclass(eq=False, repr=False)
+class PoolFileEntry(betterproto2.Message):
+    name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    path: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    relative to the pool root
+    """
+
+    is_directory: "bool" = betterproto2.field(3, betterproto2.TYPE_BOOL)
+
+    size_bytes: "int" = betterproto2.field(4, betterproto2.TYPE_UINT64)
+
+    modified_at: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
+    """
+    RFC 3339
+    """
+
+    file_type: "str" = betterproto2.field(6, betterproto2.TYPE_STRING)
+    """
+    "qcow2", "iso", "directory", ...
+    """
+
+    permissions: "str" = betterproto2.field(7, betterproto2.TYPE_STRING)
+    """
+    octal, e.g. "644"
+    """
+
+
+default_message_pool.register_message("limiquantix.storage.v1", "PoolFileEntry", PoolFileEntry)
+
+
+@dataclass(eq=False, repr=False)
 class PoolHostStatus(betterproto2.Message):
     """
     What one host last reported for one pool, as kept by the controller.
@@ -546,6 +630,28 @@ class PoolMetrics(betterproto2.Message):
 
 
 default_message_pool.register_message("limiquantix.storage.v1", "PoolMetrics", PoolMetrics)
+
+
+@dataclass(eq=False, repr=False)
+class PoolUpdate(betterproto2.Message):
+    type: "PoolUpdateUpdateType" = betterproto2.field(
+        1, betterproto2.TYPE_ENUM, default_factory=lambda: PoolUpdateUpdateType(0)
+    )
+
+    pool: "StoragePool | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+
+
+default_message_pool.register_message("limiquantix.storage.v1", "PoolUpdate", PoolUpdate)
+
+
+@dataclass(eq=False, repr=False)
+class ReconnectPoolRequest(betterproto2.Message):
+    id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message(
+    "limiquantix.storage.v1", "ReconnectPoolRequest", ReconnectPoolRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -868,6 +974,32 @@ class VolumeDefaults(betterproto2.Message):
 default_message_pool.register_message("limiquantix.storage.v1", "VolumeDefaults", VolumeDefaults)
 
 
+@dataclass(eq=False, repr=False)
+class WatchPoolsRequest(betterproto2.Message):
+    """
+    QvDC addition (not upstream): WatchPools.
+    """
+
+    pool_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    empty: every pool
+    """
+
+    labels: "dict[str, str]" = betterproto2.field(
+        2,
+        betterproto2.TYPE_MAP,
+        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+    )
+    """
+    every label must match
+    """
+
+
+default_message_pool.register_message(
+    "limiquantix.storage.v1", "WatchPoolsRequest", WatchPoolsRequest
+)
+
+
 class StoragePoolServiceStub(betterproto2_grpclib.ServiceStub):
     async def create_pool(
         self,
@@ -1013,6 +1145,71 @@ class StoragePoolServiceStub(betterproto2_grpclib.ServiceStub):
             metadata=metadata,
         )
 
+    async def reconnect_pool(
+        self,
+        message: "ReconnectPoolRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "StoragePool":
+        """
+        Re-attaches a pool on its live hosts (the retry for a pool in ERROR).
+        """
+
+        return await self._unary_unary(
+            "/limiquantix.storage.v1.StoragePoolService/ReconnectPool",
+            message,
+            StoragePool,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def list_pool_files(
+        self,
+        message: "ListPoolFilesRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ListPoolFilesResponse":
+        """
+        Browses a pool's files through one of its live hosts.
+        """
+
+        return await self._unary_unary(
+            "/limiquantix.storage.v1.StoragePoolService/ListPoolFiles",
+            message,
+            ListPoolFilesResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def watch_pools(
+        self,
+        message: "WatchPoolsRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "AsyncIterator[PoolUpdate]":
+        """
+        QvDC: the current pools, then every change (ADDED / MODIFIED / DELETED), with
+        their per-host rows.
+        """
+
+        async for response in self._unary_stream(
+            "/limiquantix.storage.v1.StoragePoolService/WatchPools",
+            message,
+            PoolUpdate,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        ):
+            yield response
+
 
 from ....google import protobuf as ___google__protobuf__
 
@@ -1051,6 +1248,29 @@ class StoragePoolServiceBase(betterproto2_grpclib.ServiceBase):
     ) -> "StoragePool":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def reconnect_pool(self, message: "ReconnectPoolRequest") -> "StoragePool":
+        """
+        Re-attaches a pool on its live hosts (the retry for a pool in ERROR).
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def list_pool_files(self, message: "ListPoolFilesRequest") -> "ListPoolFilesResponse":
+        """
+        Browses a pool's files through one of its live hosts.
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def watch_pools(self, message: "WatchPoolsRequest") -> "AsyncIterator[PoolUpdate]":
+        """
+        QvDC: the current pools, then every change (ADDED / MODIFIED / DELETED), with
+        their per-host rows.
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+        yield PoolUpdate()
 
     async def __rpc_create_pool(
         self, stream: "grpclib.server.Stream[CreatePoolRequest, StoragePool]"
@@ -1116,6 +1336,33 @@ class StoragePoolServiceBase(betterproto2_grpclib.ServiceBase):
         response = await self.unassign_pool_from_node(request)
         await stream.send_message(response)
 
+    async def __rpc_reconnect_pool(
+        self, stream: "grpclib.server.Stream[ReconnectPoolRequest, StoragePool]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.reconnect_pool(request)
+        await stream.send_message(response)
+
+    async def __rpc_list_pool_files(
+        self, stream: "grpclib.server.Stream[ListPoolFilesRequest, ListPoolFilesResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.list_pool_files(request)
+        await stream.send_message(response)
+
+    async def __rpc_watch_pools(
+        self, stream: "grpclib.server.Stream[WatchPoolsRequest, PoolUpdate]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        await self._call_rpc_handler_server_stream(
+            self.watch_pools,
+            stream,
+            request,
+        )
+
     def __mapping__(self) -> "dict[str, grpclib.const.Handler]":
         return {
             "/limiquantix.storage.v1.StoragePoolService/CreatePool": grpclib.const.Handler(
@@ -1165,5 +1412,23 @@ class StoragePoolServiceBase(betterproto2_grpclib.ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 UnassignPoolFromNodeRequest,
                 StoragePool,
+            ),
+            "/limiquantix.storage.v1.StoragePoolService/ReconnectPool": grpclib.const.Handler(
+                self.__rpc_reconnect_pool,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ReconnectPoolRequest,
+                StoragePool,
+            ),
+            "/limiquantix.storage.v1.StoragePoolService/ListPoolFiles": grpclib.const.Handler(
+                self.__rpc_list_pool_files,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ListPoolFilesRequest,
+                ListPoolFilesResponse,
+            ),
+            "/limiquantix.storage.v1.StoragePoolService/WatchPools": grpclib.const.Handler(
+                self.__rpc_watch_pools,
+                grpclib.const.Cardinality.UNARY_STREAM,
+                WatchPoolsRequest,
+                PoolUpdate,
             ),
         }
