@@ -17,6 +17,11 @@ mTLS is on: a dev CA and the controller's, the node's and an admin operator's
 certificates are made in ``.run/pki/`` if missing (``qvdcctl certs`` makes the same),
 the controller requires client certificates, and the context file names the
 operator's, so ``qvdcctl`` speaks mTLS too.
+
+The HTTP port is on (127.0.0.1:8080 when free, else a free port; HTTPS with the
+controller's certificate) for the status page, ``/status``: a viewer token for it is
+made once in ``.run/tokens.toml`` (``.run/status-token`` holds it alone) and the page's
+URL is printed; a browser signs in with any name and that token as the password.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import datetime as dt
 import json
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -48,6 +54,9 @@ BIN = ROOT / ".venv" / "bin"
 POOL_NAME = "demo-local"
 INTERVAL = "5"
 PREFERRED_PORT = 7443
+PREFERRED_HTTP_PORT = 8080
+TOKENS = RUN / "tokens.toml"
+STATUS_TOKEN = RUN / "status-token"
 PREFIX = "/quantix/"
 CONTEXT_FILES = (RUN / "context.json", Path.home() / ".config" / "qvdc" / "context.json")
 PKI = RUN / "pki"
@@ -96,6 +105,25 @@ def ensure_pki(hostname: str) -> dict[str, Path]:
     ):
         out[f"{role}_cert"], out[f"{role}_key"] = certs.paths(PKI, name)
     return out
+
+
+def ensure_status_token() -> str:
+    """The viewer token the status page is opened with, made once (kept across runs)."""
+    if STATUS_TOKEN.exists() and TOKENS.exists():
+        return STATUS_TOKEN.read_text().strip()
+    token = secrets.token_hex(16)
+    for path, text in (
+        (
+            TOKENS,
+            "# make run's operator token for the status page (scripts/demo.py)\n"
+            f'[[operator]]\nname = "demo-viewer"\nrole = "viewer"\ntoken = "{token}"\n',
+        ),
+        (STATUS_TOKEN, token + "\n"),
+    ):
+        path.touch(mode=0o600)
+        path.chmod(0o600)
+        path.write_text(text)
+    return token
 
 
 def write_context(*, controller: str, etcd: str, pki: dict[str, Path]) -> None:
@@ -148,8 +176,10 @@ async def demo() -> None:
     RUN.mkdir(exist_ok=True)
     log_size = (RUN / "qvdc.log").stat().st_size if (RUN / "qvdc.log").exists() else 0
     port = free_port(PREFERRED_PORT)
+    http_port = free_port(PREFERRED_HTTP_PORT)
     hostname = f"{socket.gethostname()}-demo"
     pki = ensure_pki(hostname)
+    status_token = ensure_status_token()
     qvdc = start(
         "qvdc",
         [
@@ -166,6 +196,11 @@ async def demo() -> None:
             str(pki["controller_key"]),
             "--tls-client-ca",
             str(pki["ca"]),
+            "--auth-tokens-file",
+            str(TOKENS),
+            "--http-enabled",
+            "--http-port",
+            str(http_port),
         ],
     )
     node = None
@@ -198,6 +233,11 @@ async def demo() -> None:
             f".run/pki/ca.crt (operator {OPERATOR}, admin)"
         )
         print(f"etcdctl --endpoints={etcd} get --prefix {PREFIX} --keys-only")
+        print(
+            f"status page https://127.0.0.1:{http_port}/status  (certificate of the dev CA "
+            f".run/pki/ca.crt; sign in with any name and the viewer token {status_token}, "
+            "also in .run/status-token)"
+        )
         node = start(
             "node",
             [

@@ -57,8 +57,8 @@
     }
   }
 
-  function badge(text, state) {
-    return el("span", { class: `badge state-${state}` }, text);
+  function badge(text, state, title) {
+    return el("span", { class: `badge state-${state}`, title: title }, text);
   }
 
   function hostRow(row) {
@@ -68,12 +68,15 @@
     }
     if (row.stale) flags.push(badge("STALE", "stale"));
     if (!row.assigned) flags.push(badge("unassigned", "pending"));
-    const healthState = row.state === "stale" || row.state === "maintenance" ? healthOf(row.health) : row.state;
+    // A stale row's health is old news: shown in the stale colour, never as a live green.
+    let healthState = row.state;
+    if (row.state === "stale") healthState = "stale";
+    else if (row.state === "maintenance") healthState = healthOf(row.health);
     const tr = el(
       "tr",
       { class: `host state-${row.state}`, "data-node-id": row.node_id, "data-state": row.state },
       el("td", { class: "hostname" }, row.hostname || row.node_id.slice(0, 8)),
-      el("td", { class: "health" }, badge(row.health, healthState), ...flags),
+      el("td", { class: "health" }, badge(row.health, healthState, row.stale ? "last reported health" : null), ...flags),
       el("td", { class: "mount" }, row.mount_path || "-"),
       el("td", { class: "num" }, `${bytes(row.used_bytes)} / ${bytes(row.total_bytes)}`),
       el("td", { class: "num" }, String(row.volumes)),

@@ -5,6 +5,8 @@ hostile message (markup that would run if it were ever put in the page as HTML),
 ``host-c`` healthy but disabled by an operator (MAINTENANCE, with a hostile reason), and
 ``host-d``, which reports once and then falls silent, so its row turns STALE. A second
 pool, ``scratch``, is on ``host-a`` only. :meth:`Fleet.run` keeps a, b and c beating.
+The screenshot (``scripts/screenshot_status.py``) passes plain words for the message and
+the reason instead of the markup.
 Used by tests/qvdc/http/test_status_page_browser.py and scripts/screenshot_status.py.
 """
 
@@ -28,7 +30,16 @@ HEALTHY = 1
 
 
 class Fleet:
-    def __init__(self, channel: grpclib.client.Channel, *, interval: float = 0.5) -> None:
+    def __init__(
+        self,
+        channel: grpclib.client.Channel,
+        *,
+        interval: float = 0.5,
+        error: str = f"nfs1.example.com does not answer FSSTAT {HOSTILE}",
+        reason: str = f"firmware {HOSTILE}",
+    ) -> None:
+        self.error = error
+        self.reason = reason
         self.nodes = compute.NodeServiceStub(channel, timeout=TIMEOUT)
         self.pools = storage.StoragePoolServiceStub(channel, timeout=TIMEOUT)
         self.interval = interval
@@ -79,7 +90,7 @@ class Fleet:
                     total=0,
                     used=0,
                     mount=mount,
-                    error=f"nfs1.example.com does not answer FSSTAT {HOSTILE}",
+                    error=self.error,
                 )
             ],
             "host-c": [report(gold.id, total=2048 * GIB, used=700 * GIB, volumes=12, mount=mount)],
@@ -88,7 +99,7 @@ class Fleet:
         for host, reports in self.reports.items():
             await self.beat(host, reports)
         await self.nodes.disable_node(
-            compute.DisableNodeRequest(id=self.ids["host-c"], reason=f"firmware {HOSTILE}")
+            compute.DisableNodeRequest(id=self.ids["host-c"], reason=self.reason)
         )
 
     async def beat(self, host: str, reports: list[compute.StoragePoolStatusReport]) -> None:

@@ -27,6 +27,7 @@ ROWS = """[...document.querySelectorAll('.pool[data-pool-id="%s"] tr.host')].map
   cls: tr.className,
   state: tr.dataset.state,
   badges: [...tr.querySelectorAll('.badge')].map(b => b.textContent),
+  colours: [...tr.querySelectorAll('.badge')].map(b => getComputedStyle(b).color),
   mount: tr.querySelector('.mount').textContent,
   message: tr.nextElementSibling && tr.nextElementSibling.classList.contains('host-message')
     ? tr.nextElementSibling.textContent : '',
@@ -76,12 +77,19 @@ async def test_status_page_shows_the_fleet_and_follows_it_live(controller: Contr
                 # The hostile message is shown as text, and nothing of it ran or was parsed.
                 assert HOSTILE in shown["host-b"]["message"]
                 assert await tab.evaluate("window.__xss === undefined")
-                assert await tab.evaluate("document.querySelectorAll('img, main script').length") == 0
+                assert (
+                    await tab.evaluate("document.querySelectorAll('img, main script').length") == 0
+                )
                 assert shown["host-c"]["state"] == "maintenance"
                 assert "MAINTENANCE" in shown["host-c"]["badges"]
                 assert shown["host-d"]["state"] == "stale"
                 assert "STALE" in shown["host-d"]["badges"]
                 assert "state-stale" in shown["host-d"]["cls"]
+                # Colours as rendered: green for the live healthy row, red for the error, and
+                # the stale row's last health not in green (never shown healthy on old data).
+                green, red = shown["host-a"]["colours"][0], shown["host-b"]["colours"][0]
+                assert green != red
+                assert green not in shown["host-d"]["colours"]
                 # Not-healthy rows first, then by hostname.
                 assert list(shown)[-1] == "host-a"
 
@@ -90,7 +98,8 @@ async def test_status_page_shows_the_fleet_and_follows_it_live(controller: Contr
                 card = await tab.evaluate(
                     f"""(() => {{ const c = document.querySelector('.pool[data-pool-id="{gold}"]');
                     return {{ phase: c.dataset.phase, cls: c.className,
-                      message: (c.querySelector('.pool-message') || {{}}).textContent || '' }}; }})()"""
+                      message: (c.querySelector('.pool-message') || {{}}).textContent || ''
+                    }}; }})()"""
                 )
                 assert card["phase"] == pool.status.phase.name
                 assert card["message"] == pool.status.error_message
