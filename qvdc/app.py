@@ -220,6 +220,7 @@ class Controller:
             monitor=self.monitor,
             aggregator=self.aggregator,
             hub=self.hub,
+            stream_heartbeats=lambda: self.node_service.stream_heartbeats,  # read when scraped
         )
         self.catalog = Catalog(
             store=store,

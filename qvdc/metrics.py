@@ -45,17 +45,28 @@ LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30
 class IntakeCollector:
     """Heartbeats and host reports taken by this replica (``HeartbeatIntake`` counters)."""
 
-    def __init__(self, intake: HeartbeatIntake, committer: GroupCommitter) -> None:
+    def __init__(
+        self,
+        intake: HeartbeatIntake,
+        committer: GroupCommitter,
+        streamed: Callable[[], int] = lambda: 0,
+    ) -> None:
         self._intake = intake
         self._committer = committer
+        self._streamed = streamed
 
     def collect(self) -> Iterable[Metric]:
         intake = self._intake
-        yield CounterMetricFamily(
+        heartbeats = CounterMetricFamily(
             "qvdc_heartbeats_received",
-            "Heartbeats accepted from registered nodes (stream, unary and Connect alike).",
-            value=intake.heartbeats,
+            "Heartbeats accepted from registered nodes, by transport: stream "
+            "(StreamHeartbeat) or unary (UpdateHeartbeat over gRPC or Connect).",
+            labels=["transport"],
         )
+        streamed = self._streamed()
+        heartbeats.add_metric(["stream"], streamed)
+        heartbeats.add_metric(["unary"], max(0, intake.heartbeats - streamed))
+        yield heartbeats
         reports = CounterMetricFamily(
             "qvdc_host_reports",
             "Pool reports in accepted heartbeats, by what was done with them: written "
@@ -237,10 +248,12 @@ class ControllerMetrics:
         monitor: LivenessMonitor,
         aggregator: Aggregator,
         hub: PushHub,
+        stream_heartbeats: Callable[[], int] = lambda: 0,
     ) -> None:
-        """Register the collectors reading these engines at scrape time."""
+        """Register the collectors reading these engines at scrape time
+        (``stream_heartbeats()``: how many of the intake's heartbeats came on streams)."""
         for collector in (
-            IntakeCollector(intake, committer),
+            IntakeCollector(intake, committer, stream_heartbeats),
             StreamsCollector(hub),
             LivenessCollector(monitor),
             ViewCollector(view),

@@ -161,6 +161,8 @@ class NodeService:
         self._policy = policy
         #: The open stream of each node (one per node: a newer one replaces it).
         self._streams: dict[str, _StreamSession] = {}
+        #: Heartbeats accepted on streams (the intake counts all of them), for qvdc.metrics.
+        self.stream_heartbeats = 0
         self._catalog = catalog
         self._view = view
         self._intake = intake
@@ -587,6 +589,7 @@ class _StreamSession:
             if not first:
                 request_limits.check(request, self._svc._limits)
             self._svc._accept(request, full=not request.delta)
+            self._svc.stream_heartbeats += 1
             response = self._reply(sequence=request.sequence, full_sync=first and request.delta)
             assert response is not None
             await self._send(response)

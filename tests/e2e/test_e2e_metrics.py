@@ -155,7 +155,8 @@ async def test_controller_and_node_metrics_of_a_real_daemon(
         assert ctl[("qvdc_nodes", (("phase", "READY"),))] == 1
         assert ctl[("qvdc_heartbeat_streams_open", ())] == 1
         assert ctl[("qvdc_heartbeat_streams_opened_total", ())] == 1
-        assert ctl[("qvdc_heartbeats_received_total", ())] >= 1
+        assert ctl[("qvdc_heartbeats_received_total", (("transport", "stream"),))] >= 1
+        assert ctl[("qvdc_heartbeats_received_total", (("transport", "unary"),))] == 0
         assert ctl[("qvdc_host_reports_total", (("result", "written"),))] >= 1
         assert ctl[("qvdc_aggregation_lag_seconds_count", ())] >= 1
         # A scrape left half-sent does not hold the daemon's shutdown up.

@@ -125,7 +125,8 @@ async def test_a_known_heartbeat_sequence_scrapes_as_exact_counters_and_gauges(
     def value(name: str, **labels: str) -> float:
         return samples[key(name, **labels)]
 
-    assert value("qvdc_heartbeats_received_total") == 7
+    assert value("qvdc_heartbeats_received_total", transport="unary") == 5
+    assert value("qvdc_heartbeats_received_total", transport="stream") == 2
     assert value("qvdc_host_reports_total", result="written") == 1
     assert value("qvdc_host_reports_total", result="unchanged") == 6
     assert value("qvdc_host_reports_total", result="unknown_pool") == 1
