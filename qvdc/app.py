@@ -279,11 +279,14 @@ class Controller:
         #: The read-only status page (``/status`` on the HTTP port).
         self.status_page: status_page.StatusPage | None = None
         if settings.http.enabled:
+            #: Each HTTPS connection's client certificate, for the gate (qvdc.http.tls).
+            certificates = http_tls.PeerCertificates() if settings.http_tls else None
             self.gate = gate.Gate(
                 self.policy,
                 view=self.view,
                 secure=settings.http_tls,
                 agent_networks=gate.parse_networks(settings.http.unauthenticated_node_networks),
+                certificate_of=certificates.of if certificates is not None else None,
             )
             connect_app = connect_face.ConnectApp(
                 services,
@@ -309,6 +312,7 @@ class Controller:
                 close_timeout=settings.http.close_timeout,
                 max_connections=settings.http.max_connections,
                 read_timeout=settings.http.read_timeout,
+                certificates=certificates,
             )
         #: The HTTP server's bound port (``HttpSettings.port`` 0: a free one); 0 until bound.
         self.http_port = 0

@@ -1,13 +1,17 @@
 """Who may call what on the Connect face: the gRPC face's policy, and upstream's agents.
 
 Every Connect call asks the same policy as a gRPC call (:mod:`qvdc.api.auth`): the caller
-is identified by its bearer token (``Authorization: Bearer ...``; the HTTP port asks for
-no client certificate), bound for the handler, and the RPC authorized before the handler
-runs; the node handlers then check the node the request names, as on gRPC. Over plain
+is identified by the client certificate its TLS connection presented (over HTTPS the port
+asks for one from ``tls.client_ca`` without requiring it: :mod:`qvdc.http.tls`), else by
+its bearer token (``Authorization: Bearer ...``), bound for the handler, and the RPC
+authorized before the handler runs; the node handlers then check the node the request
+names, as on gRPC. So a node or operator certificate means on the HTTP port what it
+means on the gRPC port. Over plain
 HTTP (``http.tls`` off) with authorization on, a bearer token is refused UNAUTHENTICATED
 rather than used: it crossed the network readable.
 
-Upstream's agent has neither a certificate nor a token. It is admitted only from the
+Upstream's agent has neither a certificate nor a token (a caller with either is never
+taken for one). It is admitted only from the
 networks of ``http.unauthenticated_node_networks`` (empty by default; the replica logs a
 WARNING at start when set), and only as the node at its own address: a caller from
 address A without credentials
@@ -28,7 +32,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from grpclib.const import Status
@@ -67,11 +71,15 @@ class Gate:
         view: ClusterView,
         secure: bool,
         agent_networks: Sequence[Network] = (),
+        certificate_of: Callable[[str, str], Mapping[str, Any] | None] | None = None,
     ) -> None:
         self._policy = policy
         self._view = view
         self._secure = secure
         self._networks = tuple(agent_networks)
+        #: ``(host, port)`` -> the verified certificate of that open TLS connection
+        #: (:meth:`qvdc.http.tls.PeerCertificates.of`); None: none are read.
+        self._certificate_of = certificate_of
 
     def announce(self) -> None:
         """The start-up line for unauthenticated agents (a WARNING: no credential at all)."""
@@ -88,6 +96,9 @@ class Gate:
     ) -> None:
         host, port = _split(client)
         peer = f"{host}:{port}" if host else ""
+        cert = None
+        if self._certificate_of is not None and self._policy.enabled and host:
+            cert = self._certificate_of(host, port)
         if authorization is not None and not self._secure and self._policy.enabled:
             raise auth.Denied(
                 "bearer tokens are not accepted over plain HTTP (http.tls off): they would "
@@ -98,6 +109,7 @@ class Gate:
             self._networks
             and self._policy.enabled
             and authorization is None
+            and cert is None
             and host
             and _within(host, self._networks)
         ):
@@ -105,7 +117,7 @@ class Gate:
             if auth.access(rpc) is auth.Access.NODE or method in AGENT_READS:
                 self._admit_agent(method, request, address=host, peer=peer)
                 return
-        auth.enter(self._policy, rpc=rpc, cert=None, authorization=authorization, peer=peer)
+        auth.enter(self._policy, rpc=rpc, cert=cert, authorization=authorization, peer=peer)
 
     def _admit_agent(self, method: str, request: Any, *, address: str, peer: str) -> None:
         view = self._view

@@ -35,6 +35,7 @@ from uvicorn.protocols.http.zttp_h2_impl import ZttpH2Protocol
 from uvicorn.protocols.http.zttp_impl import ZttpProtocol
 
 from qvdc.http import connect
+from qvdc.http import tls as http_tls
 from qvdc.http.health import NOT_LISTED, Readiness
 
 log = logging.getLogger(__name__)
@@ -144,8 +145,11 @@ class _BoundedHttp1(ZttpProtocol):
         super().connection_lost(exc)
 
 
-def _protocol(read_timeout: float) -> type[AutoZttpProtocol]:
-    """uvicorn's HTTP/1.1-or-h2c dispatcher, with :class:`_BoundedHttp1` for HTTP/1.1."""
+def _protocol(
+    read_timeout: float, certificates: http_tls.PeerCertificates | None = None
+) -> type[AutoZttpProtocol]:
+    """uvicorn's HTTP/1.1-or-h2c dispatcher, with :class:`_BoundedHttp1` for HTTP/1.1;
+    each TLS connection's client certificate is recorded in ``certificates``."""
 
     class Http1(_BoundedHttp1):
         pass
@@ -153,6 +157,11 @@ def _protocol(read_timeout: float) -> type[AutoZttpProtocol]:
     Http1.read_timeout = read_timeout
 
     class Dispatch(AutoZttpProtocol):
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            if certificates is not None:
+                certificates.opened(transport)  # before any request is read
+            super().connection_made(transport)
+
         def _switch(self, http2: bool, initial_data: bytes = b"") -> None:
             protocol_class: type[asyncio.Protocol] = ZttpH2Protocol if http2 else Http1
             protocol = protocol_class(  # type: ignore[call-arg]
@@ -181,8 +190,10 @@ class HttpServer:
         close_timeout: float,
         max_connections: int | None = None,
         read_timeout: float = 30.0,
+        certificates: http_tls.PeerCertificates | None = None,
     ) -> None:
         self._app = app
+        self._certificates = certificates
         self._read_timeout = read_timeout
         self._keep_alive_timeout = keep_alive_timeout
         self._close_timeout = close_timeout
@@ -197,7 +208,7 @@ class HttpServer:
 
         config = uvicorn.Config(
             self._app,
-            http=_protocol(self._read_timeout),  # zttp: HTTP/1.1 and h2c on one port
+            http=_protocol(self._read_timeout, self._certificates),  # HTTP/1.1 and h2c
             lifespan="off",
             log_config=None,
             access_log=False,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import logging
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 from qvdc.app import Controller
 from qvdc.settings import AuthSettings, EtcdSettings, TlsSettings
 from qvdc.store.etcd import EtcdStore
-from tests.fixtures.pki import Pki
+from tests.fixtures.pki import Files, Pki
 from tests.qvdc.http.conftest import Answer, Http, http_settings
 from tests.qvdc.http.test_connect_upstream import NODES, POOLS, agent_heartbeat, agent_registration
 
@@ -219,3 +220,56 @@ async def test_agents_without_credentials_act_only_as_the_node_at_their_address(
     assert listing.status == 401
     change = await call(agents, f"{POOLS}/DeletePool", {"id": pool_id})
     assert change.status == 401
+
+
+def with_certificate(controller: Controller, pki: Pki, files: Files) -> Http:
+    """An HTTPS client presenting ``files``' certificate."""
+    context = ssl.create_default_context(cafile=pki.ca)
+    context.load_cert_chain(files.cert, files.key)
+    return Http(controller.http_port, context=context)
+
+
+async def test_client_certificates_name_callers_as_on_grpc(
+    store: EtcdStore, etcd_settings: EtcdSettings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The HTTP port reads a presented client certificate: operator roles and node
+    identities mean what they mean on gRPC, a certificate holder from an agent network is
+    not taken for an agent, and another CA's certificate fails the handshake."""
+    caplog.set_level(logging.INFO)
+    controller, pki = await start(store, etcd_settings, tmp_path, "127.0.0.0/8")
+    try:
+        admin = with_certificate(controller, pki, pki.operator("ada-cert", "admin"))
+        viewer = with_certificate(controller, pki, pki.operator("vic-cert", "viewer"))
+        node = with_certificate(controller, pki, pki.node("cert-01"))
+        backend = {"type": "LOCAL_DIR", "localDir": {"path": "/p"}}
+        pool = {"name": "p1", "spec": {"backend": backend}}
+
+        assert (await call(viewer, f"{POOLS}/ListPools", {})).status == 200
+        refused = await call(viewer, f"{POOLS}/CreatePool", pool)
+        assert refused.status == 403, refused.body
+        assert "operator vic-cert (viewer, certificate)" in refused.json()["message"]
+        kvs, _ = await store.get_prefix("pools/", timeout=5.0)
+        assert kvs == []
+        created = await call(admin, f"{POOLS}/CreatePool", pool)
+        assert created.status == 200, created.body
+        assert "audit: operator ada-cert (admin, certificate) from 127.0.0.1:" in caplog.text
+
+        # A node certificate: itself from any management address (no agent rule), nobody else.
+        mine = await call(node, f"{NODES}/RegisterNode", agent_registration("cert-01"))
+        assert mine.status == 200, mine.body
+        other = await call(node, f"{NODES}/RegisterNode", agent_registration("cert-02"))
+        assert other.status == 403
+        assert "node cert-01 may only register itself" in other.json()["message"]
+        operator_rpc = await call(node, f"{POOLS}/ListPools", {})
+        assert operator_rpc.status == 403
+        assert "needs an operator" in operator_rpc.json()["message"]
+
+        # The status page admits an operator certificate as it admits an operator token.
+        assert (await admin.request("GET", "/status")).status == 200
+        assert (await https(controller, pki).request("GET", "/status")).status == 401
+
+        stranger = with_certificate(controller, pki, Pki(tmp_path / "other").operator("mallory"))
+        with pytest.raises(OSError):  # ssl.SSLError, or the connection reset (TLS 1.3)
+            await call(stranger, f"{POOLS}/ListPools", {})
+    finally:
+        await controller.stop()
