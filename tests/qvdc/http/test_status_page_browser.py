@@ -10,7 +10,9 @@ changes the fleet and waits for the same page, never reloaded, to show the chang
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+from pathlib import Path
 from typing import Any
 
 import grpclib.client
@@ -18,9 +20,13 @@ import grpclib.client
 from protos.limiquantix.compute import v1 as compute
 from protos.limiquantix.storage import v1 as storage
 from qvdc.app import Controller
+from qvdc.settings import EtcdSettings
+from qvdc.store.etcd import EtcdStore
+from qvdc.transport import tls
 from tests.fixtures.chromium import Browser, Tab, require_chromium
-from tests.qvdc.api.helpers import TIMEOUT, eventually, report
+from tests.qvdc.api.helpers import TIMEOUT, create_request, eventually, report
 from tests.qvdc.http.status_fleet import GIB, HOSTILE, Fleet
+from tests.qvdc.http.test_connect_auth import VIEWER, start
 
 ROWS = """[...document.querySelectorAll('.pool[data-pool-id="%s"] tr.host')].map(tr => ({
   host: tr.querySelector('.hostname').textContent,
@@ -171,3 +177,41 @@ async def test_the_snapshot_matches_the_api(controller: Controller) -> None:
         assert shown["healthy"] == len(pool.status.healthy_node_ids)
     finally:
         channel.close()
+
+
+async def test_over_https_with_a_viewer_token(
+    store: EtcdStore, etcd_settings: EtcdSettings, tmp_path: Path
+) -> None:
+    """Authorization on: the browser signs in with Basic (the viewer token as password),
+    the page comes over HTTPS and HTTP/2, follows a change, and closing the tab frees its
+    stream."""
+    executable = require_chromium()
+    controller, pki = await start(store, etcd_settings, tmp_path)
+    admin = pki.operator("ada")
+    context = tls.client_context(ca=pki.ca, cert=admin.cert, key=admin.key)
+    channel = grpclib.client.Channel("127.0.0.1", controller.port, ssl=context)
+    page = controller.status_page
+    assert page is not None
+    try:
+        basic = base64.b64encode(f"ops:{VIEWER}".encode()).decode()
+        url = f"https://127.0.0.1:{controller.http_port}/status"
+        async with Browser(executable, args=("--ignore-certificate-errors",)) as browser:
+            tab = await browser.open(url, headers={"Authorization": f"Basic {basic}"})
+            await tab.wait_for("document.getElementById('link').textContent === 'live'")
+            protocol = "performance.getEntriesByType('navigation')[0].nextHopProtocol"
+            assert await tab.evaluate(protocol) == "h2"
+            assert await tab.evaluate("document.querySelectorAll('.pool').length") == 0
+            pools = storage.StoragePoolServiceStub(channel, timeout=TIMEOUT)
+            await pools.create_pool(create_request("late-pool"))
+            await tab.wait_for(
+                "[...document.querySelectorAll('.pool-name')].map(e => e.textContent)"
+                ".join() === 'late-pool'"
+            )
+            assert page.streams == 1
+            await tab.close()
+            await eventually(
+                lambda: asyncio.sleep(0, page.streams), lambda n: n == 0, what="stream freed"
+            )
+    finally:
+        channel.close()
+        await controller.stop()
