@@ -290,3 +290,58 @@ def test_daemon_exits_2_without_a_readable_token(pki: Pki, tmp_path: Path) -> No
     assert done.returncode == 2, done
     assert "cannot read the bootstrap token" in done.stderr
     assert "missing.token" in done.stderr
+
+
+def spawn_bootstrap_node(
+    controller: Controller, pki: Pki, tmp_path: Path, hostname: str
+) -> tuple[subprocess.Popen[bytes], Path]:
+    """``python -m node`` with a bootstrap token (by environment) and no certificate yet."""
+    cert, key = cert_paths(pki, hostname)
+    log_path = tmp_path / "node.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "node", "--controller", f"127.0.0.1:{controller.port}",
+                "--hostname", hostname, "--state-dir", str(tmp_path / "state"),
+                "--libvirt-uri", "test:///default", "--heartbeat-interval", "0.5",
+                "--reconnect-max", "0.5", "--tls-ca", str(pki.ca),
+                "--tls-cert", str(cert), "--tls-key", str(key),
+            ],
+            cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            env={
+                **os.environ, "PYTHONPATH": str(ROOT),
+                "QVDC_NODE_BOOTSTRAP_TOKEN_FILE": str(token_file(tmp_path, GOOD)),
+            },
+        )  # fmt: skip
+    return proc, log_path
+
+
+@pytest.mark.e2e
+async def test_the_daemon_process_bootstraps_then_heartbeats_with_its_certificate(
+    controller: Controller, pki: Pki, tmp_path: Path, eventually: Eventually
+) -> None:
+    """``qvdc-node --bootstrap-token-file`` as a process: registered by the token, silent
+    until its certificate is copied in, then heartbeating as itself."""
+    proc, log_path = spawn_bootstrap_node(controller, pki, tmp_path, "host-p")
+    try:
+        await eventually(
+            lambda: "waiting for this node's certificate" in log_path.read_text(),
+            within=30.0,
+            what="the daemon registered and waiting for its certificate",
+        )
+        node_id = controller.view.node_id_by_hostname("host-p")
+        assert node_id is not None
+        assert controller.monitor.last_heartbeat_wall(node_id) is None  # no heartbeat yet
+
+        pki.node("host-p")
+        await eventually(
+            lambda: controller.monitor.last_heartbeat_wall(node_id) is not None,
+            within=30.0,
+            what="a heartbeat over the node's certificate",
+        )
+        assert controller.view.node_id_by_hostname("host-p") == node_id
+    finally:
+        proc.terminate()
+        await asyncio.to_thread(proc.wait, 15)
+    text = log_path.read_text()
+    assert "reconnecting to present it" in text and GOOD not in text
