@@ -345,3 +345,28 @@ async def test_the_daemon_process_bootstraps_then_heartbeats_with_its_certificat
         await asyncio.to_thread(proc.wait, 15)
     text = log_path.read_text()
     assert "reconnecting to present it" in text and GOOD not in text
+
+
+async def test_an_unreadable_token_is_a_refusal_not_a_call(pki: Pki, tmp_path: Path) -> None:
+    """A token file emptied after the start: RegisterNode is not sent, and the daemon's
+    retry loop gets a Rejected naming the file (it logs it and backs off)."""
+    empty = tmp_path / "empty.token"
+    empty.write_text("\n")
+    cert, key = cert_paths(pki, "host-e")
+    client = client_mod.ControllerClient(
+        endpoints=[("127.0.0.1", 1)],
+        rpc_timeout=1.0,
+        recreate_after=3,
+        logger=logging.getLogger("test.node.client"),
+        channel_factory=client_mod.tls_channel_factory(
+            ca=pki.ca, cert=cert, key=key, cert_optional=True
+        ),
+        bootstrap=client_mod.Bootstrap(token_file=empty, cert=cert, key=key),
+    )
+    try:
+        assert client.awaiting_certificate
+        with pytest.raises(client_mod.Rejected, match=r"empty\.token: holds no token") as info:
+            await register(client, "host-e")
+        assert info.value.status is grpclib.const.Status.FAILED_PRECONDITION
+    finally:
+        client.close()

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import betterproto2
+import click
 import grpclib.client
 import grpclib.const
 import pytest
@@ -557,3 +558,18 @@ async def test_without_a_key_file_a_ceph_key_is_refused(start: Start, store: Etc
     )
     assert CEPH_KEY not in (error.message or "")
     assert (await store.get_prefix(keys.POOLS))[0] == []
+
+
+def test_qvdcctl_reads_the_ceph_key_from_a_keyring_or_a_bare_key(tmp_path: Path) -> None:
+    keyring = tmp_path / "keyring"
+    keyring.write_text(f'[client.qvdc]\n\tkey = {CEPH_KEY}\n\tcaps mon = "allow r"\n')
+    bare = tmp_path / "bare"
+    bare.write_text(f"{CEPH_KEY}\n")
+    assert cli._ceph_key(keyring) == CEPH_KEY
+    assert cli._ceph_key(bare) == CEPH_KEY
+    assert cli._ceph_key(None) == ""
+    empty = tmp_path / "empty"
+    empty.write_text("[client.qvdc]\n")
+    for path, words in ((empty, "no 'key = ...' line"), (tmp_path / "missing", "cannot read")):
+        with pytest.raises(click.BadParameter, match=words):
+            cli._ceph_key(path)
