@@ -21,13 +21,14 @@ import pytest
 from protos.limiquantix.compute import v1 as compute
 from protos.limiquantix.storage import v1 as storage
 from qvdc.app import Controller
-from qvdc.http.status_page import PageLimits, StatusPage
+from qvdc.domain.model import Health, HostRow, NodeId, NodePhase, PoolId, PoolReport
+from qvdc.http.status_page import PageLimits, StatusPage, _row_state
 from qvdc.security import sealing
 from qvdc.settings import EtcdSettings, SecretsSettings
 from qvdc.store.etcd import EtcdStore
 from tests.qvdc.api.helpers import TIMEOUT, eventually, register_request, report
 from tests.qvdc.http.conftest import Http, http_settings
-from tests.qvdc.http.test_connect_auth import ADMIN, VIEWER, https, start
+from tests.qvdc.http.test_connect_auth import ADMIN, BOOT, VIEWER, https, start
 
 SECRET = "Xq7-chap-Secret-2b9f"
 STATE = re.compile(rb"event: state\ndata: (.*?)\n\n")
@@ -293,6 +294,11 @@ async def test_operators_only_when_authorization_is_on(
             assert shown.status == 200 and b"QvDC status" in shown.body
         garbled = await client.request("GET", "/status", headers={"Authorization": "Basic !!"})
         assert garbled.status == 401
+        # A known identity that is not an operator: refused, and no Basic challenge.
+        booting = await client.request(
+            "GET", "/status", headers={"Authorization": f"Bearer {BOOT}"}
+        )
+        assert booting.status == 403 and "www-authenticate" not in booting.headers
     finally:
         await controller.stop()
 
@@ -309,3 +315,63 @@ async def test_no_token_over_plain_http_with_authorization_on(
         assert refused.status == 401 and b"not accepted over plain HTTP" in refused.body
     finally:
         await controller.stop()
+
+
+@pytest.mark.parametrize(
+    ("health", "stale", "pending", "phase", "state"),
+    [
+        (Health.HEALTHY, False, False, NodePhase.READY, "healthy"),
+        (Health.DEGRADED, False, False, NodePhase.READY, "degraded"),
+        (Health.ERROR, False, False, NodePhase.READY, "error"),
+        (Health.UNMOUNTED, False, False, NodePhase.READY, "error"),
+        (Health.UNKNOWN, False, False, NodePhase.READY, "unknown"),
+        (Health.UNKNOWN, False, True, NodePhase.READY, "pending"),
+        (Health.HEALTHY, True, False, NodePhase.OFFLINE, "stale"),
+        (Health.HEALTHY, True, False, NodePhase.MAINTENANCE, "maintenance"),
+        (Health.ERROR, False, False, NodePhase.DRAINING, "maintenance"),
+        (Health.HEALTHY, False, False, None, "healthy"),
+    ],
+)
+def test_the_word_a_row_is_coloured_by(
+    health: Health, stale: bool, pending: bool, phase: NodePhase | None, state: str
+) -> None:
+    row = HostRow(
+        node_id=NodeId("n"),
+        report=PoolReport(pool_id=PoolId("p"), health=health),
+        changed_at=1.0,
+        assigned=True,
+        stale=stale,
+        pending=pending,
+    )
+    assert _row_state(row, phase) == state
+
+
+async def test_an_idle_stream_gets_keepalives_and_head_gets_no_body(
+    controller: Controller, client: Http
+) -> None:
+    page = StatusPage(
+        view=controller.view,
+        heard_at=controller.monitor.last_heartbeat_wall,
+        gate=None,
+        limits=PageLimits(min_interval=0.05, refresh=0.1, keepalive=0.3),
+    )
+    sent: list[bytes] = []
+    leave = asyncio.Event()
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message.get("body", b""))
+        if sum(chunk == b": keepalive\n\n" for chunk in sent) >= 2:
+            leave.set()
+
+    async def receive() -> dict[str, Any]:
+        await leave.wait()
+        return {"type": "http.disconnect"}
+
+    scope = {"type": "http", "method": "GET", "path": "/status/events", "headers": []}
+    await asyncio.wait_for(page(scope, receive, send), TIMEOUT)
+    states = [chunk for chunk in sent if chunk.startswith(b"retry:")]
+    assert len(states) == 1  # nothing changed: one state, then keepalives only
+    assert page.streams == 0
+    head = await client.request("HEAD", "/status/events")
+    assert head.status == 200 and head.body == b""
+    assert head.headers["content-type"].startswith("text/event-stream")
