@@ -24,6 +24,12 @@ for fields it does not know, appended on encoding). ``REQUEST_FIELDS``,
 handles; tests/qvdc/transport/test_heartbeat_codec.py compares them with
 betterproto2's field metadata, so a field added to the proto fails the tests
 until it is handled here, and compares the bytes both ways with betterproto2.
+
+The stream's request/answer pair (ListPoolFiles, ReconnectPool: fields 53 and 54 of the
+response, 53 of the request) travels in messages of its own, never in a heartbeat or its
+answer: the decoder reaches field 53 only after every heartbeat field, and reads the
+rare answer with :func:`decode_strictly`; the encoder writes 53/54 after the heartbeat
+fields, each behind one test of an attribute that is empty in every heartbeat answer.
 """
 
 from __future__ import annotations
@@ -39,13 +45,13 @@ from protos.limiquantix.compute import v1 as compute
 from protos.limiquantix.storage import v1 as storage
 from qvdc.transport import wire
 
-REQUEST_FIELDS = frozenset({1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 50, 51, 52})
+REQUEST_FIELDS = frozenset({1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 50, 51, 52, 53})
 """``UpdateHeartbeatRequest`` field numbers :func:`decode_heartbeat_request` reads."""
 
 REPORT_FIELDS = frozenset({1, 2, 3, 4, 5, 6, 7, 8, 9})
 """``StoragePoolStatusReport`` field numbers the request decoder reads."""
 
-RESPONSE_FIELDS = frozenset({1, 2, 3, 4, 5, 50, 51, 52})
+RESPONSE_FIELDS = frozenset({1, 2, 3, 4, 5, 50, 51, 52, 53, 54})
 """``UpdateHeartbeatResponse`` field numbers :func:`encode_heartbeat_response` writes."""
 
 _M = TypeVar("_M", bound=betterproto2.Message)
@@ -141,6 +147,8 @@ def _decode_request(data: bytes) -> compute.UpdateHeartbeatRequest:
                 removed.append(data[pos:stop].decode())
             elif number == 12:
                 msg.state_hash = data[pos:stop].decode()
+            elif number == 53:  # a host's answer (ListPoolFiles), never in a heartbeat
+                msg.list_files_result = decode_strictly(data[pos:stop], compute.ListFilesResult)
             else:
                 raise _Unusual(f"field {number}")
             pos = stop
@@ -261,6 +269,14 @@ def encode_heartbeat_response(msg: compute.UpdateHeartbeatResponse) -> bytes:
         parts.append(b"\x98\x03" + _encode_varint(msg.sequence))
     if msg.unsolicited:
         parts.append(b"\xa0\x03\x01")
+    # The requests to the host (53, 54) travel alone, never in a heartbeat's answer.
+    if msg.list_files is not None:
+        raw = bytes(msg.list_files)
+        parts.append(b"\xaa\x03" + _encode_varint(len(raw)) + raw)
+    if msg.reattach_pool_ids:
+        for pool_id in msg.reattach_pool_ids:
+            raw = pool_id.encode()
+            parts.append(b"\xb2\x03" + _encode_varint(len(raw)) + raw)
     parts.append(msg._unknown_fields)
     return b"".join(parts)
 

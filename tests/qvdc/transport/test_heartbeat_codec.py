@@ -58,7 +58,8 @@ def _strategy(message: type[betterproto2.Message]) -> st.SearchStrategy[Any]:
     fields: dict[str, st.SearchStrategy[Any]] = {}
     for name, meta in _fields(message).items():
         hint = hints[name]
-        element = typing.get_args(hint)[0] if meta.repeated else hint
+        # list[X] and an optional message's X | None: X.
+        element = typing.get_args(hint)[0] if meta.repeated or typing.get_args(hint) else hint
         if meta.proto_type == "enum":
             # Known values and a few the enum does not name (betterproto2 keeps those too).
             value: st.SearchStrategy[Any] = st.integers(min_value=-3, max_value=9).map(element)

@@ -17,6 +17,8 @@ __all__ = (
     "GetNodeRequest",
     "HostInfo",
     "HugePagesInfo",
+    "ListFilesRequest",
+    "ListFilesResult",
     "ListNodeEventsRequest",
     "ListNodeEventsResponse",
     "ListNodesRequest",
@@ -475,6 +477,71 @@ class HugePagesInfo(betterproto2.Message):
 
 
 default_message_pool.register_message("limiquantix.compute.v1", "HugePagesInfo", HugePagesInfo)
+
+
+@dataclass(eq=False, repr=False)
+class ListFilesRequest(betterproto2.Message):
+    """
+    QvDC: a directory listing the controller asks a host for over its open stream
+    (ListPoolFiles). Paths are relative to the pool's root.
+    """
+
+    request_id: "int" = betterproto2.field(1, betterproto2.TYPE_UINT64)
+    """
+    echoed in the answer
+    """
+
+    pool_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    path: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+
+    after_name: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+    """
+    Cursor: list the entries after this one in the listing's order (directories
+    first, then by name case-insensitively); empty: from the start.
+    """
+
+    after_is_directory: "bool" = betterproto2.field(5, betterproto2.TYPE_BOOL)
+
+    limit: "int" = betterproto2.field(6, betterproto2.TYPE_UINT32)
+    """
+    at most this many entries (the host bounds it too)
+    """
+
+
+default_message_pool.register_message(
+    "limiquantix.compute.v1", "ListFilesRequest", ListFilesRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class ListFilesResult(betterproto2.Message):
+    """
+    QvDC: a host's answer to a ListFilesRequest.
+    """
+
+    request_id: "int" = betterproto2.field(1, betterproto2.TYPE_UINT64)
+
+    entries: "list[__storage__v1__.PoolFileEntry]" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+    current_path: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+
+    more: "bool" = betterproto2.field(4, betterproto2.TYPE_BOOL)
+    """
+    entries follow the last one
+    """
+
+    error_code: "int" = betterproto2.field(5, betterproto2.TYPE_UINT32)
+    """
+    a gRPC status code; 0: the listing is in entries
+    """
+
+    error_message: "str" = betterproto2.field(6, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message("limiquantix.compute.v1", "ListFilesResult", ListFilesResult)
 
 
 @dataclass(eq=False, repr=False)
@@ -1212,6 +1279,15 @@ class UpdateHeartbeatRequest(betterproto2.Message):
     Pools the host dropped since the last acknowledged heartbeat (delta only).
     """
 
+    list_files_result: "ListFilesResult | None" = betterproto2.field(
+        53, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    StreamHeartbeat only: the host's answer to UpdateHeartbeatResponse.list_files. A
+    message carrying it is an answer, not a heartbeat (sent with delta=true and no
+    reports, so a controller that does not know the field takes it as an empty delta).
+    """
+
 
 default_message_pool.register_message(
     "limiquantix.compute.v1", "UpdateHeartbeatRequest", UpdateHeartbeatRequest
@@ -1246,6 +1322,21 @@ class UpdateHeartbeatResponse(betterproto2.Message):
     unsolicited: "bool" = betterproto2.field(52, betterproto2.TYPE_BOOL)
     """
     Sent without a heartbeat, because assignments or pool definitions changed.
+    """
+
+    list_files: "ListFilesRequest | None" = betterproto2.field(
+        53, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    QvDC requests to the host, sent alone on the stream (acknowledged=false,
+    sequence 0, unsolicited=false, no assignment: a host that does not know these
+    fields does nothing with such a message):
+    list a directory of a pool (the host answers with list_files_result);
+    """
+
+    reattach_pool_ids: "list[str]" = betterproto2.field(54, betterproto2.TYPE_STRING, repeated=True)
+    """
+    detach and attach these pools again now (ReconnectPool).
     """
 
 
