@@ -19,7 +19,9 @@ Served under ``/status`` (:class:`qvdc.http.server.Router`'s ``pages``):
 The snapshot comes from the replica's own memory (:class:`qvdc.engines.view.ClusterView`
 and the liveness monitor's heartbeat times), never from etcd, and is bounded:
 ``max_pools`` pools, ``max_rows`` host rows per pool (the rows that are not healthy
-first), ``max_nodes`` nodes, each list saying how many it left out. It carries no secret:
+first) and ``max_rows_total`` in all, ``max_nodes`` nodes, each list saying how many it
+left out. It is built in slices with a yield to the event loop between them, so a page
+open on a large fleet does not stall heartbeats. It carries no secret:
 pool definitions are not included at all (no backend configuration, so no CHAP password).
 
 Who may see it (docs/security.md): the same callers as ``ListPools``, through the HTTP
@@ -35,6 +37,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import heapq
 import json
 import logging
 import time
@@ -59,6 +62,7 @@ from qvdc.engines.view import ClusterView
 from qvdc.http.gate import Gate
 from qvdc.http.server import Receive, Send
 from qvdc.kits.tasks import cancel_and_wait
+from qvdc.store import keys
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +87,8 @@ _SECURITY_HEADERS = [
     (b"cache-control", b"no-store"),
 ]
 _REALM = b'Basic realm="QvDC status", charset="UTF-8"'
+#: Nodes or rows built between two yields to the event loop.
+SLICE = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +97,8 @@ class PageLimits:
 
     max_pools: int = 200
     max_rows: int = 500
+    #: Rows of all pools together (the later pools show fewer, saying how many they hide).
+    max_rows_total: int = 5000
     max_nodes: int = 1000
     max_streams: int = 32
     min_interval: float = 1.0
@@ -154,42 +162,64 @@ class Snapshots:
             heard = state.last_heartbeat_at if state is not None else None
         return heard
 
-    def build(self) -> dict[str, Any]:
+    async def build(self) -> dict[str, Any]:
+        """The state, built in slices of ``SLICE`` nodes or rows with a yield to the event
+        loop between them, so a large fleet does not stall the heartbeat path (the view
+        may change meanwhile: the next change builds again)."""
         view = self._view
         limits = self._limits
-        records = sorted(view.nodes(), key=lambda n: n.hostname)
-        hostnames: dict[str, str] = {n.id: n.hostname for n in records}
+        hostnames: dict[str, str] = {}
         phases: dict[str, NodePhase] = {}
-        nodes: list[dict[str, Any]] = []
-        for record in records:
+        listed = view.cache.scan(keys.NODES)  # a list: changes meanwhile do not disturb it
+        records = []
+        for i, kv in enumerate(listed):
+            if i and i % SLICE == 0:
+                await asyncio.sleep(0)
+            record = view.node(kv.key[len(keys.NODES) :])
+            if record is None:
+                continue
+            records.append(record)
+            hostnames[record.id] = record.hostname
             state = view.node_state(record.id)
-            phase = state.phase if state is not None else NodePhase.UNKNOWN
-            phases[record.id] = phase
-            if len(nodes) < limits.max_nodes:
-                nodes.append(
-                    {
-                        "id": record.id,
-                        "hostname": record.hostname,
-                        "management_ip": record.management_ip,
-                        "phase": phase.name,
-                        "live": state.live if state is not None else False,
-                        "reason": state.maintenance_reason if state is not None else "",
-                        "heartbeat_at": _time(self._last_heartbeat(record.id)),
-                        "pools": len(view.assigned_pool_ids(record.id)),
-                    }
-                )
+            phases[record.id] = state.phase if state is not None else NodePhase.UNKNOWN
+        nodes: list[dict[str, Any]] = []
+        for record in heapq.nsmallest(limits.max_nodes, records, key=lambda n: n.hostname):
+            state = view.node_state(record.id)
+            nodes.append(
+                {
+                    "id": record.id,
+                    "hostname": record.hostname,
+                    "management_ip": record.management_ip,
+                    "phase": phases[record.id].name,
+                    "live": state.live if state is not None else False,
+                    "reason": state.maintenance_reason if state is not None else "",
+                    "heartbeat_at": _time(self._last_heartbeat(record.id)),
+                    "pools": len(view.assigned_pool_ids(record.id)),
+                }
+            )
         pools = sorted(view.pools(), key=lambda p: p.name)
+        budget = limits.max_rows_total
+        shown_pools = []
+        for pool in pools[: limits.max_pools]:
+            shown = await self._pool(pool, hostnames, phases, max_rows=min(limits.max_rows, budget))
+            budget -= len(shown["rows"])
+            shown_pools.append(shown)
         return {
             "replica": self._replica_id,
             "listed": view.cache.ready,
-            "pools": [self._pool(p, hostnames, phases) for p in pools[: limits.max_pools]],
+            "pools": shown_pools,
             "pools_hidden": max(0, len(pools) - limits.max_pools),
             "nodes": nodes,
-            "nodes_hidden": max(0, len(records) - len(nodes)),
+            "nodes_hidden": len(records) - len(nodes),
         }
 
-    def _pool(
-        self, record: PoolRecord, hostnames: Mapping[str, str], phases: Mapping[str, NodePhase]
+    async def _pool(
+        self,
+        record: PoolRecord,
+        hostnames: Mapping[str, str],
+        phases: Mapping[str, NodePhase],
+        *,
+        max_rows: int,
     ) -> dict[str, Any]:
         stored = self._view.pool_status(record.id)
         aggregate: PoolAggregate | None = stored[0] if stored is not None else None
@@ -208,11 +238,16 @@ class Snapshots:
             out.update(used_bytes=0, total_bytes=0, volumes=0, rows_hidden=0, updated_at=None)
             return out
         rows = []
-        for row in aggregate.rows:
+        for i, row in enumerate(aggregate.rows):
+            if i and i % SLICE == 0:
+                await asyncio.sleep(0)
             phase = phases.get(row.node_id)
             rows.append((row, _row_state(row, phase), phase))
-        rows.sort(key=lambda r: (r[1] == "healthy", hostnames.get(r[0].node_id, r[0].node_id)))
-        shown = rows[: self._limits.max_rows]
+        shown = heapq.nsmallest(
+            max_rows,
+            rows,
+            key=lambda r: (r[1] == "healthy", hostnames.get(r[0].node_id, r[0].node_id)),
+        )
         cap = aggregate.capacity
         out.update(
             phase=aggregate.phase.name,
@@ -288,6 +323,7 @@ class StatusPage:
         self._dirty = True
         self._changed = asyncio.Event()
         self._closing = asyncio.Event()
+        self._building = asyncio.Lock()
         #: Open event streams.
         self.streams = 0
         view.subscribe(self._on_change)
@@ -302,20 +338,23 @@ class StatusPage:
 
     # --- the state --------------------------------------------------------------------
 
-    def current(self) -> tuple[bytes, int]:
+    async def current(self) -> tuple[bytes, int]:
         """The latest state as JSON and its version, rebuilt when the view changed (at most
-        once per ``min_interval``) or ``refresh`` has passed."""
-        now = time.monotonic()
-        age = now - self._built
-        if (self._dirty and age >= self.limits.min_interval) or age >= self.limits.refresh:
-            self._dirty = False
-            self._changed.clear()
-            self._built = now
-            body = json.dumps(self._snapshots.build(), separators=(",", ":")).encode()
-            if body != self._body:
-                self._body = body
-                self._version += 1
-        return self._body, self._version
+        once per ``min_interval``) or ``refresh`` has passed; one build at a time, shared
+        by every stream and request that asks meanwhile."""
+        async with self._building:
+            now = time.monotonic()
+            age = now - self._built
+            if (self._dirty and age >= self.limits.min_interval) or age >= self.limits.refresh:
+                self._dirty = False
+                self._changed.clear()
+                self._built = now
+                state = await self._snapshots.build()
+                body = json.dumps(state, separators=(",", ":")).encode()
+                if body != self._body:
+                    self._body = body
+                    self._version += 1
+            return self._body, self._version
 
     def _framed(self, body: bytes) -> bytes:
         """``body`` with the server's time, for ages that do not depend on the browser's clock."""
@@ -350,7 +389,7 @@ class StatusPage:
             return
         head = scope["method"] == "HEAD"
         if path == "/snapshot.json":
-            body, _ = self.current()
+            body, _ = await self.current()
             await _answer(send, 200, self._framed(body), b"application/json", head=head)
         elif path == "/events":
             await self._events(receive, send, head=head)
@@ -406,7 +445,7 @@ class StatusPage:
                 await send({"type": "http.response.start", "status": 200, "headers": headers})
             sent, last_send = 0, time.monotonic()
             while True:
-                body, version = self.current()
+                body, version = await self.current()
                 chunk = b""
                 if version != sent:
                     chunk = b"retry: 3000\nevent: state\ndata: %s\n\n" % self._framed(body)

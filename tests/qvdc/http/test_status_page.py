@@ -22,6 +22,7 @@ from protos.limiquantix.compute import v1 as compute
 from protos.limiquantix.storage import v1 as storage
 from qvdc.app import Controller
 from qvdc.domain.model import Health, HostRow, NodeId, NodePhase, PoolId, PoolReport
+from qvdc.http import status_page
 from qvdc.http.status_page import PageLimits, StatusPage, _row_state
 from qvdc.security import sealing
 from qvdc.settings import EtcdSettings, SecretsSettings
@@ -113,7 +114,7 @@ async def test_the_page_and_its_assets(client: Http) -> None:
 
 
 async def test_the_snapshot_is_bounded_and_carries_no_secret(
-    store: EtcdStore, etcd_settings: EtcdSettings, tmp_path: Path
+    store: EtcdStore, etcd_settings: EtcdSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     key_file = tmp_path / "secrets.key"
     sealing.write_new_key(key_file)
@@ -180,13 +181,14 @@ async def test_the_snapshot_is_bounded_and_carries_no_secret(
             return any(r["hostname"] == "n0" and r["state"] == "healthy" for r in san_rows)
 
         await eventually(snapshot, n0_healthy, what="n0 healthy again")
+        monkeypatch.setattr(status_page, "SLICE", 1)  # a yield between any two nodes or rows
         small = StatusPage(
             view=controller.view,
             heard_at=controller.monitor.last_heartbeat_wall,
             gate=None,
             limits=PageLimits(max_pools=1, max_rows=1, max_nodes=2),
         )
-        state = json.loads(small.current()[0])
+        state = json.loads((await small.current())[0])
         assert [p["name"] for p in state["pools"]] == ["san"] and state["pools_hidden"] == 1
         (row,) = state["pools"][0]["rows"]
         assert row["hostname"] != "n0" and state["pools"][0]["rows_hidden"] == 2

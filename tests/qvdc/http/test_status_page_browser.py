@@ -155,7 +155,7 @@ async def test_the_snapshot_matches_the_api(controller: Controller) -> None:
 
         async def both() -> tuple[dict[str, Any], storage.StoragePool]:
             await asyncio.sleep(page.limits.min_interval)  # past the rate bound: rebuilt
-            state = json.loads(page.current()[0])
+            state = json.loads((await page.current())[0])
             shown = next(p for p in state["pools"] if p["id"] == gold)
             pool = await fleet.pools.get_pool(storage.GetPoolRequest(id=gold), timeout=TIMEOUT)
             return shown, pool
