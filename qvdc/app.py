@@ -55,6 +55,7 @@ from grpclib.reflection.v1 import reflection_pb2
 
 from qvdc import metrics
 from qvdc.api import auth
+from qvdc.api.node_admin import NodeAdmin
 from qvdc.api.node_service import NodeService
 from qvdc.api.pool_secrets import PoolSecrets
 from qvdc.api.pool_service import StoragePoolService
@@ -244,7 +245,12 @@ class Controller:
         self.policy = auth.for_view(
             self.view, enabled=settings.auth_enabled, tokens_file=settings.auth.tokens_file
         )
+        #: UpdateNode, labels, taints, DrainNode, DecommissionNode (qvdc.api.node_admin).
+        self.node_admin = NodeAdmin(
+            catalog=self.catalog, view=self.view, monitor=self.monitor, limits=settings.limits
+        )
         self.node_service = NodeService(
+            groups=[self.node_admin],
             policy=self.policy,
             catalog=self.catalog,
             view=self.view,

@@ -46,14 +46,15 @@ import grpclib.server
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
-from protos.google import protobuf as pb
 from protos.limiquantix.compute import v1 as compute
 from qvdc.api import auth, convert, paging, rpc_groups
 from qvdc.api import limits as request_limits
+from qvdc.api import node_admin as admin
 from qvdc.api.errors import guarded, send_timed_out, to_grpc_error, unary
 from qvdc.api.pool_service import PoolMessages
-from qvdc.domain import errors, validation
+from qvdc.domain import errors, node_admin, validation
 from qvdc.domain.limits import Limits
+from qvdc.domain.model import NodeId
 from qvdc.engines import liveness
 from qvdc.engines.catalog import Catalog
 from qvdc.engines.intake import Assignment, HeartbeatIntake
@@ -63,7 +64,7 @@ from qvdc.engines.view import ClusterView
 from qvdc.kits.tasks import cancel_and_wait
 from qvdc.kits.timing import Clock
 from qvdc.security.identity import Kind
-from qvdc.store import codec
+from qvdc.store import codec, keys
 
 log = logging.getLogger(__name__)
 
@@ -95,12 +96,6 @@ PENDING = rpc_groups.OutOfScope(
     [
         (name, request, response, cardinality, _SOON)
         for name, request, response, cardinality in [
-            ("UpdateNode", compute.UpdateNodeRequest, compute.Node, _UNARY),
-            ("DecommissionNode", compute.DecommissionNodeRequest, pb.Empty, _UNARY),
-            ("DrainNode", compute.DrainNodeRequest, compute.DrainNodeResponse, _UNARY),
-            ("AddTaint", compute.AddTaintRequest, compute.Node, _UNARY),
-            ("RemoveTaint", compute.RemoveTaintRequest, compute.Node, _UNARY),
-            ("UpdateLabels", compute.UpdateLabelsRequest, compute.Node, _UNARY),
             (
                 "SyncFullState",
                 compute.SyncFullStateRequest,
@@ -173,6 +168,17 @@ class NodeService:
         self._interval_secs = max(1, round(interval))
         self._send_timeout = send_timeout
         self._watchdog = SendWatchdog(timeout=send_timeout)
+        view.subscribe(self._on_view_change)
+
+    def _on_view_change(self, key: str, old: Any, new: Any) -> None:
+        """A node's record deleted (DecommissionNode, through any replica): the node's
+        stream here ends with NOT_FOUND, and its liveness is no longer judged here."""
+        if new is None and key.startswith(keys.NODES):
+            node_id = key[len(keys.NODES) :]
+            self._monitor.forget(NodeId(node_id))
+            session = self._streams.get(node_id)
+            if session is not None:
+                session.end(GRPCError(Status.NOT_FOUND, f"node {node_id} decommissioned"))
 
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
         prefix = "/limiquantix.compute.v1.NodeService/"
@@ -217,6 +223,7 @@ class NodeService:
         validation.validate_hostname(request.hostname)
         ip = validation.normalize_management_ip(request.management_ip)
         validation.validate_labels(request.labels, field="labels")
+        admin.check_registration(request)
         who = auth.check_request(self._policy, "RegisterNode", request)
         now = codec.format_time(self._clock.time())
 
@@ -230,13 +237,14 @@ class NodeService:
                 storage=list(request.storage_devices),
                 network=list(request.network_devices),
                 role=request.role or compute.NodeRole(compute=True),
-                scheduling=compute.SchedulingConfig(schedulable=True),
+                scheduling=compute.SchedulingConfig(schedulable=True, taints=list(request.taints)),
             )
             doc = compute.Node(
                 id=node_id,
                 hostname=request.hostname,
                 management_ip=ip,
                 labels=dict(request.labels),
+                annotations=admin.registration_annotations(request),
                 spec=spec,
             ).to_dict()
             doc["createdAt"] = (old or {}).get("createdAt") or now
@@ -245,7 +253,7 @@ class NodeService:
                 doc[liveness.REQUESTED_INTERVAL_KEY] = request.heartbeat_interval_ms
             if old is not None and not request.labels:
                 doc["labels"] = dict(old.get("labels") or {})  # keep labels unless re-sent
-            return doc
+            return node_admin.merge_registration(old, doc)  # what an operator set stays
 
         node_id, created = await self._catalog.register_node(hostname=request.hostname, build=build)
         caller = auth.caller()
@@ -280,6 +288,13 @@ class NodeService:
                 continue
             state = self._view.node_state(record.id)
             if phases and (state is None or int(state.phase) not in phases):
+                continue
+            if not node_admin.role_matches(
+                (record.document.get("spec") or {}).get("role"),
+                compute_only=request.compute_only,
+                storage_only=request.storage_only,
+                control_plane_only=request.control_plane_only,
+            ):
                 continue
             matches.append(record)
         page, next_token, total = paging.paginate(

@@ -40,7 +40,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
-from qvdc.domain import errors, limits, model
+from qvdc.domain import errors, limits, model, node_admin
 from qvdc.domain.limits import Limits
 from qvdc.domain.model import NodeCondition, NodeId, NodePhase, NodeState, PoolRecord
 from qvdc.engines.liveness import LivenessMonitor
@@ -184,15 +184,32 @@ class Catalog:
         return record
 
     async def _require_nodes(self, node_ids: Sequence[str], *, field: str) -> None:
+        """Each node exists and takes new pool assignments (not DRAINING or MAINTENANCE)."""
         for i, node_id in enumerate(node_ids):
             if not node_id:
                 raise errors.InvalidArgument("node id must not be empty", field=f"{field}[{i}]")
             if self._view.node(node_id) is None:
                 await self.catch_up()
-            if self._view.node(node_id) is None:
+            record = self._view.node(node_id)
+            if record is None:
                 raise errors.NotFound(
                     f"node {limits.quote(node_id)} not found", field=f"{field}[{i}]"
                 )
+            state = self._view.node_state(node_id)
+            refusal = node_admin.assignment_refusal(
+                f"{limits.quote(record.hostname)} ({node_id})",
+                state.phase if state is not None else None,
+            )
+            if refusal is not None:
+                raise errors.FailedPrecondition(refusal, field=f"{field}[{i}]")
+
+    def _phase_unchanged(self, node_ids: Sequence[str]) -> list[Compare]:
+        """Compares that fail if these nodes' status changed since we checked their phase
+        (a DrainNode racing an assignment: one of the two transactions loses)."""
+        return [
+            Compare.mod_revision(keys.node_status(n), self._view.mod_revision(keys.node_status(n)))
+            for n in node_ids
+        ]
 
     async def create_pool(self, document: Document) -> PoolRecord:
         """Store a new pool. ``document`` is the StoragePool JSON (id, name, spec, ...)."""
@@ -207,6 +224,7 @@ class Catalog:
             await self._require_nodes(assigned, field="spec.assigned_node_ids")
             compares = [Compare.absent(keys.pool_name(name)), Compare.absent(keys.pool(pool_id))]
             compares += [Compare.present(keys.node(n)) for n in assigned]
+            compares += self._phase_unchanged(assigned)
             encoded = self._sized("pool", codec.encode_pool_document(document))
             success = [
                 Op.put(keys.pool(pool_id), encoded),
@@ -241,6 +259,7 @@ class Catalog:
                 return current  # nothing changes: no write
             compares = [Compare.mod_revision(key, revision)]
             compares += [Compare.present(keys.node(n)) for n in added]
+            compares += self._phase_unchanged(added)
             success = [Op.put(key, encoded)]
             success += [Op.put(keys.assignment(n, pool_id), b"") for n in added]
             success += [
@@ -401,18 +420,26 @@ class Catalog:
             raise errors.NotFound(f"node {limits.quote(node_id)} not found", field="id")
         return record.document, self._view.node_state(node_id)
 
-    async def set_operator_phase(self, node_id: str, *, maintenance: bool, reason: str) -> None:
-        """DisableNode (maintenance on) / EnableNode (maintenance off)."""
+    async def set_operator_phase(
+        self, node_id: str, *, maintenance: bool, reason: str, draining: bool = False
+    ) -> None:
+        """DisableNode (maintenance on) / EnableNode (maintenance off) / DrainNode
+        (``draining``: DRAINING, which EnableNode ends as it ends MAINTENANCE)."""
         await self.node(node_id)
         key = keys.node_status(node_id)
+        action = (
+            node_admin.OperatorAction.DRAIN
+            if draining
+            else node_admin.OperatorAction.DISABLE
+            if maintenance
+            else node_admin.OperatorAction.ENABLE
+        )
+        maintenance = maintenance or draining
         for _ in range(MAX_CONFLICT_RETRIES):
             current = self._view.node_state(node_id)
             now = self._clock.time()
             live = current.live if current is not None else False
-            if maintenance:
-                phase = NodePhase.MAINTENANCE
-            else:
-                phase = NodePhase.READY if live else NodePhase.OFFLINE
+            phase = node_admin.operator_phase(action, live=live)
             if (
                 current is not None
                 and current.phase == phase
@@ -420,11 +447,17 @@ class Catalog:
             ):
                 return
             condition = NodeCondition(
-                type="Maintenance",
+                type="Draining" if draining else "Maintenance",
                 status=maintenance,
-                reason="Disabled" if maintenance else "Enabled",
+                reason="Drained" if draining else "Disabled" if maintenance else "Enabled",
                 message=reason
-                or ("disabled by operator" if maintenance else "enabled by operator"),
+                or (
+                    "drained by operator"
+                    if draining
+                    else "disabled by operator"
+                    if maintenance
+                    else "enabled by operator"
+                ),
                 at=now,
             )
             state = NodeState(
@@ -455,6 +488,107 @@ class Catalog:
                     **{"from": previous, "to": phase.name},
                 )
                 return
+            await self.catch_up()
+        raise errors.Conflict(
+            f"node {limits.quote(node_id)} changed concurrently; retry", field="id"
+        )
+
+    async def update_node(self, node_id: str, mutate: Callable[[Document], Document]) -> None:
+        """Apply ``mutate`` (pure: old Node document -> new one, may raise domain errors) to
+        ``nodes/<id>`` with optimistic concurrency (the mod revision read), as pools are.
+        The id, hostname and creation time are the stored ones whatever ``mutate`` says."""
+        for _ in range(MAX_CONFLICT_RETRIES):
+            document, _state = await self.node(node_id)
+            key = keys.node(node_id)
+            revision = self._view.mod_revision(key)
+            old = dict(document)
+            new_doc = mutate(dict(old))
+            for fixed in ("id", "hostname", "createdAt"):
+                if fixed in old:
+                    new_doc[fixed] = old[fixed]
+            new_doc["updatedAt"] = codec.format_time(self._clock.time())
+            encoded = self._sized("node", codec.encode_node_document(new_doc))
+            if {k: v for k, v in new_doc.items() if k != "updatedAt"} == {
+                k: v for k, v in old.items() if k != "updatedAt"
+            }:
+                return  # nothing changes: no write
+            result = await self._txn(
+                compares=[Compare.mod_revision(key, revision)], success=[Op.put(key, encoded)]
+            )
+            if result.succeeded:
+                return
+            await self.catch_up()
+        raise errors.Conflict(
+            f"node {limits.quote(node_id)} changed concurrently; retry", field="id"
+        )
+
+    async def decommission_node(self, node_id: str, *, force: bool) -> list[str]:
+        """Remove a node: refused (FailedPrecondition naming the pools) while pools are
+        assigned to it unless ``force``; with ``force`` it is first unassigned from each
+        (one compare-and-set per pool). Then one transaction removes ``nodes/<id>``,
+        ``nodenames/<host>``, ``nodestatus/<id>``, its assignment index entries and its
+        per-pool host rows, so it leaves every view and pool aggregate. Returns the names
+        of the pools it was unassigned from."""
+        unassigned: list[str] = []
+        for _ in range(MAX_CONFLICT_RETRIES):
+            await self.node(node_id)
+            pool_ids = sorted(self._view.assigned_pool_ids(node_id))
+            if pool_ids and not force:
+                names = [
+                    limits.quote(record.name)
+                    for p in pool_ids
+                    if (record := self._view.pool(p)) is not None
+                ] or [limits.quote(p) for p in pool_ids]
+                shown = ", ".join(names[:10]) + (
+                    f" and {len(names) - 10} more" if len(names) > 10 else ""
+                )
+                raise errors.FailedPrecondition(
+                    f"node {limits.quote(node_id)} still has {len(pool_ids)} pool(s) assigned: "
+                    f"{shown}; unassign them or set force",
+                    field="force",
+                )
+            for pool_id in pool_ids:
+                try:
+                    record = await self.unassign(pool_id, node_id)
+                except errors.NotFound:
+                    continue  # deleted meanwhile
+                unassigned.append(record.name)
+            record_now = self._view.node(node_id)
+            if record_now is None:
+                raise errors.NotFound(f"node {limits.quote(node_id)} not found", field="id")
+            if self._view.assigned_pool_ids(node_id):
+                continue  # assigned again meanwhile: go round
+            key = keys.node(node_id)
+            name_key = keys.node_name(record_now.hostname)
+            status_key = keys.node_status(node_id)
+            success = [Op.delete(key), Op.delete(status_key)]
+            if self._view.node_id_by_hostname(record_now.hostname) == node_id:
+                success.append(Op.delete(name_key))
+            success += [
+                Op.delete(keys.host_status(p, node_id)) for p in self._view.rows_of(node_id)
+            ]
+            result = await self._txn(
+                compares=[
+                    Compare.mod_revision(key, self._view.mod_revision(key)),
+                    Compare.mod_revision(status_key, self._view.mod_revision(status_key)),
+                    Compare.mod_revision(name_key, self._view.mod_revision(name_key)),
+                ],
+                success=success,
+            )
+            if result.succeeded:
+                self._monitor.forget(NodeId(node_id))
+                # An assignment committed after our look (its node compare ran before our
+                # delete) would name a node that is gone: take it back out.
+                for pool_id in self._view.assigned_pool_ids(node_id):
+                    with contextlib.suppress(errors.NotFound):
+                        await self.unassign(pool_id, node_id)
+                log.info(
+                    "node %s (%s) decommissioned%s",
+                    node_id,
+                    record_now.hostname,
+                    f"; unassigned from {', '.join(unassigned)}" if unassigned else "",
+                )
+                return unassigned
             await self.catch_up()
         raise errors.Conflict(
             f"node {limits.quote(node_id)} changed concurrently; retry", field="id"
