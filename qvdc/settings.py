@@ -380,6 +380,48 @@ class SecretsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class EventSettings:
+    """The event history (node and pool transitions kept in etcd: ListNodeEvents,
+    StreamEvents; docs/operations.md, "Events")."""
+
+    history: int = 100
+    """Events kept per node and per pool, the newest; older ones are deleted."""
+
+    retention: float = 7 * 86400.0
+    """Seconds an event is kept at most (an etcd lease), even within ``history``."""
+
+    queue: int = 10_000
+    """Events waiting to be written; past it new ones are dropped (counted, logged)."""
+
+    max_subscribers: int = 64
+    """StreamEvents calls open at once on a replica; more are refused."""
+
+    subscriber_queue: int = 256
+    """Events waiting to be sent to one StreamEvents caller; a caller that falls this far
+    behind has its stream ended (RESOURCE_EXHAUSTED), never slowing the others."""
+
+    def __post_init__(self) -> None:
+        _require(
+            1 <= self.history <= 10_000, f"events.history must be in [1, 10000]: {self.history}"
+        )
+        _require(
+            60 <= self.retention <= 366 * 86400,
+            f"events.retention must be in [60, 31622400] s: {self.retention}",
+        )
+        _require(
+            1 <= self.queue <= 1_000_000, f"events.queue must be in [1, 1000000]: {self.queue}"
+        )
+        _require(
+            1 <= self.max_subscribers <= 10_000,
+            f"events.max_subscribers must be in [1, 10000]: {self.max_subscribers}",
+        )
+        _require(
+            1 <= self.subscriber_queue <= 100_000,
+            f"events.subscriber_queue must be in [1, 100000]: {self.subscriber_queue}",
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class ControllerSettings:
     etcd: EtcdSettings = field(default_factory=EtcdSettings)
     heartbeat: HeartbeatSettings = field(default_factory=HeartbeatSettings)
@@ -395,6 +437,8 @@ class ControllerSettings:
     """The key pool secrets are sealed with in etcd."""
     limits: Limits = field(default_factory=Limits)
     """Bounds on every field a client sends (qvdc/domain/limits.py)."""
+    events: EventSettings = field(default_factory=EventSettings)
+    """The event history in etcd (ListNodeEvents, StreamEvents)."""
 
     state_dir: Path = Path("/var/lib/qvdc")
     """Where the embedded etcd keeps its data."""

@@ -27,8 +27,10 @@ log = logging.getLogger(__name__)
 class PoolEvents:
     """``on_written`` callback of the aggregator: logs ``pool.phase`` and ``host.health``."""
 
-    def __init__(self, *, logger: logging.Logger = log) -> None:
+    def __init__(self, *, logger: logging.Logger = log, sink: eventlog.Sink | None = None) -> None:
         self._log = logger
+        #: Also receives each event (the event history, ``qvdc.engines.eventstore``).
+        self.sink = sink
         self.reset()
 
     def reset(self) -> None:
@@ -40,7 +42,8 @@ class PoolEvents:
     def __call__(self, pool_id: str, aggregate: PoolAggregate) -> None:
         changed, before = self._phases.changed(pool_id, aggregate.phase)
         if changed and isinstance(before, PoolPhase):
-            eventlog.event(
+            eventlog.event_to(
+                self.sink,
                 self._log,
                 "pool.phase",
                 "pool %s: %s -> %s%s",
@@ -62,7 +65,8 @@ class PoolEvents:
             if not changed or not isinstance(was, Health):
                 continue
             error = row.report.error_message
-            eventlog.event(
+            eventlog.event_to(
+                self.sink,
                 self._log,
                 "host.health",
                 "pool %s on node %s: %s -> %s%s",

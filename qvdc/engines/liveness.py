@@ -145,6 +145,9 @@ class LivenessMonitor:
         # live. Heartbeats only move last_seen forward, so until then a pass needs no scan
         # of every node (40 ms at 100,000 nodes, profiled, every check period).
         self._no_expiry_before = -math.inf
+        #: Also receives node.offline, node.recovered and node.phase (the event history,
+        #: ``qvdc.engines.eventstore``); set by the composition root.
+        self.on_event: eventlog.Sink | None = None
         view.subscribe(self._on_change)
 
     # --- hot path -------------------------------------------------------------
@@ -568,7 +571,8 @@ class LivenessMonitor:
         if was_live and not desired.live:
             record = self._records.get(node_id)
             silent = self._clock.monotonic() - record.last_seen if record is not None else math.nan
-            eventlog.event(
+            eventlog.event_to(
+                self.on_event,
                 log,
                 "node.offline",
                 "node %s OFFLINE: no heartbeat for %.1fs",
@@ -580,7 +584,8 @@ class LivenessMonitor:
                 grace_s=self.grace_of(node_id),
             )
         elif not was_live and desired.live:
-            eventlog.event(
+            eventlog.event_to(
+                self.on_event,
                 log,
                 "node.recovered",
                 "node %s recovered: heartbeats again",
@@ -590,7 +595,8 @@ class LivenessMonitor:
             )
         previous = current.phase if current is not None else None
         if previous is not None and previous != desired.phase:
-            eventlog.event(
+            eventlog.event_to(
+                self.on_event,
                 log,
                 "node.phase",
                 "node %s: %s -> %s",

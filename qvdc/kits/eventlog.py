@@ -24,7 +24,7 @@ import json
 import logging
 import sys
 import uuid
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import IO, Any, Literal
 
@@ -70,6 +70,22 @@ class LogSettings:
             raise ValueError(f"log format must be text or json: {self.format!r}")
 
 
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One event as :func:`event` logged it, for a sink that keeps it (the controller's
+    event history in etcd: ``qvdc.engines.eventstore``)."""
+
+    id: str
+    name: str
+    level: int
+    message: str
+    fields: Mapping[str, object]
+
+
+Sink = Callable[[Event], None]
+"""Takes each event logged with :func:`event_to`; must not block (queue it) and should not raise."""
+
+
 def new_event_id() -> str:
     """A fresh event id (a UUID4's 32 hex digits): unique across replicas and restarts."""
     return uuid.uuid4().hex
@@ -98,6 +114,26 @@ def event(
         *args,
         extra={EVENT_ATTR: name, EVENT_ID_ATTR: event_id, FIELDS_ATTR: fields},
     )
+    return event_id
+
+
+def event_to(
+    sink: Sink | None,
+    logger: logging.Logger,
+    name: str,
+    message: str,
+    *args: object,
+    level: int = logging.INFO,
+    **fields: object,
+) -> str:
+    """:func:`event`, and ``sink`` (when not None) receives it as an :class:`Event`. A sink
+    that raises is logged and ignored: keeping an event never fails the transition."""
+    event_id = event(logger, name, message, *args, level=level, **fields)
+    if sink is not None:
+        try:
+            sink(Event(event_id, name, level, message % args if args else message, fields))
+        except Exception:
+            logger.exception("event %s %s: its sink failed", name, event_id)
     return event_id
 
 

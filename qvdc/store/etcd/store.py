@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -84,6 +85,19 @@ class EtcdStore:
     async def close(self) -> None:
         """Close every connection (open watches fail with StoreUnavailable). Idempotent."""
         await self._endpoints.close()
+
+    def sibling(self, prefix: str) -> EtcdStore:
+        """A store over another ``prefix`` sharing this one's connections and error
+        counts (the event history lives beside the keyspace the view lists and watches,
+        not inside it). Close the parent, not the sibling."""
+        other = EtcdStore(
+            settings=dataclasses.replace(self.settings, prefix=prefix),
+            page_size=self._page_size,
+            page_bytes=self._page_bytes,
+        )
+        other._endpoints = self._endpoints
+        other.error_counts = self.error_counts
+        return other
 
     # ---------------------------------------------------------------- plumbing
 

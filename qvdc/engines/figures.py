@@ -1,0 +1,66 @@
+"""Each node's latest heartbeat figures (CPU, memory, load, running VMs), in memory.
+
+The heartbeat carries the host's own measurements; the controller stores none of them in
+etcd (the heartbeat path writes nothing per heartbeat: ``qvdc.engines.intake``). The
+replica that receives a node's heartbeats keeps the latest figures here, one small
+record per node updated in place (no allocation per heartbeat), and GetNodeMetrics reads
+them. Their time is the monitor's wall time of the same heartbeat.
+
+So the figures are where the node heartbeats: another replica has none for it (the API
+says which replica holds them), and they are as old as the node's last heartbeat (the
+API refuses them once the node is OFFLINE or silent past its grace).
+"""
+
+from __future__ import annotations
+
+from qvdc.engines.view import ClusterView
+from qvdc.store import keys
+from qvdc.store.etcd import KeyValue
+
+
+class Figures:
+    """One node's latest figures, as its last heartbeat carried them."""
+
+    __slots__ = (
+        "cpu_usage_percent",
+        "load_1m",
+        "load_5m",
+        "load_15m",
+        "memory_total_mib",
+        "memory_used_mib",
+        "running_vm_count",
+    )
+
+    def __init__(self) -> None:
+        self.cpu_usage_percent = 0.0
+        self.memory_used_mib = 0
+        self.memory_total_mib = 0
+        self.running_vm_count = 0
+        self.load_1m = 0.0
+        self.load_5m = 0.0
+        self.load_15m = 0.0
+
+
+class NodeFigures:
+    """The latest :class:`Figures` of each node heartbeating to this replica."""
+
+    def __init__(self, *, view: ClusterView) -> None:
+        self._latest: dict[str, Figures] = {}
+        view.subscribe(self._on_change)
+
+    def latest(self, node_id: str) -> Figures | None:
+        return self._latest.get(node_id)
+
+    def slot(self, node_id: str) -> Figures:
+        """The node's record, to update in place with the heartbeat's figures."""
+        figures = self._latest.get(node_id)
+        if figures is None:
+            figures = self._latest[node_id] = Figures()
+        return figures
+
+    def _on_change(self, key: str, old: KeyValue | None, new: KeyValue | None) -> None:
+        if new is None and key.startswith(keys.NODES):
+            self._latest.pop(key[len(keys.NODES) :], None)  # a removed node's go with it
+
+    def __len__(self) -> int:
+        return len(self._latest)
