@@ -349,7 +349,11 @@ class StatusPage:
                 self._dirty = False
                 self._changed.clear()
                 self._built = now
-                state = await self._snapshots.build()
+                try:
+                    state = await self._snapshots.build()
+                except BaseException:  # cancelled (the server closing) or failed: next time
+                    self._dirty = True
+                    raise
                 body = json.dumps(state, separators=(",", ":")).encode()
                 if body != self._body:
                     self._body = body
