@@ -9,6 +9,8 @@ protocol, which tells the two apart by the connection's first bytes.
   (:mod:`qvdc.http.health`).
 * ``POST /<service>/<method>``: the Connect face (:mod:`qvdc.http.connect`); before the
   replica has listed the cluster state, UNAVAILABLE saying so.
+* the plain pages of :class:`Router`'s ``pages``, by path prefix: ``/status``, the live
+  status page (:mod:`qvdc.http.status_page`), and ``/metrics``.
 
 The server binds when the replica starts, before the initial listing, so probes see
 "alive, not ready" during a long start instead of a refused connection. uvicorn runs
