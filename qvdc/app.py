@@ -54,7 +54,7 @@ from grpclib.reflection.service import ServerReflection
 from grpclib.reflection.v1 import reflection_pb2
 
 from qvdc import metrics
-from qvdc.api import auth
+from qvdc.api import auth, watching
 from qvdc.api.node_admin import NodeAdmin
 from qvdc.api.node_service import NodeService
 from qvdc.api.pool_secrets import PoolSecrets
@@ -149,6 +149,10 @@ class Controller:
     benchmark's naive baseline passes them (``benchmarks/heartbeat/naive_server.py``).
     """
 
+    # Declared here: callbacks made before they are built read them later.
+    pool_service: StoragePoolService
+    node_service: NodeService
+
     def __init__(
         self,
         *,
@@ -234,7 +238,17 @@ class Controller:
         self.election = Election(
             store=store, view=self.view, replica_id=self.replica_id, timeout=timeout
         )
+        #: WatchNode, WatchNodes and WatchPools (qvdc.api.watching), fed by the view.
+        self.watches = watching.WatchHub(
+            view=self.view,
+            catalog=self.catalog,
+            heard_at=self.monitor.last_heartbeat_wall,
+            pool_messages=lambda: self.pool_service.messages,
+            send_timeout=settings.grpc.send_timeout,
+            limits=settings.limits,
+        )
         self.pool_service = StoragePoolService(
+            groups=[self.watches.pool_rpcs()],
             pool_secrets=PoolSecrets(keyring=keyring(settings)),
             catalog=self.catalog,
             view=self.view,
@@ -250,7 +264,7 @@ class Controller:
             catalog=self.catalog, view=self.view, monitor=self.monitor, limits=settings.limits
         )
         self.node_service = NodeService(
-            groups=[self.node_admin],
+            groups=[self.watches.node_rpcs(), self.node_admin],
             policy=self.policy,
             catalog=self.catalog,
             view=self.view,
@@ -393,6 +407,7 @@ class Controller:
                         await first_of(stop.wait(), ended.wait())
                 finally:
                     log.info("QvDC replica %s stopping", self.replica_id)
+                    await self.watches.close()  # watch streams end UNAVAILABLE: clients re-watch
                     await self._close_server()
                     await self._close_http()
                     for root in roots:

@@ -54,7 +54,7 @@ from qvdc.api.errors import guarded, send_timed_out, to_grpc_error, unary
 from qvdc.api.pool_service import PoolMessages
 from qvdc.domain import errors, node_admin, validation
 from qvdc.domain.limits import Limits
-from qvdc.domain.model import NodeId
+from qvdc.domain.model import NodeId, NodeState
 from qvdc.engines import liveness
 from qvdc.engines.catalog import Catalog
 from qvdc.engines.intake import Assignment, HeartbeatIntake
@@ -115,8 +115,6 @@ PENDING = rpc_groups.OutOfScope(
                 compute.ListNodeEventsResponse,
                 _UNARY,
             ),
-            ("WatchNode", compute.WatchNodeRequest, compute.Node, _STREAM),
-            ("WatchNodes", compute.WatchNodesRequest, compute.NodeUpdate, _STREAM),
             (
                 "StreamNodeMetrics",
                 compute.StreamNodeMetricsRequest,
@@ -127,6 +125,24 @@ PENDING = rpc_groups.OutOfScope(
         ]
     ]
 )
+
+
+def node_message(
+    node_id: str,
+    document: Mapping[str, Any],
+    state: NodeState | None,
+    *,
+    view: ClusterView,
+    heard_at: Callable[[str], float | None],
+) -> compute.Node:
+    """The ``Node`` message operators see (GetNode, ListNodes, the watches)."""
+    node = compute.Node.from_dict(document, ignore_unknown_fields=True)
+    node.status = convert.node_status(
+        state,
+        last_heartbeat=heard_at(node_id),
+        assigned_pool_ids=sorted(view.assigned_pool_ids(node_id)),
+    )
+    return node
 
 
 class NodeService:
@@ -269,13 +285,9 @@ class NodeService:
 
     async def _node_message(self, node_id: str) -> compute.Node:
         document, state = await self._catalog.node(node_id)
-        node = compute.Node.from_dict(document, ignore_unknown_fields=True)
-        node.status = convert.node_status(
-            state,
-            last_heartbeat=self._monitor.last_heartbeat_wall(node_id),
-            assigned_pool_ids=sorted(self._view.assigned_pool_ids(node_id)),
+        return node_message(
+            node_id, document, state, view=self._view, heard_at=self._monitor.last_heartbeat_wall
         )
-        return node
 
     async def get_node(self, request: compute.GetNodeRequest) -> compute.Node:
         return await self._node_message(request.id)

@@ -80,13 +80,6 @@ PENDING = rpc_groups.OutOfScope(
             _UNARY,
             _SOON,
         ),
-        (
-            "WatchPools",
-            storage.WatchPoolsRequest,
-            storage.PoolUpdate,
-            grpclib.const.Cardinality.UNARY_STREAM,
-            _SOON,
-        ),
     ]
 )
 

@@ -66,6 +66,15 @@ class Limits:
     max_node_document_bytes: int = 256 * 1024
     """A node's stored document in etcd, 256 KiB (hardware inventories are large)."""
 
+    max_watch_streams: int = 256
+    """Watch streams (WatchNode, WatchNodes, WatchPools, gRPC and Connect together) open
+    at once on one replica; one more is refused with RESOURCE_EXHAUSTED."""
+
+    max_watch_backlog: int = 1024
+    """Changed nodes or pools one watch stream may have waiting to be sent (several
+    changes of one are one entry: it is sent as it is then). A client further behind
+    has its stream ended with RESOURCE_EXHAUSTED ("watch fell behind; re-watch")."""
+
     def __post_init__(self) -> None:
         for name in self.__slots__:
             value = getattr(self, name)

@@ -84,6 +84,10 @@ PROBE_TIMEOUT = 1.0
 CALL_TIMEOUT = 10.0
 """Seconds the hostile call gets before it counts as unanswered (the controller froze)."""
 
+STREAM_QUIET = 2.0
+"""Seconds a server stream that sent its headers may stay silent and count as accepted
+(a watch whose filter matches nothing yet)."""
+
 SETTLE = 0.02
 """Seconds given to a write the controller might make after answering (group commit)."""
 
@@ -478,7 +482,14 @@ class Harness:
                     path, cardinality, bytes, bytes, timeout=CALL_TIMEOUT
                 ) as stream:
                     await stream.send_message(body)
-                    outcome.reply = await stream.recv_message()
+                    await stream.recv_initial_metadata()  # a refusal raises here
+                    try:
+                        # A watch that matches nothing stays open and silent after its
+                        # headers: accepted (an empty reply), not "no answer".
+                        async with asyncio.timeout(STREAM_QUIET):
+                            outcome.reply = await stream.recv_message()
+                    except TimeoutError:
+                        outcome.reply = b""
                     if outcome.reply is None:  # ended without an answer or a status
                         await stream.recv_trailing_metadata()
                     await stream.cancel()
