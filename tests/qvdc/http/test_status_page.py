@@ -29,7 +29,14 @@ from qvdc.settings import EtcdSettings, SecretsSettings
 from qvdc.store.etcd import EtcdStore
 from tests.qvdc.api.helpers import TIMEOUT, eventually, register_request, report
 from tests.qvdc.http.conftest import Http, http_settings
-from tests.qvdc.http.test_connect_auth import ADMIN, BOOT, VIEWER, https, start
+from tests.qvdc.http.test_connect_auth import (
+    ADMIN,
+    BOOT,
+    VIEWER,
+    https,
+    start,
+    with_certificate,
+)
 
 SECRET = "Xq7-chap-Secret-2b9f"
 STATE = re.compile(rb"event: state\ndata: (.*?)\n\n")
@@ -301,6 +308,12 @@ async def test_operators_only_when_authorization_is_on(
             "GET", "/status", headers={"Authorization": f"Bearer {BOOT}"}
         )
         assert booting.status == 403 and "www-authenticate" not in booting.headers
+        # Certificates mean what they mean on gRPC: an operator's opens it, a node's does not.
+        viewer = with_certificate(controller, pki, pki.operator("vic-cert", "viewer"))
+        assert (await viewer.request("GET", "/status/snapshot.json")).status == 200
+        node = with_certificate(controller, pki, pki.node("cert-01"))
+        refused = await node.request("GET", "/status")
+        assert refused.status == 403 and b"needs an operator" in refused.body
     finally:
         await controller.stop()
 
