@@ -25,7 +25,7 @@ here compared with upstream is in docs/upstream.md ("Node administration").
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from protos.google import protobuf as pb
@@ -88,6 +88,46 @@ def registration_annotations(request: compute.RegisterNodeRequest) -> dict[str, 
     return {}
 
 
+#: Where a node document keeps the host's huge pages. betterproto2's JSON mapping cannot
+#: carry ``HugePagesInfo``'s fields (``pages_2mb_total`` becomes ``pages2MbTotal`` on the way
+#: out and is unknown on the way back), so the Node JSON would drop them: they are stored
+#: here by their proto names and put back by :func:`node_from_document`.
+HUGE_PAGES_KEY = "qvdcHugePages"
+_HUGE_PAGES_FIELDS = ("pages_2mb_total", "pages_2mb_free", "pages_1gb_total", "pages_1gb_free")
+
+
+def keep_huge_pages(document: Document, request: compute.RegisterNodeRequest) -> Document:
+    """``document`` with the registration's huge pages kept (see :data:`HUGE_PAGES_KEY`)."""
+    memory = request.memory_info
+    pages = memory.huge_pages if memory is not None else None
+    out = {k: v for k, v in document.items() if k != HUGE_PAGES_KEY}
+    if pages is not None:
+        kept = {name: getattr(pages, name) for name in _HUGE_PAGES_FIELDS if getattr(pages, name)}
+        if kept:
+            out[HUGE_PAGES_KEY] = kept
+    return out
+
+
+def node_from_document(document: Mapping[str, Any]) -> compute.Node:
+    """The ``Node`` a stored document holds (status not filled in), huge pages included."""
+    node = compute.Node.from_dict(document, ignore_unknown_fields=True)
+    kept = document.get(HUGE_PAGES_KEY)
+    if isinstance(kept, Mapping):
+        pages = compute.HugePagesInfo(
+            **{
+                name: int(value)
+                for name in _HUGE_PAGES_FIELDS
+                if isinstance(value := kept.get(name), int) and not isinstance(value, bool)
+            }
+        )
+        if node.spec is None:
+            node.spec = compute.NodeSpec()
+        if node.spec.memory is None:
+            node.spec.memory = compute.MemoryInfo()
+        node.spec.memory.huge_pages = pages
+    return node
+
+
 def _required(value: str, field: str) -> None:
     if not value:
         raise errors.InvalidArgument("required", field=field)
@@ -126,7 +166,7 @@ class NodeAdmin:
 
     async def _node(self, node_id: str) -> compute.Node:
         document, state = await self._catalog.node(node_id)
-        node = compute.Node.from_dict(document, ignore_unknown_fields=True)
+        node = node_from_document(document)
         node.status = convert.node_status(
             state,
             last_heartbeat=self._monitor.last_heartbeat_wall(node_id),

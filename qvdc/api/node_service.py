@@ -136,7 +136,7 @@ def node_message(
     heard_at: Callable[[str], float | None],
 ) -> compute.Node:
     """The ``Node`` message operators see (GetNode, ListNodes, the watches)."""
-    node = compute.Node.from_dict(document, ignore_unknown_fields=True)
+    node = admin.node_from_document(document)
     node.status = convert.node_status(
         state,
         last_heartbeat=heard_at(node_id),
@@ -269,6 +269,7 @@ class NodeService:
                 doc[liveness.REQUESTED_INTERVAL_KEY] = request.heartbeat_interval_ms
             if old is not None and not request.labels:
                 doc["labels"] = dict(old.get("labels") or {})  # keep labels unless re-sent
+            doc = admin.keep_huge_pages(doc, request)
             return node_admin.merge_registration(old, doc)  # what an operator set stays
 
         node_id, created = await self._catalog.register_node(hostname=request.hostname, build=build)
