@@ -432,6 +432,9 @@ class HeartbeatStream:
         self._finished = False
         self._succeeded = False
         self._failure_recorded = False
+        # The heartbeat loop and an answer to the controller (node.files) may send at once:
+        # a message's frames must not interleave with another's.
+        self._send_lock = asyncio.Lock()
 
     def mark_failed(self) -> None:
         """Count this stream's failure against its endpoint (once per stream)."""
@@ -441,11 +444,15 @@ class HeartbeatStream:
 
     async def send(self, heartbeat: convert.Heartbeat) -> None:
         """Send one heartbeat (bounded by the RPC timeout)."""
-        request = convert.heartbeat_to_request(heartbeat)
+        await self.send_request(convert.heartbeat_to_request(heartbeat))
+
+    async def send_request(self, request: compute.UpdateHeartbeatRequest) -> None:
+        """Send one stream message (a heartbeat, or an answer to the controller)."""
         with self._client._map_errors("StreamHeartbeat send", on_failure=self.mark_failed):
             try:
                 async with asyncio.timeout(self._timeout):
-                    await self._call.send_message(request)
+                    async with self._send_lock:
+                        await self._call.send_message(request)
             except grpclib.exceptions.StreamTerminatedError:
                 self._raise_status()
                 raise

@@ -40,7 +40,7 @@ from typing import Any
 
 import betterproto2
 
-from node import hostfacts
+from node import files, hostfacts
 from protos.limiquantix.compute import v1 as compute
 from protos.limiquantix.storage import v1 as storage
 from storage_backends import base
@@ -119,6 +119,22 @@ class HeartbeatReply:
     invalid: Mapping[str, str] = field(default_factory=dict)
     #: The upstream id list (kept for pools sent without a definition).
     assigned_ids: tuple[str, ...] = ()
+    #: The controller asks for a directory listing (ListPoolFiles); answered on the stream.
+    list_files: FilesQuestion | None = None
+    #: Pools to detach and attach again now (ReconnectPool).
+    reattach: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class FilesQuestion:
+    """``UpdateHeartbeatResponse.list_files``: list ``path`` of pool ``pool_id``."""
+
+    request_id: int
+    pool_id: str
+    path: str
+    #: (is_directory, name) of the last entry already sent; None: from the start.
+    after: tuple[bool, str] | None
+    limit: int
 
 
 def pool_info_to_report(info: base.PoolInfo) -> compute.StoragePoolStatusReport:
@@ -199,7 +215,50 @@ def reply_from_response(response: compute.UpdateHeartbeatResponse) -> HeartbeatR
         assigned=assigned,
         invalid=invalid,
         assigned_ids=tuple(response.assigned_pool_ids),
+        list_files=_files_question(response.list_files),
+        reattach=tuple(response.reattach_pool_ids),
     )
+
+
+def _files_question(ask: compute.ListFilesRequest | None) -> FilesQuestion | None:
+    if ask is None:
+        return None
+    after = (ask.after_is_directory, ask.after_name) if ask.after_name else None
+    return FilesQuestion(
+        request_id=ask.request_id, pool_id=ask.pool_id, path=ask.path, after=after, limit=ask.limit
+    )
+
+
+def files_answer(
+    *,
+    node_id: str,
+    request_id: int,
+    listing: files.Listing | None = None,
+    error: files.ListingError | None = None,
+) -> compute.UpdateHeartbeatRequest:
+    """The stream message answering a :class:`FilesQuestion`: a listing or an error. It is
+    marked a delta with no reports, so a controller that does not know the answer field
+    takes it as a heartbeat that changes nothing."""
+    result = compute.ListFilesResult(request_id=request_id)
+    if error is not None:
+        result.error_code = int(error.code)
+        result.error_message = bounded(str(error), MAX_REPORT_MESSAGE_LENGTH)
+    elif listing is not None:
+        result.current_path = listing.current_path
+        result.more = listing.more
+        result.entries = [
+            storage.PoolFileEntry(
+                name=e.name,
+                path=e.path,
+                is_directory=e.is_directory,
+                size_bytes=e.size_bytes,
+                modified_at=e.modified_at,
+                file_type=bounded(e.file_type, MAX_TEXT_LENGTH),
+                permissions=e.permissions,
+            )
+            for e in listing.entries
+        ]
+    return compute.UpdateHeartbeatRequest(node_id=node_id, delta=True, list_files_result=result)
 
 
 def heartbeat_to_request(heartbeat: Heartbeat) -> compute.UpdateHeartbeatRequest:

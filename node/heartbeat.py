@@ -18,6 +18,13 @@ The session (one open stream):
   is authoritative, ``assigned_pools`` brings definitions when they changed
   (ids without a new definition keep the one held). An empty list means
   "detach everything", deliberately unlike upstream.
+* The controller's requests arrive on the same stream, each in a response of its own
+  (``acknowledged=false``, sequence 0, no assignment): ``reattach_pool_ids``
+  (ReconnectPool) makes the reconciler detach and attach those pools at once;
+  ``list_files`` (ListPoolFiles) is answered by a task of its own
+  (:mod:`node.files`, at most ``_MAX_ANSWERS`` at once) with one stream message carrying
+  only ``list_files_result``, sent under the stream's send lock so its frames never
+  interleave with a heartbeat's.
 * ``sequence`` counts heartbeats on the stream from 1; a heartbeat is
   *acknowledged* when a response carrying its sequence arrives. ``sync()``
   waits for that at most ``rpc_timeout`` seconds; a missing acknowledgement
@@ -57,13 +64,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from node import client as client_mod
-from node import convert, hostfacts
+from node import convert, files, hostfacts
 from node import pools as pools_mod
 from node import settings as settings_mod
 from qvdc.kits import backoff, materiality, tasks, timing
 from storage_backends import base
 
 _MIN_INTERVAL = 0.05
+#: Listings (ListPoolFiles) this host answers at once; more are told UNAVAILABLE.
+_MAX_ANSWERS = 4
 _MAX_INTERVAL = 3600.0
 
 
@@ -100,6 +109,8 @@ class _Session:
     failure: client_mod.ControllerError | None = None
     #: A heartbeat on this stream has been acknowledged.
     confirmed: bool = False
+    #: Answers to the controller's requests (node.files) being prepared or sent.
+    answers: set[asyncio.Task[None]] = field(default_factory=set)
 
     def fail(self, exc: client_mod.ControllerError) -> None:
         """Mark the session broken and fail every heartbeat waiting for an ack."""
@@ -150,6 +161,7 @@ class Heartbeater:
         self._full_requests = 0
         self._full_requests_served = 0
         self._warned_missing: set[str] = set()
+        self._files = files.FileLister()
 
     # -- read-only state -------------------------------------------------------------------
 
@@ -528,6 +540,8 @@ class Heartbeater:
         try:
             while True:
                 reply = await session.stream.recv()
+                if reply.list_files is not None or reply.reattach:
+                    self._serve_request(session, reply)
                 self._apply_reply(reply)
                 if reply.sequence:
                     future = session.pending.get(reply.sequence)
@@ -547,11 +561,70 @@ class Heartbeater:
             )
             self.wakeup.set()
 
+    # -- the controller's requests on the stream ------------------------------------------
+
+    def _serve_request(self, session: _Session, reply: convert.HeartbeatReply) -> None:
+        """A request from the controller (sent alone on the stream): re-attach pools at
+        once, or list a pool's directory and answer on the same stream."""
+        if reply.reattach:
+            self._pools.reattach(reply.reattach)
+        question = reply.list_files
+        if question is None:
+            return
+        if len(session.answers) >= _MAX_ANSWERS:
+            busy = files.ListingError(
+                files.Code.UNAVAILABLE, f"this host is already answering {_MAX_ANSWERS} listings"
+            )
+            answer = self._answer_with(session, question, error=busy)
+        else:
+            answer = self._answer(session, question)
+        task = asyncio.create_task(answer, name=f"list-files-{question.request_id}")
+        session.answers.add(task)
+        task.add_done_callback(session.answers.discard)
+
+    async def _answer(self, session: _Session, question: convert.FilesQuestion) -> None:
+        mount_path = self._pools.mount_path(question.pool_id)
+        try:
+            if mount_path is None:
+                raise files.ListingError(
+                    files.Code.NOT_FOUND, f"pool {question.pool_id} is not attached on this host"
+                )
+            listing = await self._files.list(
+                pool_id=question.pool_id,
+                mount_path=mount_path,
+                path=question.path,
+                after=question.after,
+                limit=question.limit or files.DEFAULT_LIMIT,
+            )
+        except files.ListingError as exc:
+            await self._answer_with(session, question, error=exc)
+            return
+        await self._answer_with(session, question, listing=listing)
+
+    async def _answer_with(
+        self,
+        session: _Session,
+        question: convert.FilesQuestion,
+        *,
+        listing: files.Listing | None = None,
+        error: files.ListingError | None = None,
+    ) -> None:
+        assert self._node_id is not None
+        message = convert.files_answer(
+            node_id=self._node_id, request_id=question.request_id, listing=listing, error=error
+        )
+        try:
+            await session.stream.send_request(message)
+        except client_mod.ControllerError as exc:  # the reader sees the stream end too
+            self._logger.info("cannot answer listing %d: %s", question.request_id, exc)
+
     async def close(self) -> None:
         """Close the open session, if any (bounded; never raises for controller trouble)."""
         session, self._session = self._session, None
         if session is None:
             return
+        for task in list(session.answers):
+            task.cancel()
         session.fail(
             client_mod.ControllerUnavailable(
                 "heartbeat stream closed", endpoint=session.stream.endpoint

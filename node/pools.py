@@ -17,7 +17,10 @@ then acted on, so a cancellation cannot leave the bookkeeping half updated):
   becoming empty: upstream skipped reconciliation for an empty list and never
   unmounted the last pool;
 * a definition the controller sent but that cannot be used (no backend, a
-  contradictory config) -> nothing to attach; reported as ERROR with the reason.
+  contradictory config) -> nothing to attach; reported as ERROR with the reason;
+* desired, and the controller asked to re-attach it (ReconnectPool,
+  :meth:`PoolManager.reattach`) -> detach (if attached) and attach again now, skipping
+  any backoff: the backend records the filesystem it finds now.
 
 Failures are never silent: a failed attach (or detach) is retried with a
 per-pool capped exponential backoff, and meanwhile the pool is *reported* as
@@ -44,7 +47,7 @@ import asyncio
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -242,6 +245,8 @@ class PoolManager:
         self._attached: dict[str, base.PoolSpec] = {}
         self._infos: dict[str, base.PoolInfo] = {}
         self._retries: dict[str, _Retry] = {}
+        #: Pools to detach and attach again on the next pass (ReconnectPool).
+        self._reattach: set[str] = set()
         self._dirty = False
         self._wakeup = asyncio.Event()
         self._passes = 0
@@ -316,6 +321,27 @@ class PoolManager:
     def attached(self) -> Mapping[str, base.PoolSpec]:
         """The pools attached on this host (with the definition they were attached with)."""
         return dict(self._attached)
+
+    def reattach(self, pool_ids: Iterable[str]) -> list[str]:
+        """Detach and attach these pools again at once (the controller's ReconnectPool),
+        skipping any backoff; returns the ids taken (pools this host should have)."""
+        taken = sorted({pool_id for pool_id in pool_ids if pool_id in self._desired})
+        for pool_id in taken:
+            self._reattach.add(pool_id)
+            self._retries.pop(pool_id, None)
+        if taken:
+            self._logger.info("re-attaching pool(s) %s as the controller asked", ", ".join(taken))
+            self._wakeup.set()
+        return taken
+
+    def mount_path(self, pool_id: str) -> str | None:
+        """Where an attached pool's files are on this host: None when it is not attached
+        here, "" when it has no files (block storage) or no measurement yet."""
+        spec = self._attached.get(pool_id)
+        if spec is None or self._desired.get(pool_id) != spec:
+            return None
+        info = self._infos.get(pool_id)
+        return info.mount_path if info is not None else ""
 
     @property
     def passes(self) -> int:
@@ -420,15 +446,17 @@ class PoolManager:
         """Decide what this pass does (pure bookkeeping, no I/O)."""
         detach: list[tuple[str, base.PoolSpec]] = []
         attach: list[tuple[str, base.PoolSpec]] = []
+        reattach, self._reattach = self._reattach, set()
         for pool_id in sorted(set(self._desired) | set(self._attached)):
             retry = self._retries.get(pool_id)
-            if retry is not None and retry.retry_at > now:
+            if retry is not None and retry.retry_at > now and pool_id not in reattach:
                 continue
             want = self._desired.get(pool_id)
             have = self._attached.get(pool_id)
-            if have is not None and want != have:
-                detach.append((pool_id, have))  # no longer assigned, or redefined
-            if want is not None and want != have:
+            again = pool_id in reattach and want is not None
+            if have is not None and (want != have or again):
+                detach.append((pool_id, have))  # no longer assigned, redefined, or re-attach
+            if want is not None and (want != have or again):
                 attach.append((pool_id, want))
         return _Plan(detach=tuple(detach), attach=tuple(attach))
 

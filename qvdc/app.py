@@ -55,8 +55,10 @@ from grpclib.reflection.v1 import reflection_pb2
 
 from qvdc import metrics
 from qvdc.api import auth, watching
+from qvdc.api.host_requests import HostRequests
 from qvdc.api.node_admin import NodeAdmin
 from qvdc.api.node_service import NodeService
+from qvdc.api.pool_ops import PoolOps
 from qvdc.api.pool_secrets import PoolSecrets
 from qvdc.api.pool_service import StoragePoolService
 from qvdc.engines.aggregator import Aggregator
@@ -247,8 +249,18 @@ class Controller:
             send_timeout=settings.grpc.send_timeout,
             limits=settings.limits,
         )
+        #: Requests to hosts over their heartbeat streams (qvdc.api.host_requests).
+        self.host_requests = HostRequests()
+        #: ListPoolFiles and ReconnectPool (qvdc.api.pool_ops), through those streams.
+        self.pool_ops = PoolOps(
+            catalog=self.catalog,
+            view=self.view,
+            messages=lambda: self.pool_service.messages,
+            requests=self.host_requests,
+            replica_id=self.replica_id,
+        )
         self.pool_service = StoragePoolService(
-            groups=[self.watches.pool_rpcs()],
+            groups=[self.pool_ops, self.watches.pool_rpcs()],
             pool_secrets=PoolSecrets(keyring=keyring(settings)),
             catalog=self.catalog,
             view=self.view,
@@ -266,6 +278,7 @@ class Controller:
         self.node_service = NodeService(
             groups=[self.watches.node_rpcs(), self.node_admin],
             policy=self.policy,
+            host_requests=self.host_requests,
             catalog=self.catalog,
             view=self.view,
             intake=self.intake,

@@ -51,6 +51,7 @@ from qvdc.api import auth, convert, paging, rpc_groups
 from qvdc.api import limits as request_limits
 from qvdc.api import node_admin as admin
 from qvdc.api.errors import guarded, send_timed_out, to_grpc_error, unary
+from qvdc.api.host_requests import HostRequests
 from qvdc.api.pool_service import PoolMessages
 from qvdc.domain import errors, node_admin, validation
 from qvdc.domain.limits import Limits
@@ -161,8 +162,11 @@ class NodeService:
         limits: Limits | None = None,
         policy: auth.Policy | None = None,
         groups: Sequence[rpc_groups.RpcGroup] = (),
+        host_requests: HostRequests | None = None,
     ) -> None:
         self._limits = Limits() if limits is None else limits
+        #: Requests to hosts over their open streams (ListPoolFiles, ReconnectPool).
+        self.host_requests = HostRequests() if host_requests is None else host_requests
         #: Further RPCs, each group in its own module (:mod:`qvdc.api.rpc_groups`).
         served = {rpc.name for group in groups for rpc in group.rpcs()}
         pending = rpc_groups.OutOfScope(
@@ -401,6 +405,7 @@ class NodeService:
         """``session`` is now its node's stream; the one it replaces is ended."""
         old = self._streams.get(session.node_id)
         self._streams[session.node_id] = session
+        self.host_requests.attach(session.node_id, session._send)
         if old is not None and old is not session:
             log.info(
                 "heartbeat stream of node %s replaced by a newer one from %s",
@@ -417,6 +422,7 @@ class NodeService:
     def _release(self, session: _StreamSession) -> None:
         if self._streams.get(session.node_id) is session:
             del self._streams[session.node_id]
+            self.host_requests.detach(session.node_id, session._send)
 
     @property
     def open_streams(self) -> int:
@@ -576,6 +582,8 @@ class _StreamSession:
                         ),
                         method="StreamHeartbeat",
                     )
+                elif request.list_files_result is not None:
+                    self._answered(request)  # a host's answer, not a heartbeat
                 else:
                     await self._heartbeat(request)
                 del request  # waiting for the next one must not keep this one (per host)
@@ -597,6 +605,16 @@ class _StreamSession:
                 self._svc._hub.close(self.node_id, self._wake)
             if self._pusher is not None:
                 await cancel_and_wait(self._pusher)
+
+    def _answered(self, request: compute.UpdateHeartbeatRequest) -> None:
+        """The host answered a request (:mod:`qvdc.api.host_requests`); bounded like a
+        heartbeat, and an answer over its bounds ends the stream the same way."""
+        try:
+            request_limits.check(request, self._svc._limits)
+        except Exception as exc:
+            raise to_grpc_error(exc, method="StreamHeartbeat") from exc
+        assert request.list_files_result is not None
+        self._svc.host_requests.answer(self.node_id, request.list_files_result)
 
     async def _first(self, request: compute.UpdateHeartbeatRequest) -> None:
         request_limits.check(request, self._svc._limits)

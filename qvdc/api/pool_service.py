@@ -72,14 +72,6 @@ _SOON = "not implemented yet in this build"
 #: RPCs of this slice still being built: each moves to its own group when it lands.
 PENDING = rpc_groups.OutOfScope(
     [
-        ("ReconnectPool", storage.ReconnectPoolRequest, storage.StoragePool, _UNARY, _SOON),
-        (
-            "ListPoolFiles",
-            storage.ListPoolFilesRequest,
-            storage.ListPoolFilesResponse,
-            _UNARY,
-            _SOON,
-        ),
     ]
 )
 
