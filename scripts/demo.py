@@ -49,7 +49,9 @@ from qvdc.security import certs
 from qvdc.transport import tls
 
 ROOT = Path(__file__).resolve().parent.parent
-RUN = ROOT / ".run"
+#: State and logs; ``QUANTIX_RUN_DIR`` moves them (the README test runs a stack of its
+#: own there, with only that directory's context file).
+RUN = Path(os.environ.get("QUANTIX_RUN_DIR") or ROOT / ".run")
 BIN = ROOT / ".venv" / "bin"
 POOL_NAME = "demo-local"
 INTERVAL = "5"
@@ -58,7 +60,11 @@ PREFERRED_HTTP_PORT = 8080
 TOKENS = RUN / "tokens.toml"
 STATUS_TOKEN = RUN / "status-token"
 PREFIX = "/quantix/"
-CONTEXT_FILES = (RUN / "context.json", Path.home() / ".config" / "qvdc" / "context.json")
+CONTEXT_FILES = (
+    (RUN / "context.json",)
+    if os.environ.get("QUANTIX_RUN_DIR")
+    else (RUN / "context.json", Path.home() / ".config" / "qvdc" / "context.json")
+)
 PKI = RUN / "pki"
 OPERATOR = "demo-admin"
 ETCD_LOG_LINE = re.compile(r"embedded etcd pid \d+ at (\S+)")
@@ -173,7 +179,7 @@ async def wait_for(what: str, probe, *, timeout: float = 60.0, procs=()):  # typ
 
 
 async def demo() -> None:
-    RUN.mkdir(exist_ok=True)
+    RUN.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, before anything runs
     log_size = (RUN / "qvdc.log").stat().st_size if (RUN / "qvdc.log").exists() else 0
     port = free_port(PREFERRED_PORT)
     http_port = free_port(PREFERRED_HTTP_PORT)
