@@ -896,6 +896,123 @@ def nodes_enable(ctx: Ctx, node: str) -> None:
     click.echo(f"node {got.hostname} enabled ({(got.status or compute.NodeStatus()).phase.name})")
 
 
+_TAINT_EFFECTS = {
+    "NoSchedule": compute.TaintEffect.NO_SCHEDULE,
+    "PreferNoSchedule": compute.TaintEffect.PREFER_NO_SCHEDULE,
+    "NoExecute": compute.TaintEffect.NO_EXECUTE,
+}
+
+
+def label_changes(args: Sequence[str]) -> tuple[dict[str, str], list[str]]:
+    """``k=v`` sets a label, ``k-`` removes one (as kubectl label)."""
+    add: dict[str, str] = {}
+    remove: list[str] = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if sep and key:
+            add[key] = value
+        elif not sep and arg.endswith("-") and len(arg) > 1:
+            remove.append(arg[:-1])
+        else:
+            raise click.BadParameter(f"'{arg}': expected KEY=VALUE or KEY-", param_hint="LABELS")
+    return add, remove
+
+
+def taint_change(arg: str) -> compute.Taint | str:
+    """``KEY[=VALUE]:EFFECT`` is a taint to add; ``KEY-`` the key of one to remove."""
+    if arg.endswith("-") and len(arg) > 1 and ":" not in arg and "=" not in arg:
+        return arg[:-1]
+    pair, sep, effect = arg.rpartition(":")
+    key, _, value = pair.partition("=")
+    if not sep or not key or effect not in _TAINT_EFFECTS:
+        raise click.BadParameter(
+            f"'{arg}': expected KEY[=VALUE]:EFFECT (EFFECT one of {', '.join(_TAINT_EFFECTS)}) "
+            "or KEY-",
+            param_hint="TAINT",
+        )
+    return compute.Taint(key=key, value=value, effect=_TAINT_EFFECTS[effect])
+
+
+@nodes.command("drain")
+@click.argument("node")
+@pass_ctx
+def nodes_drain(ctx: Ctx, node: str) -> None:
+    """Mark a node DRAINING: it takes no new pools and keeps the ones it has (enable ends it)."""
+
+    async def body(c: Client) -> compute.DrainNodeResponse:
+        found = await c.node(node)
+        return await c.nodes.drain_node(compute.DrainNodeRequest(id=found.id))
+
+    got = rpc(ctx, body).node or compute.Node()
+    click.echo(f"node {got.hostname} draining ({(got.status or compute.NodeStatus()).phase.name})")
+
+
+@nodes.command("decommission")
+@click.argument("node")
+@click.option("--force", is_flag=True, help="unassign the node from its pools first")
+@pass_ctx
+def nodes_decommission(ctx: Ctx, node: str, force: bool) -> None:
+    """Remove a node (refused while pools are assigned to it, unless --force)."""
+
+    async def body(c: Client) -> str:
+        found = await c.node(node)
+        await c.nodes.decommission_node(compute.DecommissionNodeRequest(id=found.id, force=force))
+        return found.hostname
+
+    click.echo(f"node {rpc(ctx, body)} decommissioned")
+
+
+@nodes.command("label")
+@click.argument("node")
+@click.argument("labels", nargs=-1, required=True)
+@pass_ctx
+def nodes_label(ctx: Ctx, node: str, labels: tuple[str, ...]) -> None:
+    """Set labels (KEY=VALUE) and remove them (KEY-)."""
+    add, remove = label_changes(labels)
+
+    async def body(c: Client) -> compute.Node:
+        found = await c.node(node)
+        return await c.nodes.update_labels(
+            compute.UpdateLabelsRequest(node_id=found.id, add_labels=add, remove_labels=remove)
+        )
+
+    got = rpc(ctx, body)
+    shown = ",".join(f"{k}={v}" for k, v in sorted(got.labels.items())) or "none"
+    click.echo(f"node {got.hostname} labels: {shown}")
+
+
+@nodes.command("taint")
+@click.argument("node")
+@click.argument("taints", nargs=-1, required=True)
+@pass_ctx
+def nodes_taint(ctx: Ctx, node: str, taints: tuple[str, ...]) -> None:
+    """Add taints (KEY[=VALUE]:NoSchedule|PreferNoSchedule|NoExecute; a known key is
+    replaced) and remove them (KEY-)."""
+    changes = [taint_change(t) for t in taints]
+
+    async def body(c: Client) -> compute.Node:
+        found = await c.node(node)
+        got = found
+        for change in changes:
+            if isinstance(change, str):
+                got = await c.nodes.remove_taint(
+                    compute.RemoveTaintRequest(node_id=found.id, taint_key=change)
+                )
+            else:
+                got = await c.nodes.add_taint(
+                    compute.AddTaintRequest(node_id=found.id, taint=change)
+                )
+        return got
+
+    got = rpc(ctx, body)
+    names = {v: k for k, v in _TAINT_EFFECTS.items()}
+    scheduling = (got.spec or compute.NodeSpec()).scheduling or compute.SchedulingConfig()
+    shown = ",".join(
+        f"{t.key}{'=' + t.value if t.value else ''}:{names[t.effect]}" for t in scheduling.taints
+    )
+    click.echo(f"node {got.hostname} taints: {shown or 'none'}")
+
+
 def summarize(pools: Sequence[storage.StoragePool], nodes: Sequence[compute.Node]) -> list[str]:
     pool_phases = collections.Counter(
         (p.status or storage.StoragePoolStatus()).phase.name for p in pools
