@@ -15,7 +15,9 @@ from grpclib.const import Status
 from protos.google import protobuf as pb
 from protos.limiquantix.compute import v1 as compute
 from protos.limiquantix.storage import v1 as storage
+from qvdc.api import auth
 from qvdc.app import Controller
+from qvdc.security import identity
 from qvdc.store import codec, keys
 from qvdc.store.etcd import EtcdStore
 from tests.qvdc.api.helpers import (
@@ -517,3 +519,57 @@ async def test_forced_decommission_unassigns_removes_and_ends_the_stream(
     again = await nodes.register_node(register_request("dec-2"), timeout=TIMEOUT)
     assert again.id != node.id
     assert not controller.monitor.is_live(node.id)
+
+
+# --- who may call them ----------------------------------------------------------------------
+
+ADMIN_RPCS = [
+    "UpdateNode",
+    "UpdateLabels",
+    "AddTaint",
+    "RemoveTaint",
+    "DrainNode",
+    "DecommissionNode",
+]
+
+
+@pytest.mark.parametrize("rpc", ADMIN_RPCS)
+def test_operator_admins_only(rpc: str) -> None:
+    path = "/limiquantix.compute.v1.NodeService/" + rpc
+    assert auth.access(path) is auth.Access.WRITE
+    p = auth.Policy(
+        enabled=True, hostname_of={"id-a": "host-a"}.get, node_of={"host-a": "id-a"}.get
+    )
+    p.authorize(identity.operator("ada", "admin"), path)
+    for who, said in (
+        (identity.node("host-a"), "needs an operator"),  # even about itself
+        (identity.operator("vic", "viewer"), "needs role admin"),
+    ):
+        with pytest.raises(auth.Denied) as caught:
+            p.authorize(who, path, compute.DrainNodeRequest(id="id-a"))
+        assert caught.value.status is Status.PERMISSION_DENIED
+        assert said in (caught.value.message or "")
+
+
+async def test_each_change_writes_an_audit_line(
+    nodes: compute.NodeServiceStub, caplog: pytest.LogCaptureFixture
+) -> None:
+    node = await nodes.register_node(register_request("audit-1"), timeout=TIMEOUT)
+    caplog.set_level("INFO")
+    await nodes.update_labels(
+        compute.UpdateLabelsRequest(node_id=node.id, add_labels={"a": "b"}), timeout=TIMEOUT
+    )
+    await nodes.add_taint(
+        compute.AddTaintRequest(node_id=node.id, taint=taint("t")), timeout=TIMEOUT
+    )
+    await nodes.remove_taint(
+        compute.RemoveTaintRequest(node_id=node.id, taint_key="t"), timeout=TIMEOUT
+    )
+    await nodes.update_node(
+        compute.UpdateNodeRequest(id=node.id, role=compute.NodeRole(storage=True)), timeout=TIMEOUT
+    )
+    await nodes.drain_node(compute.DrainNodeRequest(id=node.id), timeout=TIMEOUT)
+    await nodes.decommission_node(compute.DecommissionNodeRequest(id=node.id), timeout=TIMEOUT)
+    audited = [r.getMessage() for r in caplog.records if r.getMessage().startswith("audit: ")]
+    for rpc in ADMIN_RPCS:
+        assert [m for m in audited if f": {rpc} node {node.id}" in m], (rpc, audited)
