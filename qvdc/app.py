@@ -57,6 +57,9 @@ from qvdc import metrics
 from qvdc.api import auth, watching
 from qvdc.api.host_requests import HostRequests
 from qvdc.api.node_admin import NodeAdmin
+from qvdc.api.node_events import NodeEvents
+from qvdc.api.node_metrics import NodeMetricsRpcs
+from qvdc.api.node_reports import NodeReports
 from qvdc.api.node_service import NodeService
 from qvdc.api.pool_ops import PoolOps
 from qvdc.api.pool_secrets import PoolSecrets
@@ -66,6 +69,8 @@ from qvdc.engines.catalog import Catalog
 from qvdc.engines.committer import GroupCommitter, WriteBuffer
 from qvdc.engines.election import Election
 from qvdc.engines.events import PoolEvents
+from qvdc.engines.eventstore import EventStore
+from qvdc.engines.figures import NodeFigures
 from qvdc.engines.intake import HeartbeatIntake, MaterialityRule
 from qvdc.engines.liveness import LivenessMonitor
 from qvdc.engines.push import PushHub
@@ -203,6 +208,16 @@ class Controller:
         self.metrics = metrics.ControllerMetrics()
         #: pool.phase and host.health events, once each (a new baseline per leadership term).
         self.pool_events = PoolEvents()
+        #: The event history in etcd (ListNodeEvents, StreamEvents), fed by the engines
+        #: that make the transitions, each event once.
+        self.events = EventStore(
+            store=store,
+            view=self.view,
+            clock=self.clock,
+            settings=settings.events,
+            replica_id=self.replica_id,
+            timeout=timeout,
+        )
         self.aggregator = Aggregator(
             store=store,
             view=self.view,
@@ -237,6 +252,8 @@ class Controller:
             timeout=timeout,
             limits=settings.limits,
         )
+        self.pool_events.sink = self.events.record
+        self.monitor.on_event = self.catalog.on_event = self.events.record
         self.election = Election(
             store=store, view=self.view, replica_id=self.replica_id, timeout=timeout
         )
@@ -275,8 +292,39 @@ class Controller:
         self.node_admin = NodeAdmin(
             catalog=self.catalog, view=self.view, monitor=self.monitor, limits=settings.limits
         )
+        #: Each node's latest heartbeat figures, on the replica its heartbeats reach.
+        self.figures = NodeFigures(view=self.view)
+        #: ListNodeEvents/StreamEvents, GetNodeMetrics/StreamNodeMetrics and
+        #: NotifyStorageChange/SyncFullState (qvdc.api.node_events, node_metrics, node_reports).
+        self.reporting: list[Any] = [
+            NodeEvents(
+                events=self.events,
+                catalog=self.catalog,
+                view=self.view,
+                send_timeout=settings.grpc.send_timeout,
+                limits=settings.limits,
+                replica_id=self.replica_id,
+            ),
+            NodeMetricsRpcs(
+                figures=self.figures,
+                monitor=self.monitor,
+                catalog=self.catalog,
+                view=self.view,
+                clock=self.clock,
+                replica_id=self.replica_id,
+                send_timeout=settings.grpc.send_timeout,
+                limits=settings.limits,
+            ),
+            NodeReports(
+                intake=self.intake,
+                figures=self.figures,
+                catalog=self.catalog,
+                view=self.view,
+                policy=self.policy,
+            ),
+        ]
         self.node_service = NodeService(
-            groups=[self.watches.node_rpcs(), self.node_admin],
+            groups=[self.watches.node_rpcs(), self.node_admin, *self.reporting],
             policy=self.policy,
             host_requests=self.host_requests,
             catalog=self.catalog,
@@ -285,6 +333,7 @@ class Controller:
             monitor=self.monitor,
             hub=self.hub,
             pools=self.pool_service.messages,
+            figures=self.figures,
             clock=self.clock,
             interval=settings.heartbeat.interval,
             send_timeout=settings.grpc.send_timeout,
@@ -374,6 +423,7 @@ class Controller:
         return [
             (self.view.run(), "view"),
             (self.committer.run(), "host-status-committer"),
+            (self.events.run(), "event-history-writer"),
             (self.monitor.run(), "liveness-monitor"),
             (
                 self.election.run(lead=self.aggregator.run, on_lead_change=self._on_lead_change),

@@ -58,6 +58,7 @@ from qvdc.domain.limits import Limits
 from qvdc.domain.model import NodeId, NodeState
 from qvdc.engines import liveness
 from qvdc.engines.catalog import Catalog
+from qvdc.engines.figures import NodeFigures
 from qvdc.engines.intake import Assignment, HeartbeatIntake
 from qvdc.engines.liveness import LivenessMonitor
 from qvdc.engines.push import PushHub
@@ -92,38 +93,13 @@ OUT_OF_SCOPE = rpc_groups.OutOfScope(
     ]
 )
 _SOON = "not implemented yet in this build"
-#: RPCs of this slice still being built: each moves to its own group when it lands.
+#: RPCs of this slice still being built: each moves to its own group when it lands (none
+#: left; the hostile suite fuzzes an RPC once it is no longer listed here).
+_BUILDING: list[tuple[str, type, type, grpclib.const.Cardinality]] = []
 PENDING = rpc_groups.OutOfScope(
     [
         (name, request, response, cardinality, _SOON)
-        for name, request, response, cardinality in [
-            (
-                "SyncFullState",
-                compute.SyncFullStateRequest,
-                compute.SyncFullStateResponse,
-                _UNARY,
-            ),
-            (
-                "NotifyStorageChange",
-                compute.StorageChangeNotification,
-                compute.StorageChangeAck,
-                _UNARY,
-            ),
-            ("GetNodeMetrics", compute.GetNodeMetricsRequest, compute.NodeMetrics, _UNARY),
-            (
-                "ListNodeEvents",
-                compute.ListNodeEventsRequest,
-                compute.ListNodeEventsResponse,
-                _UNARY,
-            ),
-            (
-                "StreamNodeMetrics",
-                compute.StreamNodeMetricsRequest,
-                compute.NodeMetrics,
-                _STREAM,
-            ),
-            ("StreamEvents", compute.StreamEventsRequest, compute.SystemEvent, _STREAM),
-        ]
+        for name, request, response, cardinality in _BUILDING
     ]
 )
 
@@ -162,9 +138,12 @@ class NodeService:
         limits: Limits | None = None,
         policy: auth.Policy | None = None,
         groups: Sequence[rpc_groups.RpcGroup] = (),
+        figures: NodeFigures | None = None,
         host_requests: HostRequests | None = None,
     ) -> None:
         self._limits = Limits() if limits is None else limits
+        #: Each node's latest heartbeat figures (GetNodeMetrics; nothing written per heartbeat).
+        self.figures = NodeFigures(view=view) if figures is None else figures
         #: Requests to hosts over their open streams (ListPoolFiles, ReconnectPool).
         self.host_requests = HostRequests() if host_requests is None else host_requests
         #: Further RPCs, each group in its own module (:mod:`qvdc.api.rpc_groups`).
@@ -373,6 +352,7 @@ class NodeService:
             removed=request.removed_pool_ids,
             to_report=convert.report_for_pool,
         )
+        self.figures.observe(request.node_id, request)
 
     async def _known_node(self, node_id: str) -> None:
         """A node registered moments ago through another replica may not be in

@@ -100,6 +100,9 @@ class Catalog:
         self._monitor = monitor
         self._clock = clock
         self._timeout = timeout
+        #: Also receives the node.phase events of operator changes (the event history,
+        #: ``qvdc.engines.eventstore``); set by the composition root.
+        self.on_event: eventlog.Sink | None = None
 
     def _sized(self, kind: str, encoded: bytes) -> bytes:
         """``encoded`` if it fits its document bound (``Limits``), else InvalidArgument:
@@ -475,7 +478,8 @@ class Catalog:
             )
             if result.succeeded:
                 previous = current.phase.name if current is not None else "PENDING"
-                eventlog.event(
+                eventlog.event_to(
+                    self.on_event,
                     log,
                     "node.phase",
                     "node %s: %s -> %s (%s)",

@@ -13,9 +13,30 @@ API refuses them once the node is OFFLINE or silent past its grace).
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from qvdc.engines.view import ClusterView
 from qvdc.store import keys
 from qvdc.store.etcd import KeyValue
+
+
+class HeartbeatFigures(Protocol):
+    """What a heartbeat carries of the host's figures (``UpdateHeartbeatRequest``)."""
+
+    @property
+    def cpu_usage_percent(self) -> float: ...
+    @property
+    def memory_used_mib(self) -> int: ...
+    @property
+    def memory_total_mib(self) -> int: ...
+    @property
+    def running_vm_count(self) -> int: ...
+    @property
+    def load_1m(self) -> float: ...
+    @property
+    def load_5m(self) -> float: ...
+    @property
+    def load_15m(self) -> float: ...
 
 
 class Figures:
@@ -57,6 +78,19 @@ class NodeFigures:
         if figures is None:
             figures = self._latest[node_id] = Figures()
         return figures
+
+    def observe(self, node_id: str, heartbeat: HeartbeatFigures) -> None:
+        """A heartbeat of ``node_id`` (accepted: the node exists) carried these figures."""
+        figures = self._latest.get(node_id)
+        if figures is None:
+            figures = self._latest[node_id] = Figures()
+        figures.cpu_usage_percent = heartbeat.cpu_usage_percent
+        figures.memory_used_mib = heartbeat.memory_used_mib
+        figures.memory_total_mib = heartbeat.memory_total_mib
+        figures.running_vm_count = heartbeat.running_vm_count
+        figures.load_1m = heartbeat.load_1m
+        figures.load_5m = heartbeat.load_5m
+        figures.load_15m = heartbeat.load_15m
 
     def _on_change(self, key: str, old: KeyValue | None, new: KeyValue | None) -> None:
         if new is None and key.startswith(keys.NODES):
