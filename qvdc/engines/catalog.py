@@ -186,8 +186,13 @@ class Catalog:
             raise errors.NotFound(f"pool {limits.quote(pool_id)} not found", field="id")
         return record
 
-    async def _require_nodes(self, node_ids: Sequence[str], *, field: str) -> None:
-        """Each node exists and takes new pool assignments (not DRAINING or MAINTENANCE)."""
+    async def _require_nodes(self, node_ids: Sequence[str], *, field: str) -> list[Compare]:
+        """Each node exists and takes new pool assignments (not DRAINING or MAINTENANCE).
+
+        Returns compares on each node's status at the mod revision its phase was read at
+        (read together, with no await between): the assignment's transaction carries them,
+        so a DrainNode landing after this check makes it fail, re-read and refuse."""
+        compares = []
         for i, node_id in enumerate(node_ids):
             if not node_id:
                 raise errors.InvalidArgument("node id must not be empty", field=f"{field}[{i}]")
@@ -198,21 +203,16 @@ class Catalog:
                 raise errors.NotFound(
                     f"node {limits.quote(node_id)} not found", field=f"{field}[{i}]"
                 )
+            status_key = keys.node_status(node_id)
             state = self._view.node_state(node_id)
+            compares.append(Compare.mod_revision(status_key, self._view.mod_revision(status_key)))
             refusal = node_admin.assignment_refusal(
                 f"{limits.quote(record.hostname)} ({node_id})",
                 state.phase if state is not None else None,
             )
             if refusal is not None:
                 raise errors.FailedPrecondition(refusal, field=f"{field}[{i}]")
-
-    def _phase_unchanged(self, node_ids: Sequence[str]) -> list[Compare]:
-        """Compares that fail if these nodes' status changed since we checked their phase
-        (a DrainNode racing an assignment: one of the two transactions loses)."""
-        return [
-            Compare.mod_revision(keys.node_status(n), self._view.mod_revision(keys.node_status(n)))
-            for n in node_ids
-        ]
+        return compares
 
     async def create_pool(self, document: Document) -> PoolRecord:
         """Store a new pool. ``document`` is the StoragePool JSON (id, name, spec, ...)."""
@@ -224,10 +224,10 @@ class Catalog:
                 raise errors.AlreadyExists(
                     f"a pool named {limits.quote(name)} already exists", field="name"
                 )
-            await self._require_nodes(assigned, field="spec.assigned_node_ids")
+            phases = await self._require_nodes(assigned, field="spec.assigned_node_ids")
             compares = [Compare.absent(keys.pool_name(name)), Compare.absent(keys.pool(pool_id))]
             compares += [Compare.present(keys.node(n)) for n in assigned]
-            compares += self._phase_unchanged(assigned)
+            compares += phases
             encoded = self._sized("pool", codec.encode_pool_document(document))
             success = [
                 Op.put(keys.pool(pool_id), encoded),
@@ -257,12 +257,12 @@ class Catalog:
             old_nodes = set(current.assigned_node_ids)
             new_nodes = set(new_record.assigned_node_ids)
             added = sorted(new_nodes - old_nodes)
-            await self._require_nodes(added, field="spec.assigned_node_ids")
+            phases = await self._require_nodes(added, field="spec.assigned_node_ids")
             if encoded == codec.encode_pool_document(dict(current.document)):
                 return current  # nothing changes: no write
             compares = [Compare.mod_revision(key, revision)]
             compares += [Compare.present(keys.node(n)) for n in added]
-            compares += self._phase_unchanged(added)
+            compares += phases
             success = [Op.put(key, encoded)]
             success += [Op.put(keys.assignment(n, pool_id), b"") for n in added]
             success += [

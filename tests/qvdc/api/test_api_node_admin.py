@@ -5,6 +5,7 @@ ListNodes role filters."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 import grpclib.client
@@ -17,9 +18,10 @@ from protos.limiquantix.compute import v1 as compute
 from protos.limiquantix.storage import v1 as storage
 from qvdc.api import auth
 from qvdc.app import Controller
+from qvdc.engines.catalog import Catalog
 from qvdc.security import identity
 from qvdc.store import codec, keys
-from qvdc.store.etcd import EtcdStore
+from qvdc.store.etcd import Compare, EtcdStore
 from tests.qvdc.api.helpers import (
     TIMEOUT,
     create_request,
@@ -573,3 +575,41 @@ async def test_each_change_writes_an_audit_line(
     audited = [r.getMessage() for r in caplog.records if r.getMessage().startswith("audit: ")]
     for rpc in ADMIN_RPCS:
         assert [m for m in audited if f": {rpc} node {node.id}" in m], (rpc, audited)
+
+
+async def test_a_drain_landing_between_the_check_and_the_write_wins(
+    nodes: compute.NodeServiceStub,
+    pools: storage.StoragePoolServiceStub,
+    store: EtcdStore,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Fault injection: the drain is made to land right after AssignPoolToNode checked the
+    node's phase (READY) and before its transaction; the transaction's compare on the
+    node's status fails, the retry sees DRAINING and refuses."""
+    node = await nodes.register_node(register_request("race-1"), timeout=TIMEOUT)
+    pool = await pools.create_pool(create_request("race-pool"), timeout=TIMEOUT)
+    checked = Catalog._require_nodes
+    calls: list[str] = []
+
+    async def check_then_drain(
+        self: Catalog, node_ids: Sequence[str], *, field: str
+    ) -> list[Compare]:
+        compares = await checked(self, node_ids, field=field)
+        calls.append(field)
+        # AssignPoolToNode checks the node (node_id), then update_pool checks the nodes it
+        # adds (spec.assigned_node_ids) right before its transaction: drain there.
+        if calls == ["node_id", "spec.assigned_node_ids"]:
+            await self.set_operator_phase(node.id, maintenance=False, reason="", draining=True)
+        return compares
+
+    monkeypatch.setattr(Catalog, "_require_nodes", check_then_drain)
+    before = await store.get(keys.pool(pool.id), timeout=TIMEOUT)
+    await expect_error(
+        pools.assign_pool_to_node(
+            storage.AssignPoolToNodeRequest(pool_id=pool.id, node_id=node.id), timeout=TIMEOUT
+        ),
+        Status.FAILED_PRECONDITION,
+        "DRAINING",
+    )
+    assert calls == ["node_id", "spec.assigned_node_ids"]  # the third check refused
+    assert await store.get(keys.pool(pool.id), timeout=TIMEOUT) == before
