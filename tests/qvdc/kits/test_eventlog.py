@@ -144,3 +144,29 @@ def test_log_settings_refuse_unknown_levels_and_formats() -> None:
         eventlog.LogSettings(level="LOUD")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="log format"):
         eventlog.LogSettings(format="xml")  # type: ignore[arg-type]
+
+
+def test_event_to_hands_the_logged_event_to_its_sink_and_survives_a_failing_one(
+    capture: tuple[io.StringIO, logging.Logger],
+) -> None:
+    stream, log = capture
+    eventlog.configure(eventlog.LogSettings(level="INFO", format="json"), stream=stream)
+    kept: list[eventlog.Event] = []
+    event_id = eventlog.event_to(
+        kept.append, log, "node.offline", "node %s OFFLINE", "n1",
+        level=logging.WARNING, node_id="n1", silent_s=31.0,
+    )  # fmt: skip
+    [event] = kept
+    assert (event.id, event.name, event.level) == (event_id, "node.offline", logging.WARNING)
+    assert event.message == "node n1 OFFLINE"
+    assert dict(event.fields) == {"node_id": "n1", "silent_s": 31.0}
+
+    def broken(_: eventlog.Event) -> None:
+        raise RuntimeError("sink down")
+
+    second = eventlog.event_to(broken, log, "node.recovered", "node n1 recovered", node_id="n1")
+    assert second != event_id  # logged, and the caller carries on
+    docs = [json.loads(line) for line in lines(stream)]
+    assert [d.get("event") for d in docs[:2]] == ["node.offline", "node.recovered"]
+    assert "sink failed" in docs[2]["msg"] and "sink down" in docs[2]["exc"]
+    assert eventlog.event_to(None, log, "node.recovered", "again", node_id="n1")
