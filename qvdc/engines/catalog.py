@@ -535,19 +535,20 @@ class Catalog:
         of the pools it was unassigned from."""
         unassigned: list[str] = []
         for _ in range(MAX_CONFLICT_RETRIES):
-            await self.node(node_id)
+            document, _state = await self.node(node_id)
+            hostname = str(document.get("hostname") or node_id)
             pool_ids = sorted(self._view.assigned_pool_ids(node_id))
             if pool_ids and not force:
-                names = [
+                names = sorted(
                     limits.quote(record.name)
                     for p in pool_ids
                     if (record := self._view.pool(p)) is not None
-                ] or [limits.quote(p) for p in pool_ids]
+                ) or [limits.quote(p) for p in pool_ids]
                 shown = ", ".join(names[:10]) + (
                     f" and {len(names) - 10} more" if len(names) > 10 else ""
                 )
                 raise errors.FailedPrecondition(
-                    f"node {limits.quote(node_id)} still has {len(pool_ids)} pool(s) assigned: "
+                    f"node {limits.quote(hostname)} still has {len(pool_ids)} pool(s) assigned: "
                     f"{shown}; unassign them or set force",
                     field="force",
                 )

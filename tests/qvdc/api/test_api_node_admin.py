@@ -613,3 +613,69 @@ async def test_a_drain_landing_between_the_check_and_the_write_wins(
     )
     assert calls == ["node_id", "spec.assigned_node_ids"]  # the third check refused
     assert await store.get(keys.pool(pool.id), timeout=TIMEOUT) == before
+
+
+async def test_a_concurrent_write_to_the_node_is_re_read_not_lost(
+    nodes: compute.NodeServiceStub, store: EtcdStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault injection: another writer changes the node record between UpdateLabels'
+    read and its write; the compare fails, the change is re-applied on the new record."""
+    node = await nodes.register_node(register_request("cas-1"), timeout=TIMEOUT)
+    real_txn = Catalog._txn
+    rivals: list[bytes] = []
+
+    async def rival_first(self: Catalog, *, compares: list[Compare], success: list[Any]) -> Any:
+        if not rivals:
+            kv = await store.get(keys.node(node.id), timeout=TIMEOUT)
+            assert kv is not None
+            rival = dict(codec.loads(kv.value), annotations={"rival": "was here"})
+            rivals.append(codec.dumps(rival))
+            await store.put(keys.node(node.id), rivals[0], timeout=TIMEOUT)
+        return await real_txn(self, compares=compares, success=success)
+
+    monkeypatch.setattr(Catalog, "_txn", rival_first)
+    got = await nodes.update_labels(
+        compute.UpdateLabelsRequest(node_id=node.id, add_labels={"mine": "1"}), timeout=TIMEOUT
+    )
+    assert rivals
+    assert got.labels == {"rack": "r1", "mine": "1"}
+    assert got.annotations == {"rival": "was here"}  # the rival's write was kept
+
+
+async def test_two_decommissions_at_once_one_wins(
+    nodes: compute.NodeServiceStub, pools: storage.StoragePoolServiceStub
+) -> None:
+    node = await nodes.register_node(register_request("twice-1"), timeout=TIMEOUT)
+    many = [
+        await pools.create_pool(create_request(f"many-{i:02d}", nodes=[node.id]), timeout=TIMEOUT)
+        for i in range(12)
+    ]
+    err = await expect_error(
+        nodes.decommission_node(compute.DecommissionNodeRequest(id=node.id), timeout=TIMEOUT),
+        Status.FAILED_PRECONDITION,
+        "'twice-1'",
+        "12 pool(s)",
+        "'many-00'",
+        "and 2 more",
+    )
+    assert "many-11" not in (err.message or "")  # bounded: ten names at most
+    results = await asyncio.gather(
+        nodes.decommission_node(
+            compute.DecommissionNodeRequest(id=node.id, force=True), timeout=TIMEOUT
+        ),
+        nodes.decommission_node(
+            compute.DecommissionNodeRequest(id=node.id, force=True), timeout=TIMEOUT
+        ),
+        return_exceptions=True,
+    )
+    failures = [r for r in results if isinstance(r, BaseException)]
+    assert len(failures) <= 1, failures
+    for failure in failures:
+        assert isinstance(failure, grpclib.exceptions.GRPCError)
+        assert failure.status in (Status.NOT_FOUND, Status.ABORTED), failure
+    for pool in many:
+        got = await pools.get_pool(storage.GetPoolRequest(id=pool.id), timeout=TIMEOUT)
+        assert got.spec.assigned_node_ids == []
+    await expect_error(
+        nodes.get_node(compute.GetNodeRequest(id=node.id), timeout=TIMEOUT), Status.NOT_FOUND
+    )
