@@ -5,6 +5,7 @@ ListNodes role filters."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -679,3 +680,47 @@ async def test_two_decommissions_at_once_one_wins(
     await expect_error(
         nodes.get_node(compute.GetNodeRequest(id=node.id), timeout=TIMEOUT), Status.NOT_FOUND
     )
+
+
+async def test_watchers_see_each_change_and_the_decommission(
+    nodes: compute.NodeServiceStub,
+) -> None:
+    node = await nodes.register_node(register_request("watched-1"), timeout=TIMEOUT)
+    updates: asyncio.Queue[compute.NodeUpdate] = asyncio.Queue()
+
+    async def read() -> None:
+        async for update in nodes.watch_nodes(compute.WatchNodesRequest(), timeout=60):
+            await updates.put(update)
+
+    reader = asyncio.create_task(read())
+
+    async def until(check: Any) -> compute.NodeUpdate:
+        async with asyncio.timeout(TIMEOUT):
+            while True:
+                update = await updates.get()
+                if check(update):
+                    return update
+
+    Kind = compute.NodeUpdateUpdateType
+    try:
+        await until(lambda u: u.type == Kind.ADDED and u.node.id == node.id)
+        await nodes.update_labels(
+            compute.UpdateLabelsRequest(node_id=node.id, add_labels={"w": "1"}), timeout=TIMEOUT
+        )
+        await until(lambda u: u.type == Kind.MODIFIED and u.node.labels.get("w") == "1")
+        await nodes.add_taint(
+            compute.AddTaintRequest(node_id=node.id, taint=taint("wt")), timeout=TIMEOUT
+        )
+        await until(
+            lambda u: (
+                u.type == Kind.MODIFIED and [t.key for t in u.node.spec.scheduling.taints] == ["wt"]
+            )
+        )
+        await nodes.drain_node(compute.DrainNodeRequest(id=node.id), timeout=TIMEOUT)
+        await until(lambda u: u.type == Kind.MODIFIED and u.node.status.phase == NodePhase.DRAINING)
+        await nodes.decommission_node(compute.DecommissionNodeRequest(id=node.id), timeout=TIMEOUT)
+        await until(lambda u: u.type == Kind.DELETED and u.node.id == node.id)
+    finally:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await reader
