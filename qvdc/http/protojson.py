@@ -151,7 +151,53 @@ def parse(data: bytes | bytearray, message_type: type[_M]) -> _M:
 
 def serialize(message: betterproto2.Message) -> bytes:
     """``message`` as proto3 JSON (UTF-8)."""
-    return json.dumps(message.to_dict(), separators=(",", ":"), ensure_ascii=False).encode()
+    doc = message.to_dict()
+    if _renames(type(message)) is not None:
+        _rename(doc, type(message))
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+# betterproto2's to_dict names a field whose part after "_" starts with a digit its own
+# way (load_1m -> "load1M"); protoc's JSON name, which clients read, is "load1m". Per
+# message class: (its keys to rename, its message fields that may need renames inside),
+# or None when nothing in it or below needs any (nearly every class: one dict look-up).
+_Renames = tuple[dict[str, str], list[tuple[str, type[Any]]]]
+_RENAMES: dict[type[Any], _Renames | None] = {}
+
+
+def _renames(cls: type[Any]) -> _Renames | None:
+    if cls in _RENAMES:
+        return _RENAMES[cls]
+    _RENAMES[cls] = None  # a recursive type needs nothing through itself
+    keys: dict[str, str] = {}
+    nested: list[tuple[str, type[Any]]] = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        theirs = betterproto2.Casing.CAMEL(f.name).rstrip("_")
+        ours = json_name(f.name)
+        if theirs != ours:
+            keys[theirs] = ours
+        inner = _element(hints[f.name])
+        message = isinstance(inner, type) and issubclass(inner, betterproto2.Message)
+        if message and _renames(inner) is not None:
+            nested.append((ours, inner))
+    found = (keys, nested) if keys or nested else None
+    _RENAMES[cls] = found
+    return found
+
+
+def _rename(doc: Any, cls: type[Any]) -> None:
+    found = _RENAMES.get(cls)
+    if found is None or not isinstance(doc, dict):
+        return
+    keys, nested = found
+    for theirs, ours in keys.items():
+        if theirs in doc:
+            doc[ours] = doc.pop(theirs)
+    for key, inner in nested:
+        value = doc.get(key)
+        for item in value if isinstance(value, list) else [value]:
+            _rename(item, inner)
 
 
 def _short(exc: BaseException) -> str:

@@ -308,3 +308,82 @@ async def test_unimplemented_paths_answer_as_grpc_does(
 
     outside = await client.request("POST", "/no.such.Service/Method", b"{}")
     assert outside.status == 404
+
+
+def agent_full_sync(node_id: str, pool_id: str) -> dict[str, object]:
+    """``sync_full_state()``'s body: ``hostInfo`` with the hostname only (the rest 0 or
+    ""), the VM reports (power state as an integer) and the heartbeat's pool reports."""
+    pools = list(agent_heartbeat(node_id, pool_id)["storagePools"])  # type: ignore[call-overload]
+    return {
+        "nodeId": node_id,
+        "hostInfo": {
+            "hostname": "qhci-01",
+            "managementIp": "",
+            "memoryTotalBytes": 0,
+            "memoryAvailableBytes": 0,
+            "cpuCores": 0,
+            "cpuUsagePercent": 0.0,
+        },
+        "vms": [
+            {
+                "id": "6f1c2b9e-0a4e-4c3b-9a51-2f7d6f0e8b11",
+                "name": "web-1",
+                "state": 1,
+                "stateChangeCount": 3,
+                "cpuUsagePercent": 2.5,
+                "memoryUsedBytes": 1_073_741_824,
+                "ipAddresses": ["10.0.0.7"],
+                "stateChangedAtUnix": 1_767_225_600,
+            }
+        ],
+        "storagePools": [*pools, {"poolId": "local-auto", "health": 1}],
+        "stateHash": "e3b0c44298fc1c14",
+    }
+
+
+async def test_agent_full_sync_and_storage_change_are_applied(
+    client: Http, pools: storage.StoragePoolServiceStub, nodes: compute.NodeServiceStub
+) -> None:
+    node_id = (await client.call(f"{NODES}/RegisterNode", agent_registration())).json()["id"]
+    shared = await pools.create_pool(
+        create_request("sync-shared", backend=nfs_backend(), nodes=[node_id])
+    )
+    missing = await pools.create_pool(create_request("sync-missing", nodes=[node_id]))
+    answer = await client.call(f"{NODES}/SyncFullState", agent_full_sync(node_id, shared.id))
+    assert answer.status == 200, answer.body
+    body = answer.json()
+    assert body["acknowledged"] is True
+    assert body["poolsReconciled"] == 1
+    assert "vmsReconciled" not in body  # 0: VMs are out of this slice
+    conflicts = {(c["resourceId"], c["conflictType"]) for c in body["conflicts"]}
+    assert conflicts == {(missing.id, "missing_on_node"), ("local-auto", "missing_in_db")}
+    assert {c["resourceType"] for c in body["conflicts"]} == {"storage_pool"}
+    seen = await eventually(
+        lambda: pools.get_pool(storage.GetPoolRequest(id=shared.id)),
+        lambda p: p.status is not None and p.status.phase == storage.StoragePoolStatusPhase.READY,
+        what="the pool READY from the agent's full sync",
+    )
+    assert seen.status is not None and seen.status.capacity is not None
+    assert seen.status.capacity.total_bytes == 2_000_000_000_000
+
+    # NotifyStorageChange, in the agent's JSON: the pool unmounted on this host.
+    change = {
+        "nodeId": node_id,
+        "pool": {"poolId": shared.id, "health": 1, "mountPath": "/var/lib/limiquantix/mnt/x"},
+        "eventType": 2,
+        "timestampUnix": 1_767_225_600,
+    }
+    ack = await client.call(f"{NODES}/NotifyStorageChange", change)
+    assert ack.status == 200, ack.body
+    assert ack.json() == {"acknowledged": True, "action": "applied"}
+    await eventually(
+        lambda: pools.get_pool(storage.GetPoolRequest(id=shared.id)),
+        lambda p: (
+            p.status is not None
+            and [h.health for h in p.status.host_statuses]
+            == [storage.PoolHostStatusHealth.UNMOUNTED]
+        ),
+        what="the host row UNMOUNTED",
+    )
+    unknown = await client.call(f"{NODES}/SyncFullState", {"nodeId": "no-such-node"})
+    assert unknown.status == 404 and unknown.json()["code"] == "not_found"
