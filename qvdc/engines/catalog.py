@@ -32,6 +32,7 @@ through each of them.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import logging
@@ -53,6 +54,11 @@ from qvdc.store.etcd import Compare, EtcdStore, Op, StoreError, StoreTimeout, Tx
 log = logging.getLogger(__name__)
 
 MAX_CONFLICT_RETRIES = 5
+
+#: Seconds a DecommissionNode waits after removing the node before sweeping its host rows
+#: once more: a report of the node queued in a replica's group commit when it was removed
+#: lands within milliseconds, and would otherwise stay as a row of a node that is gone.
+STRAGGLER_SWEEP_DELAY = 0.25
 
 #: A call bounded by its caller's deadline gives up this much before it (at most a tenth of
 #: the time left), so its DEADLINE_EXCEEDED reaches the caller before the caller stops
@@ -526,6 +532,19 @@ class Catalog:
             f"node {limits.quote(node_id)} changed concurrently; retry", field="id"
         )
 
+    async def _sweep_rows(self, node_id: str) -> None:
+        """Delete the host rows of a removed node that arrived after its removal (see
+        :data:`STRAGGLER_SWEEP_DELAY`). Best effort: the node is gone either way."""
+        try:
+            await asyncio.sleep(min(STRAGGLER_SWEEP_DELAY, max(0.0, self._budget() / 2)))
+            await self.catch_up()
+            late = [Op.delete(keys.host_status(p, node_id)) for p in self._view.rows_of(node_id)]
+            if late and self._view.node(node_id) is None:
+                await self._txn(compares=[Compare.absent(keys.node(node_id))], success=late)
+                log.info("node %s: %d late host row(s) deleted", node_id, len(late))
+        except (errors.Unavailable, errors.DeadlineExceeded) as exc:
+            log.warning("node %s removed; a late host row may remain (%s)", node_id, exc)
+
     async def decommission_node(self, node_id: str, *, force: bool) -> list[str]:
         """Remove a node: refused (FailedPrecondition naming the pools) while pools are
         assigned to it unless ``force``; with ``force`` it is first unassigned from each
@@ -587,6 +606,7 @@ class Catalog:
                 for pool_id in self._view.assigned_pool_ids(node_id):
                     with contextlib.suppress(errors.NotFound):
                         await self.unassign(pool_id, node_id)
+                await self._sweep_rows(node_id)
                 log.info(
                     "node %s (%s) decommissioned%s",
                     node_id,

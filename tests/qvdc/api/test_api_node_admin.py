@@ -724,3 +724,31 @@ async def test_watchers_see_each_change_and_the_decommission(
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await reader
+
+
+async def test_a_host_row_landing_just_after_the_removal_is_swept(
+    nodes: compute.NodeServiceStub,
+    pools: storage.StoragePoolServiceStub,
+    store: EtcdStore,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Fault injection: a report of the node still in a group commit lands right after
+    the removal's transaction; the decommission sweeps it before answering."""
+    node = await nodes.register_node(register_request("late-1"), timeout=TIMEOUT)
+    pool = await pools.create_pool(create_request("late-pool"), timeout=TIMEOUT)
+    real_txn = Catalog._txn
+    row = keys.host_status(pool.id, node.id)
+    landed: list[str] = []
+
+    async def then_a_late_row(self: Catalog, *, compares: list[Compare], success: list[Any]) -> Any:
+        result = await real_txn(self, compares=compares, success=success)
+        removes = any(op.kind == "delete" and op.key == keys.node(node.id) for op in success)
+        if result.succeeded and removes and not landed:
+            landed.append(row)
+            await store.put(row, b'{"health": "HEALTHY"}', timeout=TIMEOUT)
+        return result
+
+    monkeypatch.setattr(Catalog, "_txn", then_a_late_row)
+    await nodes.decommission_node(compute.DecommissionNodeRequest(id=node.id), timeout=TIMEOUT)
+    assert landed
+    assert await store.get(row, timeout=TIMEOUT) is None
