@@ -1075,6 +1075,159 @@ def watch(ctx: click.Context, interval: float, once: bool) -> None:
     ctx.invoke(pools_list, output="table", watch=not once, interval=interval)
 
 
+EVENTS_RETRY = frozenset(
+    {grpclib.const.Status.UNAVAILABLE, grpclib.const.Status.RESOURCE_EXHAUSTED}
+)
+"""Statuses after which ``events --follow`` subscribes again (a replica stopped, or this
+client fell behind)."""
+
+
+#: The health word whose colour an event type shows in.
+_EVENT_STYLE = {"NORMAL": "HEALTHY", "WARNING": "DEGRADED", "ERROR": "ERROR"}
+
+
+def _when(ts: dt.datetime | None) -> str:
+    return ts.astimezone().strftime("%Y-%m-%d %H:%M:%S") if ts is not None else "-"
+
+
+def render_events(
+    events: Sequence[compute.NodeEvent], hostnames: dict[str, str], *, color: bool = False
+) -> str:
+    """The event table, newest first (as ListNodeEvents answers)."""
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("TIME", "TYPE", "REASON", "NODE", "MESSAGE"):
+        table.add_column(column)
+    for e in events:
+        kind = e.type.name if e.type is not None else "NORMAL"
+        table.add_row(
+            _when(e.timestamp),
+            Text(kind, style=HEALTH_STYLE.get(_EVENT_STYLE.get(kind, "ERROR"), "red")),
+            e.reason,
+            hostnames.get(e.node_id, e.node_id),
+            e.message,
+        )
+    return _render(table, color=color)
+
+
+def _event_line(event: compute.SystemEvent) -> str:
+    """One streamed event, as a line: time, severity, event name, node, message."""
+    meta = event.metadata
+    severity = event.severity.name if event.severity is not None else "INFO"
+    who = meta.get("hostname") or meta.get("node_id") or meta.get("pool_id") or "-"
+    name = meta.get("event", "-")
+    return f"{_when(event.timestamp)}  {severity:<7}  {name:<14}  {who}  {event.message}"
+
+
+@cli.command()
+@click.option("--node", "node_ref", metavar="NODE", help="only this node (hostname or id)")
+@click.option("-f", "--follow", is_flag=True, help="print new events as they happen until Ctrl-C")
+@click.option(
+    "-n",
+    "--limit",
+    type=click.IntRange(min=1, max=1000),
+    default=50,
+    show_default=True,
+    help="events listed (newest first; per node without --node)",
+)
+@output_option
+@click.option("--max-events", type=click.IntRange(min=0), default=0, hidden=True)
+@pass_ctx
+def events(
+    ctx: Ctx, node_ref: str | None, follow: bool, limit: int, output: str, max_events: int
+) -> None:
+    """Node and pool events (OFFLINE, recovered, phase and health changes), newest first;
+    --follow streams new ones (StreamEvents), reconnecting if the replica goes away."""
+    if follow:
+        _follow_events(ctx, node_ref, output, max_events)
+        return
+
+    async def body(c: Client) -> tuple[list[compute.NodeEvent], dict[str, str]]:
+        listed = [await c.node(node_ref)] if node_ref else await c.all_nodes()
+        found: list[compute.NodeEvent] = []
+        for n in listed:
+            answer = await c.nodes.list_node_events(
+                compute.ListNodeEventsRequest(node_id=n.id, limit=limit)
+            )
+            found.extend(answer.events)
+        found.sort(
+            key=lambda e: e.timestamp or dt.datetime.min.replace(tzinfo=dt.UTC), reverse=True
+        )
+        return found[:limit], {n.id: n.hostname for n in listed}
+
+    found, hostnames = rpc(ctx, body)
+    if output in ("json", "yaml"):
+        click.echo(_dump(found, output))
+    else:
+        click.echo(render_events(found, hostnames, color=ctx.color))
+
+
+def _follow_events(ctx: Ctx, node_ref: str | None, output: str, max_events: int) -> None:
+    context = ctx.ssl_context()
+    metadata = ctx.metadata()
+    shown = 0
+
+    async def session(node_id: str) -> None:
+        nonlocal shown
+        channel = grpclib.client.Channel(ctx.host, ctx.port, ssl=context)
+        try:
+            stub = compute.NodeServiceStub(channel, metadata=metadata)  # no deadline
+            async for event in stub.stream_events(compute.StreamEventsRequest(node_id=node_id)):
+                if event.metadata.get("marker"):
+                    continue  # "subscribed": from here on nothing is missed
+                if output == "json":
+                    click.echo(json.dumps(event.to_dict(), sort_keys=True))
+                elif output == "yaml":
+                    click.echo(
+                        "---\n" + str(yaml.safe_dump(event.to_dict(), sort_keys=True)).rstrip()
+                    )
+                else:
+                    click.echo(_event_line(event))
+                shown += 1
+                if max_events and shown >= max_events:
+                    return
+            raise GRPCError(grpclib.const.Status.UNAVAILABLE, "the event stream ended")
+        finally:
+            tls.close_at_once(channel)
+
+    async def go() -> None:
+        node_id = ""
+        if node_ref:
+            channel = grpclib.client.Channel(ctx.host, ctx.port, ssl=context)
+            try:
+                node_id = (await Client(channel, metadata=metadata).node(node_ref)).id
+            finally:
+                tls.close_at_once(channel)
+        delay = 0.5
+        while True:
+            try:
+                await session(node_id)
+                return
+            except GRPCError as exc:
+                if exc.status not in EVENTS_RETRY:
+                    raise
+                why = f"{exc.status.name}: {exc.message}"
+            except (OSError, grpclib.exceptions.StreamTerminatedError) as exc:
+                if not shown:
+                    raise
+                why = f"cannot reach the controller at {ctx.controller}: {exc}"
+            click.echo(
+                f"qvdcctl: event stream lost ({why}); subscribing again in {delay:g} s "
+                "(events meanwhile: qvdcctl events)",
+                err=True,
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+    try:
+        asyncio.run(go())
+    except GRPCError as exc:
+        _fail(EXIT_CONTROLLER, f"{exc.status.name}: {exc.message}")
+    except (OSError, TimeoutError, grpclib.exceptions.StreamTerminatedError) as exc:
+        _fail(EXIT_UNREACHABLE, f"cannot reach the controller at {ctx.controller}: {exc}")
+    except KeyboardInterrupt:
+        raise SystemExit(EXIT_OK) from None
+
+
 @cli.group()
 def context() -> None:
     """The context file `make run` writes (controller, etcd endpoint, prefix)."""
