@@ -139,3 +139,22 @@ async def test_drain_and_decommission_over_connect(
         assert err.status is Status.NOT_FOUND
     else:
         raise AssertionError("the node is still there over gRPC")
+
+
+async def test_registration_keeps_its_extra_fields_over_connect(client: Http) -> None:
+    body = {
+        "hostname": "cx-reg",
+        "managementIp": "10.2.0.7:9090",
+        "taints": [{"key": "dedicated", "value": "storage", "effect": "PREFER_NO_SCHEDULE"}],
+        "agentEndpoint": "http://10.2.0.7:8443",
+        "cpuInfo": {"sockets": 2, "numaNodes": [{"nodeId": 1, "cpus": [0, 1]}]},
+        "memoryInfo": {"totalBytes": "8589934592", "hugePages": {"pages2mbTotal": "512"}},
+        "networkDevices": [{"name": "eth0", "sriovCapable": True, "sriovVfsTotal": 8}],
+    }
+    node = await _ok(client, "RegisterNode", body)
+    got = await _ok(client, "GetNode", {"id": node["id"]})
+    assert got["spec"]["scheduling"]["taints"] == body["taints"]
+    assert got["annotations"] == {"qvdc.io/agent-endpoint": "http://10.2.0.7:8443"}
+    assert got["spec"]["cpu"]["numaNodes"] == [{"nodeId": 1, "cpus": [0, 1]}]
+    assert got["spec"]["memory"]["hugePages"] == {"pages2mbTotal": "512"}
+    assert got["spec"]["network"][0]["sriovVfsTotal"] == 8
