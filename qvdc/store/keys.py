@@ -8,7 +8,7 @@ key                                value                                       w
 ``assignments/<node_id>/<pool>``   empty (index; same txn as the pool)         API
 ``hoststatus/<pool_id>/<node>``    last material per-host report               heartbeat intake
 ``poolstatus/<pool_id>``           aggregate status                            aggregator (leader)
-``nodes/<node_id>``                Node (protobuf JSON, no status)             API (register)
+``nodes/<node_id>``                Node (protobuf JSON, no status)             API (register, admin)
 ``nodenames/<hostname>``           node id                                     API (register)
 ``nodestatus/<node_id>``           phase, liveness, conditions, owner          liveness monitor
 ``replicas/<replica_id>``          presence, on that replica's lease           each replica
