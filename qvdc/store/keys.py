@@ -17,6 +17,10 @@ key                                value                                       w
 
 Ids and names never contain ``/`` (validated at the API), so a key splits
 unambiguously.
+
+The event history is not in this keyspace: it lives under a sibling prefix
+(``/quantix-events/``), laid out in ``qvdc.engines.eventstore``, so the view never
+lists or watches it.
 """
 
 from __future__ import annotations
