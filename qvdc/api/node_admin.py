@@ -220,7 +220,7 @@ class NodeAdmin:
                 remove=remove,
                 max_labels=self._limits.max_labels,
             )
-            return {**document, "labels": labels}
+            return node_admin.mark_operator_set({**document, "labels": labels}, ["labels"])
 
         await self._catalog.update_node(request.node_id, mutate)
         auth.audit(

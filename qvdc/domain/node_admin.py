@@ -11,9 +11,10 @@ Decisions (docs/upstream.md, "Node administration"):
   ``update_mask.paths``. An empty mask updates every field the request *sets* (a message
   present on the wire), like upstream, which ignores the mask; a request setting nothing
   is INVALID_ARGUMENT (nothing to update).
-* **Operator-owned fields.** Once an operator changed a node's role or scheduling, a
-  re-registration (every agent restart) keeps the operator's values
-  (:func:`merge_registration`); upstream's re-registration overwrote them.
+* **Operator-owned fields.** Once an operator changed a node's role, scheduling or labels
+  (UpdateNode, AddTaint/RemoveTaint, UpdateLabels), a re-registration (every agent
+  restart) keeps the operator's values (:func:`merge_registration`); upstream's
+  re-registration overwrote them.
 * **Taints.** Keys follow the label key rule, values the label value rule; one taint per
   key (AddTaint with a known key replaces it); at most :data:`MAX_TAINTS`. RemoveTaint of
   a key the node does not carry is NOT_FOUND naming it (a typo is never a silent success).
@@ -49,8 +50,10 @@ UPDATE_PATHS: Mapping[str, frozenset[str]] = {
     "role": frozenset({"role"}),
 }
 
-#: Key of the node document listing the fields an operator set (``role``, ``scheduling``).
+#: Key of the node document listing the fields an operator set (``role``, ``scheduling``,
+#: ``labels``).
 OPERATOR_SET_KEY = "operatorSet"
+_SPEC_OWNED = ("role", "scheduling")
 
 
 class TaintEffect(enum.IntEnum):
@@ -247,21 +250,23 @@ def mark_operator_set(document: Mapping[str, Any], fields: Iterable[str]) -> dic
 
 
 def merge_registration(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:
-    """A re-registration's document ``new``, keeping the role and scheduling an operator
-    set on the ``old`` one (and the mark saying so)."""
+    """A re-registration's document ``new``, keeping the role, scheduling and labels an
+    operator set on the ``old`` one (and the mark saying so)."""
     out = dict(new)
     if old is None:
         return out
-    owned = [f for f in old.get(OPERATOR_SET_KEY) or () if f in ("role", "scheduling")]
+    owned = sorted(f for f in old.get(OPERATOR_SET_KEY) or () if f in (*_SPEC_OWNED, "labels"))
     if not owned:
         return out
     spec = dict(out.get("spec") or {})
     old_spec = old.get("spec") or {}
     for name in owned:
-        if name in old_spec:
+        if name == "labels":
+            out["labels"] = dict(old.get("labels") or {})
+        elif name in old_spec:
             spec[name] = old_spec[name]
         else:
             spec.pop(name, None)
     out["spec"] = spec
-    out[OPERATOR_SET_KEY] = sorted(owned)
+    out[OPERATOR_SET_KEY] = owned
     return out

@@ -187,8 +187,12 @@ async def test_operator_fields_survive_re_registration(nodes: compute.NodeServic
         ),
         timeout=TIMEOUT,
     )
-    again = await nodes.register_node(register_request("upd-4"), timeout=TIMEOUT)
+    await nodes.update_labels(
+        compute.UpdateLabelsRequest(node_id=node.id, add_labels={"tier": "gold"}), timeout=TIMEOUT
+    )
+    again = await nodes.register_node(register_request("upd-4"), timeout=TIMEOUT)  # rack=r1
     assert again.id == node.id
+    assert again.labels == {"rack": "r1", "tier": "gold"}  # the operator's, not re-sent ones
     assert again.spec.role == compute.NodeRole(storage=True)
     assert not again.spec.scheduling.schedulable
     assert again.spec.scheduling.taints == [taint("t")]

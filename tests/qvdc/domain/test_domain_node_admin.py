@@ -263,3 +263,12 @@ def test_merge_registration_keeps_operator_fields_only() -> None:
     # An operator-set field the old spec lacks (all defaults) stays at its defaults.
     bare = mark_operator_set({"spec": {}}, ["role"])
     assert "role" not in merge_registration(bare, new)["spec"]
+
+
+def test_merge_registration_keeps_operator_labels() -> None:
+    new = {"labels": {"zone": "from-agent"}, "spec": {}}
+    old = mark_operator_set({"labels": {"rack": "r9"}, "spec": {}}, ["labels"])
+    merged = merge_registration(old, new)
+    assert merged["labels"] == {"rack": "r9"}
+    assert merged[OPERATOR_SET_KEY] == ["labels"]
+    assert merge_registration({"labels": {"rack": "r9"}}, new)["labels"] == {"zone": "from-agent"}
