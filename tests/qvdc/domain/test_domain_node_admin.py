@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -272,3 +274,29 @@ def test_merge_registration_keeps_operator_labels() -> None:
     assert merged["labels"] == {"rack": "r9"}
     assert merged[OPERATOR_SET_KEY] == ["labels"]
     assert merge_registration({"labels": {"rack": "r9"}}, new)["labels"] == {"zone": "from-agent"}
+
+
+small = st.dictionaries(st.sampled_from(["a", "b"]), st.integers(0, 3), max_size=2)
+spec_docs = st.fixed_dictionaries({}, optional={"role": small, "scheduling": small, "cpu": small})
+node_docs = st.fixed_dictionaries(
+    {"spec": spec_docs}, optional={"labels": st.dictionaries(label_keys, st.text(max_size=2))}
+)
+
+
+@given(
+    old=node_docs,
+    new=node_docs,
+    owned=st.sets(st.sampled_from(["role", "scheduling", "labels", "cpu"])),
+)
+def test_merge_registration_properties(
+    old: dict[str, Any], new: dict[str, Any], owned: set[str]
+) -> None:
+    old = mark_operator_set(old, owned)
+    merged = merge_registration(old, new)
+    kept = owned & {"role", "scheduling"}
+    for name in ("role", "scheduling", "cpu"):
+        source = old if name in kept else new  # "cpu" is never operator-owned
+        assert merged["spec"].get(name) == source["spec"].get(name)
+    labels_from = old if "labels" in owned else new
+    assert merged.get("labels", {}) == labels_from.get("labels", {})
+    assert merge_registration(old, merged) == merged  # registering again changes nothing
