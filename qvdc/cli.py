@@ -174,18 +174,59 @@ def render_pools(
     return _render(table, color=color)
 
 
+def node_roles(node: compute.Node) -> str:
+    """``compute,storage,control-plane`` (the roles set), plus ``unschedulable``."""
+    spec = node.spec or compute.NodeSpec()
+    role = spec.role or compute.NodeRole()
+    names = [
+        n
+        for n, on in (
+            ("compute", role.compute),
+            ("storage", role.storage),
+            ("control-plane", role.control_plane),
+        )
+        if on
+    ]
+    if spec.scheduling is not None and not spec.scheduling.schedulable:
+        names.append("unschedulable")
+    return ",".join(names)
+
+
+def node_taints(node: compute.Node) -> str:
+    """``key=value:Effect,...`` as ``nodes taint`` takes them."""
+    scheduling = (node.spec or compute.NodeSpec()).scheduling or compute.SchedulingConfig()
+    effects = {
+        compute.TaintEffect.NO_SCHEDULE: "NoSchedule",
+        compute.TaintEffect.PREFER_NO_SCHEDULE: "PreferNoSchedule",
+        compute.TaintEffect.NO_EXECUTE: "NoExecute",
+    }
+    return ",".join(
+        f"{t.key}{'=' + t.value if t.value else ''}:{effects.get(t.effect, t.effect.name)}"
+        for t in scheduling.taints
+    )
+
+
 def render_nodes(nodes: Sequence[compute.Node], *, wide: bool = False, color: bool = False) -> str:
     table = Table(box=None, pad_edge=False, show_edge=False)
     for col in ("HOSTNAME", "PHASE", "MANAGEMENT IP", "LAST HEARTBEAT", "ID"):
         table.add_column(col, no_wrap=True)
     if wide:
-        table.add_column("LABELS", no_wrap=True)
+        for col in ("ROLES", "TAINTS", "LABELS"):
+            table.add_column(col, no_wrap=True)
     if not nodes:
-        table.add_row("(no nodes)", "", "", "", "", *([""] if wide else []))
+        table.add_row("(no nodes)", "", "", "", "", *(["", "", ""] if wide else []))
     for node in nodes:
         st = node.status or compute.NodeStatus()
         beat = st.last_heartbeat.isoformat(timespec="seconds") if st.last_heartbeat else "-"
-        extra = [",".join(f"{k}={v}" for k, v in sorted(node.labels.items()))] if wide else []
+        extra = (
+            [
+                node_roles(node) or "-",
+                node_taints(node) or "-",
+                ",".join(f"{k}={v}" for k, v in sorted(node.labels.items())),
+            ]
+            if wide
+            else []
+        )
         table.add_row(
             node.hostname, _styled(st.phase.name), node.management_ip or "-", beat, node.id, *extra
         )
@@ -1005,12 +1046,7 @@ def nodes_taint(ctx: Ctx, node: str, taints: tuple[str, ...]) -> None:
         return got
 
     got = rpc(ctx, body)
-    names = {v: k for k, v in _TAINT_EFFECTS.items()}
-    scheduling = (got.spec or compute.NodeSpec()).scheduling or compute.SchedulingConfig()
-    shown = ",".join(
-        f"{t.key}{'=' + t.value if t.value else ''}:{names[t.effect]}" for t in scheduling.taints
-    )
-    click.echo(f"node {got.hostname} taints: {shown or 'none'}")
+    click.echo(f"node {got.hostname} taints: {node_taints(got) or 'none'}")
 
 
 def summarize(pools: Sequence[storage.StoragePool], nodes: Sequence[compute.Node]) -> list[str]:

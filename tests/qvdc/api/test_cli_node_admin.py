@@ -75,3 +75,27 @@ def test_taint_change() -> None:
     for bad in ("k", "k=v", ":NoSchedule", "k:nosched", "-"):
         with pytest.raises(click.BadParameter):
             cli.taint_change(bad)
+
+
+async def test_nodes_list_wide_shows_roles_taints_and_labels(
+    controller: Controller, nodes: compute.NodeServiceStub
+) -> None:
+    node = await nodes.register_node(register_request("cli-wide"), timeout=TIMEOUT)
+    await nodes.update_node(
+        compute.UpdateNodeRequest(
+            id=node.id,
+            role=compute.NodeRole(compute=True, storage=True),
+            scheduling=compute.SchedulingConfig(
+                schedulable=False,
+                taints=[
+                    compute.Taint(key="gpu", value="a100", effect=compute.TaintEffect.NO_EXECUTE)
+                ],
+            ),
+        ),
+        timeout=TIMEOUT,
+    )
+    r = await run_cli(controller, "nodes", "list", "-o", "wide")
+    assert r.exit_code == 0, r.output
+    [line] = [row for row in r.output.splitlines() if row.startswith("cli-wide")]
+    assert "compute,storage,unschedulable" in line
+    assert "gpu=a100:NoExecute" in line and "rack=r1" in line
