@@ -15,7 +15,9 @@ Two heartbeat channels:
 One stream per node: a stream whose first heartbeat names a node that already has
 a stream on this replica replaces it; the old one ends with ABORTED ("replaced by a
 newer stream from <address>"), so a node (or an impostor stopped by
-:mod:`qvdc.api.auth`) never has two sessions receiving its pushes.
+:mod:`qvdc.api.auth`) never has two sessions receiving its pushes. A node whose record
+is deleted (DecommissionNode, through any replica: this one sees it in its view) has its
+stream ended with NOT_FOUND.
 
 Authorization (:mod:`qvdc.api.auth`): the RPC-level check ran before a handler; the
 node handlers check that the request names the caller's node (a stream once, on its
