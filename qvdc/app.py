@@ -243,6 +243,7 @@ class Controller:
             aggregator=self.aggregator,
             hub=self.hub,
             stream_heartbeats=lambda: self.node_service.stream_heartbeats,  # read when scraped
+            events=self.events,
         )
         self.catalog = Catalog(
             store=store,

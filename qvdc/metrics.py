@@ -28,6 +28,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from qvdc.domain.model import NodePhase, PoolPhase
 from qvdc.engines.aggregator import Aggregator
 from qvdc.engines.committer import GroupCommitter
+from qvdc.engines.eventstore import EventStore
 from qvdc.engines.intake import HeartbeatIntake
 from qvdc.engines.liveness import LivenessMonitor
 from qvdc.engines.push import PushHub
@@ -219,6 +220,37 @@ class AggregatorCollector:
         )
 
 
+class EventsCollector:
+    """The event history (``EventStore``): stored, dropped, waiting, followed."""
+
+    def __init__(self, events: EventStore) -> None:
+        self._events = events
+
+    def collect(self) -> Iterable[Metric]:
+        events = self._events
+        yield CounterMetricFamily(
+            "qvdc_events_stored",
+            "Events this replica wrote to the event history in etcd.",
+            value=events.written,
+        )
+        yield CounterMetricFamily(
+            "qvdc_events_dropped",
+            "Events this replica could not keep (its queue full, or etcd did not take them); "
+            "they are still in the log.",
+            value=events.dropped,
+        )
+        yield GaugeMetricFamily(
+            "qvdc_events_queued",
+            "Events waiting to be written to the history.",
+            value=events.queued,
+        )
+        yield GaugeMetricFamily(
+            "qvdc_event_streams_open",
+            "StreamEvents calls open on this replica now.",
+            value=events.subscribers,
+        )
+
+
 class ControllerMetrics:
     """One replica's registry: the lag histogram now, the collectors once the engines
     exist (:meth:`watch`); :meth:`page` serves it."""
@@ -249,6 +281,7 @@ class ControllerMetrics:
         aggregator: Aggregator,
         hub: PushHub,
         stream_heartbeats: Callable[[], int] = lambda: 0,
+        events: EventStore | None = None,
     ) -> None:
         """Register the collectors reading these engines at scrape time
         (``stream_heartbeats()``: how many of the intake's heartbeats came on streams)."""
@@ -261,6 +294,8 @@ class ControllerMetrics:
             AggregatorCollector(aggregator),
         ):
             self.registry.register(collector)
+        if events is not None:
+            self.registry.register(EventsCollector(events))
 
     def render(self) -> bytes:
         """The text exposition of every metric."""

@@ -357,6 +357,9 @@ async def test_an_etcd_that_takes_no_events_never_holds_a_heartbeat(
             c.events.record(_event(node.id, i))
         assert c.events.dropped >= 40  # the queue holds 5 (and the writer one batch)
         assert any("dropped" in r.getMessage() for r in caplog.records)
+        scraped = c.metrics.render().decode()
+        assert f"qvdc_events_dropped_total {float(c.events.dropped)}" in scraped
+        assert f"qvdc_events_queued {float(c.events.queued)}" in scraped
         for _ in range(20):
             started = time.monotonic()
             await nodes.update_heartbeat(
