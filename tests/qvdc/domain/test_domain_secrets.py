@@ -113,4 +113,7 @@ def test_plan_update(
     expected: Planned,
 ) -> None:
     plan = secrets.plan_update(requested=requested, mask_paths=mask, stored=stored)
-    assert plan == {CHAP_PASSWORD: expected}
+    # Every other secret field (the Ceph key) is neither stored nor sent: nothing kept.
+    assert plan == {
+        field: expected if field is CHAP_PASSWORD else Planned() for field in secrets.SECRET_FIELDS
+    }
