@@ -289,15 +289,22 @@ class EventStore:
                 batch.append(self._queue.get_nowait())
             try:
                 await self._write(batch)
-                await self._trim({e.subject for e in batch})
-                backoff = _BACKOFF[0]
             except (StoreError, TimeoutError) as exc:
                 self._drop(len(batch), f"etcd did not take them: {exc}")
                 await asyncio.sleep(backoff)
                 backoff = min(_BACKOFF[1], backoff * 2)
+                continue
             except Exception:
                 log.exception("event history: a batch of %d failed", len(batch))
                 self.dropped += len(batch)
+                continue
+            backoff = _BACKOFF[0]
+            try:
+                await self._trim({e.subject for e in batch})
+            except (StoreError, TimeoutError) as exc:
+                # Written, not yet trimmed: the subject stays marked and is trimmed at its
+                # next write; readers never show more than the bound meanwhile.
+                log.info("event history: trimming deferred (%s)", exc)
 
     async def _lease_id(self) -> int:
         now = self._clock.monotonic()

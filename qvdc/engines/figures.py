@@ -3,8 +3,10 @@
 The heartbeat carries the host's own measurements; the controller stores none of them in
 etcd (the heartbeat path writes nothing per heartbeat: ``qvdc.engines.intake``). The
 replica that receives a node's heartbeats keeps the latest figures here, one small
-record per node updated in place (no allocation per heartbeat), and GetNodeMetrics reads
-them. Their time is the monitor's wall time of the same heartbeat.
+record per node updated in place (no record allocated per heartbeat; it refers to the
+request's own numbers), and GetNodeMetrics reads them: about 250 bytes per node (the
+record, its dict entry, the floats it keeps alive), a few attribute stores per heartbeat.
+Their time is the monitor's wall time of the same heartbeat.
 
 So the figures are where the node heartbeats: another replica has none for it (the API
 says which replica holds them), and they are as old as the node's last heartbeat (the
