@@ -80,7 +80,7 @@ async def test_events_and_metrics_are_reads(
     stream = viewer.stream_events(compute.StreamEventsRequest(node_id=seeded.a))
     marker = await asyncio.wait_for(stream.__anext__(), 5)
     assert marker.metadata["marker"] == "subscribed"
-    await stream.aclose()
+    await stream.aclose()  # type: ignore[attr-defined]  # an async generator, typed as an iterator
     # A node may not read the fleet's events (reads are operators').
     await refused(
         compute.NodeServiceStub(connect("host-a")).list_node_events(
