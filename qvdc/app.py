@@ -411,7 +411,8 @@ class Controller:
         self.monitor.leader = leading
         if leading:
             self.pool_events.reset()
-        eventlog.event(
+        eventlog.event_to(
+            self.events.record,
             log,
             "leader.acquired" if leading else "leader.lost",
             "replica %s %s the aggregation leader",

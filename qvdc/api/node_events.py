@@ -57,6 +57,9 @@ _GOOD_STATES = frozenset({"READY", "HEALTHY"})
 _NAMED = {
     "pool.created": _SysType.STORAGE_POOL_CREATED,
     "pool.deleted": _SysType.STORAGE_POOL_DELETED,
+    "leader.acquired": _SysType.SERVICE_STARTED,
+    "leader.lost": _SysType.SERVICE_STOPPED,
+    "liveness.unfrozen": _SysType.SYSTEM_RECOVERED,
 }
 
 
@@ -114,9 +117,16 @@ def system_event(event: StoredEvent) -> compute.SystemEvent:
         severity=severity(event),
         source="qvdc",
         message=event.message,
-        resource_id=event.pool_id if event.name.startswith("pool.") else event.node_id,
+        resource_id=_resource(event),
         metadata=metadata,
     )
+
+
+def _resource(event: StoredEvent) -> str:
+    """What a SystemEvent is about: the pool for pool.*, else the node, else the replica."""
+    if event.name.startswith("pool.") and event.pool_id:
+        return event.pool_id
+    return event.node_id or event.pool_id or event.replica
 
 
 class NodeEvents:

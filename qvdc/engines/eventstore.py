@@ -9,8 +9,10 @@ changed an operator phase). That code path hands the event to :meth:`EventStore.
 Keys (relative to the event prefix, :func:`events_prefix`: beside the replica's keyspace,
 not in it, so the cluster view never lists or watches the history)::
 
-    nodes/<node_id>/<time-ordered id>    node.*, host.health (also names the pool)
-    pools/<pool_id>/<time-ordered id>    pool.phase
+    nodes/<node_id>/<time-ordered id>       node.*, host.health (also names the pool)
+    pools/<pool_id>/<time-ordered id>       pool.phase, pool.deleted
+    replicas/<replica_id>/<time-ordered id> the rest: liveness.frozen / unfrozen,
+                                            leader.acquired / lost (about that replica)
 
 The time-ordered id is the wall time in microseconds (16 digits) and the event's id, so
 keys sort oldest first. The value is JSON (:func:`encode` / :func:`decode`).
@@ -57,6 +59,7 @@ log = logging.getLogger(__name__)
 
 NODES = "nodes/"
 POOLS = "pools/"
+REPLICAS = "replicas/"
 
 #: Events per write transaction (etcd's default --max-txn-ops is 128).
 BATCH = 64
@@ -79,6 +82,10 @@ def pool_events(pool_id: str) -> str:
     return f"{POOLS}{pool_id}/"
 
 
+def replica_events(replica_id: str) -> str:
+    return f"{REPLICAS}{replica_id}/"
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class StoredEvent:
     """One event of the history."""
@@ -97,7 +104,9 @@ class StoredEvent:
     @property
     def subject(self) -> str:
         """The key prefix it is stored under."""
-        return node_events(self.node_id) if self.node_id else pool_events(self.pool_id)
+        if self.node_id:
+            return node_events(self.node_id)
+        return pool_events(self.pool_id) if self.pool_id else replica_events(self.replica)
 
     @property
     def key(self) -> str:
@@ -236,8 +245,6 @@ class EventStore:
         fields = event.fields
         node_id = _text(fields.get("node_id"))
         pool_id = _text(fields.get("pool_id"))
-        if not node_id and not pool_id:
-            return  # not about a node or a pool: logged only
         hostname = ""
         if node_id:
             record = self._view.node(node_id)

@@ -383,7 +383,8 @@ class LivenessMonitor:
         self._frozen_at = now
         self._frozen_nodes = frozenset(live)
         self._heard_in_freeze = False
-        eventlog.event(
+        eventlog.event_to(
+            self.on_event,
             log,
             "liveness.frozen",
             "liveness frozen: all %d live nodes went silent at once (grace %.1fs); suspecting "
@@ -411,7 +412,8 @@ class LivenessMonitor:
         # evidence against any node, and the ones still silent are judged a grace later.
         self._records = staleness.reset_after_outage(records=self._records, now=now)
         self._no_expiry_before = now + self._grace
-        eventlog.event(
+        eventlog.event_to(
+            self.on_event,
             log,
             "liveness.unfrozen",
             "liveness freeze ended after %.1fs: heartbeats from %d of %d frozen nodes; "

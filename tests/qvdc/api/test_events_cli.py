@@ -17,6 +17,10 @@ async def test_events_lists_and_follows(
 ) -> None:
     a = await nodes.register_node(register_request("ev-a"), timeout=TIMEOUT)
     b = await nodes.register_node(register_request("ev-b"), timeout=TIMEOUT)
+    # This replica's leader.acquired is stored before the follower starts.
+    await eventually(
+        lambda: asyncio.sleep(0, controller.events.written), lambda n: n >= 1, what="stored"
+    )
     # --follow for two events, started before they happen.
     follower = asyncio.create_task(
         asyncio.to_thread(invoke, controller.port, "events", "--follow", "--max-events", "2")

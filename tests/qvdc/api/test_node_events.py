@@ -377,3 +377,35 @@ async def test_an_etcd_that_takes_no_events_never_holds_a_heartbeat(
     finally:
         channel.close()
         await c.stop()
+
+
+def test_system_event_types_follow_the_event() -> None:
+    from qvdc.api import node_events
+
+    def of(name: str, level: int = logging.INFO, **fields: str) -> compute.SystemEvent:
+        stored = eventstore.StoredEvent(
+            id="e", name=name, level=level, message="m", at=1.0, replica="r1", fields=fields,
+            node_id="n1" if name.startswith(("node.", "host.")) else "",
+            pool_id="p1" if name.startswith(("pool.", "host.")) else "",
+        )  # fmt: skip
+        return node_events.system_event(stored)
+
+    cases = {
+        ("node.offline", logging.WARNING, ()): (SysType.WARNING_ISSUED, "n1"),
+        ("node.recovered", logging.INFO, ()): (SysType.SYSTEM_RECOVERED, "n1"),
+        ("pool.phase", logging.WARNING, (("to", "ERROR"),)): (SysType.ERROR_OCCURRED, "p1"),
+        ("pool.phase", logging.INFO, (("to", "READY"),)): (SysType.SYSTEM_RECOVERED, "p1"),
+        ("host.health", logging.WARNING, (("to", "DEGRADED"),)): (SysType.WARNING_ISSUED, "n1"),
+        ("pool.deleted", logging.INFO, ()): (SysType.STORAGE_POOL_DELETED, "p1"),
+        ("leader.acquired", logging.INFO, ()): (SysType.SERVICE_STARTED, "r1"),
+        ("leader.lost", logging.INFO, ()): (SysType.SERVICE_STOPPED, "r1"),
+        ("liveness.frozen", logging.WARNING, ()): (SysType.WARNING_ISSUED, "r1"),
+        ("liveness.unfrozen", logging.INFO, ()): (SysType.SYSTEM_RECOVERED, "r1"),
+    }
+    for (name, level, fields), (kind, resource) in cases.items():
+        got = of(name, level, **dict(fields))
+        assert (got.type, got.resource_id) == (kind, resource), name
+        assert got.metadata["event"] == name and got.source == "qvdc"
+    assert (
+        of("pool.phase", logging.WARNING, to="ERROR").severity == compute.SystemEventSeverity.ERROR
+    )

@@ -1,4 +1,4 @@
-"""EventStore against a real etcd: what it keeps and where, the codec, a lease revoked
+"""EventStore against a real etcd: where each event is kept, the codec, a lease revoked
 under the writer, a value that is not an event, and a watch that breaks and resumes."""
 
 from __future__ import annotations
@@ -69,17 +69,17 @@ def test_keys_sort_by_time_and_the_codec_round_trips() -> None:
             eventstore.decode(bad)
 
 
-async def test_only_node_and_pool_events_are_kept_each_under_its_subject(
+async def test_each_event_is_kept_under_its_node_pool_or_replica(
     store: EtcdStore,
 ) -> None:
     events = make(store)
-    events.record(event("liveness.frozen", nodes=3))  # about neither: the log only
+    events.record(event("liveness.frozen", nodes=3))  # about neither: the replica's
     events.record(event("node.offline", node_id="n1", grace_s=3.0))
     events.record(event("host.health", node_id="n1", pool_id="p1", to=None))
     events.record(event("pool.phase", pool_id="p1", **{"from": "READY", "to": "ERROR"}))
-    assert events.queued == 3
+    assert events.queued == 4
     async with running(events):
-        await written(events, 3)
+        await written(events, 4)
     history = await events.node_history("n1")
     assert [e.name for e in history] == ["host.health", "node.offline"]  # newest first
     assert history[0].pool_id == "p1" and history[0].fields == {"to": ""}
@@ -87,6 +87,9 @@ async def test_only_node_and_pool_events_are_kept_each_under_its_subject(
     kvs, _ = await events.store.get_prefix(eventstore.pool_events("p1"))
     [pool_event] = [eventstore.decode(kv.value) for kv in kvs]
     assert pool_event.fields == {"from": "READY", "to": "ERROR"}
+    kvs, _ = await events.store.get_prefix(eventstore.replica_events("r9"))
+    [frozen] = [eventstore.decode(kv.value) for kv in kvs]
+    assert (frozen.name, frozen.fields) == ("liveness.frozen", {"nodes": "3"})
     # The replica's own keyspace holds none of it.
     assert [kv.key for kv in (await store.get_prefix(""))[0]] == []
 
