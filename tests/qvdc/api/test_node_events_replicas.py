@@ -97,6 +97,7 @@ async def test_one_event_per_transition_and_metrics_where_the_heartbeats_are(
         finally:
             alive.cancel()
             await asyncio.gather(alive, return_exceptions=True)
+            await stream.aclose()  # type: ignore[attr-defined]  # an async generator
     finally:
         ch1.close()
         ch2.close()
