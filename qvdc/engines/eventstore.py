@@ -442,3 +442,9 @@ class EventStore:
                 log.warning("event history watch failed (%s); resuming in %.1fs", exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(_BACKOFF[1], backoff * 2)
+            except Exception:
+                # A bug, not etcd: logged with its traceback, and the subscribers are not
+                # left waiting on a watch that died.
+                log.exception("event history watch failed; resuming in %.1fs", backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(_BACKOFF[1], backoff * 2)
