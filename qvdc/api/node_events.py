@@ -10,7 +10,8 @@ until their retention ends, but are not listed). etcd unreachable: UNAVAILABLE.
 
 **StreamEvents** (node_id, types): every event written from now on, as ``SystemEvent``
 (source ``qvdc``, resource_id the pool for pool events else the node, metadata with
-``event``, ``node_id``, ``hostname``, ``pool_id``, ``replica`` and the event's fields),
+``event``, ``node_id``, ``hostname``, ``pool_id``, ``pool_name``, ``replica`` and the
+event's fields),
 followed from etcd's watch. The first message is a marker, not an event: type
 SERVICE_STARTED, empty id, ``metadata.marker = "subscribed"``, sent once the watch is
 set up, so a client knows from when it sees everything. ``node_id`` keeps the events
@@ -106,7 +107,7 @@ def system_type(event: StoredEvent) -> _SysType:
 def system_event(event: StoredEvent) -> compute.SystemEvent:
     metadata = dict(event.fields)
     metadata["event"] = event.name
-    for name in ("node_id", "hostname", "pool_id", "replica"):
+    for name in ("node_id", "hostname", "pool_id", "pool_name", "replica"):
         value = getattr(event, name)
         if value:
             metadata[name] = value

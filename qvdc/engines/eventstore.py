@@ -98,6 +98,7 @@ class StoredEvent:
     node_id: str = ""
     pool_id: str = ""
     hostname: str = ""  # the node's, when it names one
+    pool_name: str = ""  # the pool's, when it names one
     replica: str = ""  # the replica that made the transition
     fields: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
@@ -121,7 +122,7 @@ def encode(event: StoredEvent) -> bytes:
         "message": event.message,
         "at": event.at,
     }
-    for name in ("node_id", "pool_id", "hostname", "replica"):
+    for name in ("node_id", "pool_id", "hostname", "pool_name", "replica"):
         value = getattr(event, name)
         if value:
             doc[name] = value
@@ -148,6 +149,7 @@ def decode(value: bytes) -> StoredEvent:
             node_id=str(doc.get("node_id", "")),
             pool_id=str(doc.get("pool_id", "")),
             hostname=str(doc.get("hostname", "")),
+            pool_name=str(doc.get("pool_name", "")),
             replica=str(doc.get("replica", "")),
             fields={str(k): str(v) for k, v in dict(fields).items()},
         )
@@ -249,6 +251,10 @@ class EventStore:
         if node_id:
             record = self._view.node(node_id)
             hostname = record.hostname if record is not None else ""
+        pool_name = ""
+        if pool_id:
+            pool = self._view.pool(pool_id)
+            pool_name = pool.name if pool is not None else ""
         at = self._last_at = max(self._clock.time(), self._last_at + 1e-6)
         stored = StoredEvent(
             id=event.id,
@@ -259,6 +265,7 @@ class EventStore:
             node_id=node_id,
             pool_id=pool_id,
             hostname=hostname,
+            pool_name=pool_name,
             replica=self._replica,
             fields={k: _text(v) for k, v in fields.items() if k not in ("node_id", "pool_id")},
         )

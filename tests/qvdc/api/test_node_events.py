@@ -118,6 +118,7 @@ async def test_offline_then_recovered_is_listed_newest_first_and_streamed(
     mine = await subscribe(subscribers, channel, node_id=node.id)
     recoveries = await subscribe(subscribers, channel, types=[SysType.SYSTEM_RECOVERED])
     theirs = await subscribe(subscribers, channel, node_id=other.id)
+    warnings = await subscribe(subscribers, channel, types=[SysType.WARNING_ISSUED])
 
     async def keep_alive() -> None:  # one node stays live: no mass-outage freeze
         while True:
@@ -132,6 +133,10 @@ async def test_offline_then_recovered_is_listed_newest_first_and_streamed(
     finally:
         alive.cancel()
         await asyncio.gather(alive, return_exceptions=True)
+    # The pool went UNKNOWN while its one host was silent: named by id and name.
+    pool_event = await warnings.until("pool.phase")
+    assert (pool_event.resource_id, pool_event.metadata["pool_name"]) == (pool.id, "blinkpool")
+    assert pool_event.metadata["to"] == "UNKNOWN"
     # The other node's subscriber got nothing: that node never changed.
     assert theirs.received.empty()
     assert not theirs.ended.done()

@@ -59,7 +59,7 @@ def test_keys_sort_by_time_and_the_codec_round_trips() -> None:
                     at=1_700_000_000.5, node_id="n1", hostname="h1", replica="r1",
                     fields={"grace_s": "3.0"})  # fmt: skip
     b = StoredEvent(id="0" * 32, name="pool.phase", level=logging.INFO, message="m2",
-                    at=1_700_000_001.25, pool_id="p1")  # fmt: skip
+                    at=1_700_000_001.25, pool_id="p1", pool_name="fast")  # fmt: skip
     assert a.key == f"nodes/n1/{1_700_000_000_500_000:016d}-{'a' * 32}"
     assert b.key.startswith("pools/p1/") and b.key.split("/")[2] > a.key.split("/")[2]
     assert eventstore.decode(eventstore.encode(a)) == a
