@@ -9,7 +9,15 @@ Pools and nodes are named by id or by name / hostname (resolved with ListPools /
 ListNodes). The controller is the ``--controller`` flag, else ``QVDC_CONTROLLER``,
 else the context file ``make run`` writes (``$QVDC_CONTEXT``, ``./.run/context.json``,
 ``~/.config/qvdc/context.json``), else 127.0.0.1:7443; a host without a port
-means port 7443. There is no watch RPC, so ``watch`` and ``--watch`` poll.
+means port 7443.
+
+``--watch`` (``pools list``, ``pools get``, ``nodes list``, and ``watch``) follows the
+controller's watch RPCs (WatchPools, WatchNodes): the table is redrawn after each burst of
+changes (rich Live on a terminal, one frame after another otherwise; with ``-o json`` one
+JSON line per update). When the stream ends UNAVAILABLE or RESOURCE_EXHAUSTED, or the
+connection breaks, it re-watches with backoff (0.5 s doubling to 10 s) and the initial
+state it gets again replaces the table, so a replica dying loses nothing. Ctrl-C exits 0.
+A controller without the watch RPCs is polled every ``--interval`` seconds.
 
 TLS: ``--tls-ca`` (the controller's CA) with the operator's ``--tls-cert``/``--tls-key``
 (``QVDCCTL_TLS_CA``/``_CERT``/``_KEY``, else the context file's ``tls_ca``/``tls_cert``/
@@ -30,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import datetime as dt
 import io
 import json
@@ -48,6 +57,7 @@ import grpclib.exceptions
 import yaml
 from grpclib.exceptions import GRPCError
 from rich.console import Console
+from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
@@ -446,9 +456,19 @@ output_option = click.option(
     show_default=True,
     help="output format",
 )
-watch_option = click.option("-w", "--watch", is_flag=True, help="repeat until Ctrl-C (polls)")
+watch_option = click.option(
+    "-w",
+    "--watch",
+    is_flag=True,
+    help="follow the controller's watch RPCs until Ctrl-C: redraw on each change "
+    "(-o json/yaml: print each update)",
+)
 interval_option = click.option(
-    "--interval", type=click.FloatRange(min=0.1), default=2.0, show_default=True
+    "--interval",
+    type=click.FloatRange(min=0.1),
+    default=2.0,
+    show_default=True,
+    help="seconds between polls, only for a controller without the watch RPCs",
 )
 
 
@@ -462,6 +482,247 @@ def _repeat(render: Callable[[], str], *, watch: bool, interval: float, title: s
         stamp = dt.datetime.now().strftime("%H:%M:%S")
         click.echo(f"{clear}{title}  {stamp}  (Ctrl-C to stop)\n{text}")
         time.sleep(interval)
+
+
+# ---- following the watch RPCs (--watch) -------------------------------------------------
+
+WATCH_BACKOFF_FIRST, WATCH_BACKOFF_MAX = 0.5, 10.0
+"""Seconds before the first reconnection of a watch, doubling up to the second."""
+MAX_SECONDS = "qvdcctl.max_seconds"
+"""``click`` context meta key of the hidden ``--max-seconds`` (tests): --watch ends after it."""
+WATCH_SETTLE = 0.1
+"""Seconds of quiet after a message before the table is redrawn (a burst is one frame)."""
+#: Statuses after which --watch reconnects (a replica stopped, or was too busy or too slow).
+WATCH_RETRY = frozenset({grpclib.const.Status.UNAVAILABLE, grpclib.const.Status.RESOURCE_EXHAUSTED})
+
+#: A source of a watched table: its name and how to open its stream on a channel.
+WatchSource = tuple[str, Callable[["WatchStubs"], Any]]
+
+
+class WatchStubs:
+    """Stubs without a deadline (a watch lasts until Ctrl-C), with the call metadata."""
+
+    def __init__(self, channel: grpclib.client.Channel, metadata: dict[str, str] | None) -> None:
+        self.pools = storage.StoragePoolServiceStub(channel, metadata=metadata)
+        self.nodes = compute.NodeServiceStub(channel, metadata=metadata)
+
+
+def _event(update: Any, fmt: str) -> str:
+    """One update for scripts: a JSON line, or a YAML document."""
+    data = update.to_dict()
+    if fmt == "yaml":
+        return "---\n" + str(yaml.safe_dump(data, sort_keys=True)).rstrip()
+    return json.dumps(data, sort_keys=True)
+
+
+def _keyed(update: Any) -> tuple[str, Any, bool]:
+    """``(id, object, deleted)`` of a PoolUpdate / NodeUpdate, or of a bare Node (WatchNode)."""
+    if isinstance(update, storage.PoolUpdate):
+        pool = update.pool or storage.StoragePool()
+        return pool.id, pool, update.type == storage.PoolUpdateUpdateType.DELETED
+    if isinstance(update, compute.NodeUpdate):
+        node = update.node or compute.Node()
+        return node.id, node, update.type == compute.NodeUpdateUpdateType.DELETED
+    return str(update.id), update, False
+
+
+class _Redraw:
+    """Where frames go: a rich Live display on a terminal, else one frame after another."""
+
+    def __init__(self, *, title: str, live: bool) -> None:
+        self.title = title
+        self._live: Any = None
+        if live:
+            self._live = Live(Text(""), auto_refresh=False, screen=False)
+
+    def __enter__(self) -> _Redraw:
+        if self._live is not None:
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.__exit__(*exc)
+
+    def show(self, text: str, note: str = "") -> None:
+        stamp = dt.datetime.now().strftime("%H:%M:%S")
+        head = f"{self.title}  {stamp}  (watching; Ctrl-C to stop){note}"
+        if self._live is not None:
+            self._live.update(Text.from_ansi(f"{head}\n{text}"), refresh=True)
+        else:
+            click.echo(f"{head}\n{text}\n")
+
+
+def follow(
+    ctx: Ctx,
+    sources: Sequence[WatchSource],
+    frame: Callable[[dict[str, dict[str, Any]]], str],
+    *,
+    title: str,
+    max_updates: int = 0,
+    events: str | None = None,
+) -> bool:
+    """Follow the watch streams of ``sources`` until Ctrl-C (exit 0), redrawing ``frame``
+    (of each source's objects by id) after every burst of updates; with ``events``
+    ("json" / "yaml") print each update instead. On UNAVAILABLE, RESOURCE_EXHAUSTED or a
+    broken connection it reconnects with backoff and starts again from the initial state
+    the watch sends (the whole truth: nothing is resumed). The first source ending OK (the
+    one pool watched was deleted) ends the command with 0. ``max_updates`` (tests) stops
+    after that many frames or events. False: the controller has no watch RPCs
+    (UNIMPLEMENTED, an older build), and the caller polls instead."""
+    context = ctx.ssl_context()
+    metadata = ctx.metadata()
+    shown = 0
+    answered = [False]  # the controller answered once: later failures re-watch
+
+    async def session(redraw: _Redraw, note: str) -> bool:
+        """One connection: True when the watched object is gone (the end)."""
+        nonlocal shown
+        channel = grpclib.client.Channel(ctx.host, ctx.port, ssl=context)
+        stubs = WatchStubs(channel, metadata)
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        state: dict[str, dict[str, Any]] = {name: {} for name, _ in sources}
+
+        async def pump(name: str, open_stream: Callable[[WatchStubs], Any]) -> None:
+            try:
+                async for update in open_stream(stubs):
+                    await queue.put((name, update))
+                await queue.put((name, None))
+            except Exception as exc:  # noqa: BLE001 - handed to the loop below
+                await queue.put((name, exc))
+
+        tasks = [asyncio.create_task(pump(name, opener)) for name, opener in sources]
+        quiet_start: float | None = WATCH_SETTLE * 5  # nothing matches yet: draw that
+        try:
+            while True:
+                item: tuple[str, Any] | None
+                try:
+                    item = await asyncio.wait_for(queue.get(), quiet_start)
+                except TimeoutError:
+                    item = None
+                quiet_start = None
+                while item is not None:
+                    name, update = item
+                    if isinstance(update, BaseException):
+                        raise update
+                    answered[0] = True
+                    if update is None:
+                        if name != sources[0][0]:
+                            raise GRPCError(grpclib.const.Status.UNAVAILABLE, "watch ended")
+                        if not events:
+                            redraw.show(frame(state), "  (gone)")
+                        return True
+                    key, obj, deleted = _keyed(update)
+                    if deleted:
+                        state[name].pop(key, None)
+                    else:
+                        state[name][key] = obj
+                    if events:
+                        click.echo(_event(update, events))
+                        shown += 1
+                        if max_updates and shown >= max_updates:
+                            return True
+                    try:
+                        item = await asyncio.wait_for(queue.get(), WATCH_SETTLE)
+                    except TimeoutError:
+                        item = None
+                if not events:
+                    redraw.show(frame(state), note)
+                    note = ""
+                    shown += 1
+                    if max_updates and shown >= max_updates:
+                        return True
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            tls.close_at_once(channel)
+
+    async def go() -> None:
+        delay = WATCH_BACKOFF_FIRST
+        note = ""
+        with _Redraw(title=title, live=sys.stdout.isatty() and not events) as redraw:
+            while True:
+                try:
+                    if await session(redraw, note):
+                        return
+                    delay = WATCH_BACKOFF_FIRST
+                except GRPCError as exc:
+                    if exc.status not in WATCH_RETRY:
+                        raise
+                    why = f"{exc.status.name}: {exc.message}"
+                except (OSError, grpclib.exceptions.StreamTerminatedError) as exc:
+                    why = f"cannot reach the controller at {ctx.controller}: {exc}"
+                    if not answered[0]:
+                        _fail(EXIT_UNREACHABLE, why)
+                click.echo(f"qvdcctl: watch lost ({why}); re-watching in {delay:g} s", err=True)
+                note = "  (re-watched)"
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, WATCH_BACKOFF_MAX)
+
+    click_ctx = click.get_current_context(silent=True)
+    limit = float(click_ctx.meta.get(MAX_SECONDS, 0.0)) if click_ctx is not None else 0.0
+
+    async def bounded() -> None:
+        if not limit:
+            return await go()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(limit):
+                await go()
+
+    try:
+        asyncio.run(bounded())
+    except GRPCError as exc:
+        if exc.status is grpclib.const.Status.UNIMPLEMENTED:
+            return False
+        _fail(EXIT_CONTROLLER, f"{exc.status.name}: {exc.message}")
+    except KeyboardInterrupt:
+        raise SystemExit(EXIT_OK) from None
+    return True
+
+
+def _max_updates(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Hidden options for tests: stop after N frames / updates, or after S seconds."""
+    f = click.option(
+        "--max-seconds",
+        type=click.FloatRange(min=0),
+        default=0.0,
+        hidden=True,
+        expose_value=False,
+        callback=lambda ctx, _param, value: ctx.meta.__setitem__(MAX_SECONDS, value),
+    )(f)
+    return click.option("--max-updates", type=click.IntRange(min=0), default=0, hidden=True)(f)
+
+
+max_updates_option = _max_updates
+
+
+def _pool_frame(output: str, color: bool) -> Callable[[dict[str, dict[str, Any]]], str]:
+    def frame(state: dict[str, dict[str, Any]]) -> str:
+        listed = sorted(state["pools"].values(), key=lambda p: p.name)
+        nodes = list(state.get("nodes", {}).values())
+        return render_pools(listed, nodes=nodes, wide=output == "wide", color=color)
+
+    return frame
+
+
+def _follow_pools(ctx: Ctx, output: str, *, pool_id: str = "", max_updates: int = 0) -> bool:
+    """``pools list --watch`` / ``pools get --watch``: WatchPools, and WatchNodes for the
+    MAINTENANCE / DRAINING marks of host rows (a table only). False: no watch RPCs."""
+    sources: list[WatchSource] = [
+        ("pools", lambda s: s.pools.watch_pools(storage.WatchPoolsRequest(pool_id=pool_id)))
+    ]
+    events = output if output in ("json", "yaml") else None
+    if events is None:
+        sources.append(("nodes", lambda s: s.nodes.watch_nodes(compute.WatchNodesRequest())))
+    return follow(
+        ctx,
+        sources,
+        _pool_frame(output, ctx.color),
+        title=f"QvDC {ctx.controller}",
+        max_updates=max_updates,
+        events=events,
+    )
 
 
 # ---- commands ---------------------------------------------------------------------------
@@ -540,9 +801,12 @@ def pools() -> None:
 @output_option
 @watch_option
 @interval_option
+@max_updates_option
 @pass_ctx
-def pools_list(ctx: Ctx, output: str, watch: bool, interval: float) -> None:
+def pools_list(ctx: Ctx, output: str, watch: bool, interval: float, max_updates: int) -> None:
     """Pools and their per-host rows."""
+    if watch and _follow_pools(ctx, output, max_updates=max_updates):
+        return
 
     def render() -> str:
         async def body(c: Client) -> tuple[list[storage.StoragePool], list[compute.Node]]:
@@ -559,9 +823,16 @@ def pools_list(ctx: Ctx, output: str, watch: bool, interval: float) -> None:
 @pools.command("get")
 @click.argument("pool")
 @output_option
+@watch_option
+@max_updates_option
 @pass_ctx
-def pools_get(ctx: Ctx, pool: str, output: str) -> None:
+def pools_get(ctx: Ctx, pool: str, output: str, watch: bool, max_updates: int) -> None:
     """One pool (by name or id); the table view, or its full JSON / YAML."""
+    if watch:
+        found = rpc(ctx, lambda c: c.pool(pool))
+        if _follow_pools(ctx, output, pool_id=found.id, max_updates=max_updates):
+            return
+        _fail(EXIT_CONTROLLER, "this controller has no WatchPools RPC: use `pools list --watch`")
 
     async def body(c: Client) -> tuple[storage.StoragePool, list[compute.Node]]:
         found = await c.pool(pool)
@@ -882,9 +1153,24 @@ def nodes() -> None:
 @output_option
 @watch_option
 @interval_option
+@max_updates_option
 @pass_ctx
-def nodes_list(ctx: Ctx, output: str, watch: bool, interval: float) -> None:
+def nodes_list(ctx: Ctx, output: str, watch: bool, interval: float, max_updates: int) -> None:
     """Nodes and their phase."""
+    if watch:
+
+        def frame(state: dict[str, dict[str, Any]]) -> str:
+            listed = sorted(state["nodes"].values(), key=lambda n: n.hostname)
+            return render_nodes(listed, wide=output == "wide", color=ctx.color)
+
+        source: WatchSource = (
+            "nodes",
+            lambda s: s.nodes.watch_nodes(compute.WatchNodesRequest()),
+        )
+        events = output if output in ("json", "yaml") else None
+        title = f"QvDC {ctx.controller} nodes"
+        if follow(ctx, [source], frame, title=title, max_updates=max_updates, events=events):
+            return
 
     def render() -> str:
         listed = rpc(ctx, lambda c: c.all_nodes())
@@ -1105,10 +1391,13 @@ def status(ctx: Ctx, output: str) -> None:
 @cli.command()
 @interval_option
 @click.option("--once", is_flag=True, help="print once and exit")
+@max_updates_option
 @click.pass_context
-def watch(ctx: click.Context, interval: float, once: bool) -> None:
-    """Live pool table (polls ListPools; there is no watch RPC)."""
-    ctx.invoke(pools_list, output="table", watch=not once, interval=interval)
+def watch(ctx: click.Context, interval: float, once: bool, max_updates: int) -> None:
+    """Live pool table (`pools list --watch`: follows WatchPools and WatchNodes)."""
+    ctx.invoke(
+        pools_list, output="table", watch=not once, interval=interval, max_updates=max_updates
+    )
 
 
 EVENTS_RETRY = frozenset(

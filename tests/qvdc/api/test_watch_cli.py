@@ -1,0 +1,210 @@
+"""``qvdcctl … --watch`` against a real controller: an initial table, then a change seen
+through the watch RPCs (not polled); JSON lines per update; ``pools get --watch`` ending
+when the pool is deleted; re-watching when the replica behind the address is replaced;
+Ctrl-C on a real ``qvdcctl`` process exits 0."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+from click.testing import CliRunner, Result
+
+from protos.limiquantix.compute import v1 as compute
+from protos.limiquantix.storage import v1 as storage
+from qvdc import cli
+from qvdc.app import Controller
+from qvdc.settings import EtcdSettings, GrpcSettings
+from qvdc.store.etcd import EtcdStore
+from tests.qvdc.api.helpers import (
+    TIMEOUT,
+    controller_settings,
+    create_request,
+    eventually,
+    register_request,
+)
+
+
+def invoke(port: int, *argv: str) -> Result:
+    # --max-seconds: a failing test must not leave a thread watching for ever.
+    args = ["--insecure", "--controller", f"127.0.0.1:{port}", *argv, "--max-seconds", "25"]
+    return CliRunner().invoke(cli.cli, args)
+
+
+async def start_cli(port: int, *argv: str) -> asyncio.Task[Result]:
+    # qvdcctl runs its own event loop: drive it from a thread while the controller serves.
+    return asyncio.create_task(asyncio.to_thread(invoke, port, *argv))
+
+
+async def watching(controller: Controller, streams: int) -> None:
+    """The CLI's watch streams are open and its first frame is drawn."""
+    await eventually(
+        lambda: asyncio.sleep(0, controller.watches.open_streams),
+        lambda n: n >= streams,
+        what="the CLI's watch streams",
+    )
+    await asyncio.sleep(1.0)  # past the settle time: the initial frame is out
+
+
+async def settled(controller: Controller, pool_id: str) -> None:
+    """The new pool's first status is written (else it arrives as an extra update)."""
+    await eventually(
+        lambda: asyncio.sleep(0, controller.view.pool_status(pool_id)),
+        lambda stored: stored is not None,
+        what="the pool's status",
+    )
+
+
+def frames(output: str) -> list[str]:
+    """The frames a non-terminal --watch prints: each starts with its title line."""
+    parts = output.split("QvDC 127.0.0.1:")[1:]
+    return [p for p in parts if "(watching; Ctrl-C to stop)" in p]
+
+
+async def test_pools_list_watch_draws_the_initial_table_then_a_change(
+    controller: Controller, pools: storage.StoragePoolServiceStub
+) -> None:
+    a = await pools.create_pool(create_request("wcli-a"), timeout=TIMEOUT)
+    await settled(controller, a.id)
+    task = await start_cli(controller.port, "pools", "list", "--watch", "--max-updates", "2")
+    await watching(controller, 2)  # WatchPools and WatchNodes
+    await pools.create_pool(create_request("wcli-b"), timeout=TIMEOUT)
+    result = await asyncio.wait_for(task, 15)
+    assert result.exit_code == 0, result.output
+    first, second = frames(result.output)
+    assert "wcli-a" in first and "wcli-b" not in first
+    assert "wcli-a" in second and "wcli-b" in second
+    assert "LOCAL_DIR" in second
+    await eventually(
+        lambda: asyncio.sleep(0, controller.watches.open_streams),
+        lambda n: n == 0,
+        what="the CLI's streams closed",
+    )
+
+
+async def test_watch_json_prints_one_line_per_update(
+    controller: Controller, pools: storage.StoragePoolServiceStub
+) -> None:
+    a = await pools.create_pool(create_request("wjson"), timeout=TIMEOUT)
+    await settled(controller, a.id)
+    task = await start_cli(
+        controller.port, "pools", "list", "--watch", "-o", "json", "--max-updates", "2"
+    )
+    await watching(controller, 1)
+    await pools.update_pool(
+        storage.UpdatePoolRequest(id=a.id, description="changed"), timeout=TIMEOUT
+    )
+    result = await asyncio.wait_for(task, 15)
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
+    assert lines[0]["pool"]["id"] == a.id and lines[0].get("type", "ADDED") == "ADDED"
+    assert lines[1]["type"] == "MODIFIED"
+
+
+async def test_pools_get_watch_ends_when_the_pool_is_deleted(
+    controller: Controller, pools: storage.StoragePoolServiceStub
+) -> None:
+    a = await pools.create_pool(create_request("wgone"), timeout=TIMEOUT)
+    await pools.create_pool(create_request("wstays"), timeout=TIMEOUT)
+    await settled(controller, a.id)
+    task = await start_cli(controller.port, "pools", "get", "wgone", "--watch")
+    await watching(controller, 2)
+    await pools.delete_pool(storage.DeletePoolRequest(id=a.id, force=True), timeout=TIMEOUT)
+    result = await asyncio.wait_for(task, 15)
+    assert result.exit_code == 0, result.output
+    drawn = frames(result.output)
+    assert "wgone" in drawn[0] and "wstays" not in drawn[0]
+    assert "(gone)" in drawn[-1] and "(no pools)" in drawn[-1]
+
+
+async def test_nodes_list_watch_shows_maintenance(
+    controller: Controller, nodes: compute.NodeServiceStub
+) -> None:
+    node = await nodes.register_node(register_request("wcli-host"), timeout=TIMEOUT)
+    task = await start_cli(controller.port, "nodes", "list", "--watch", "--max-updates", "2")
+    await watching(controller, 1)
+    await nodes.disable_node(compute.DisableNodeRequest(id=node.id, reason="x"), timeout=TIMEOUT)
+    result = await asyncio.wait_for(task, 15)
+    assert result.exit_code == 0, result.output
+    first, second = frames(result.output)
+    assert "wcli-host" in first and "MAINTENANCE" not in first
+    assert "MAINTENANCE" in second
+
+
+async def test_the_cli_rewatches_when_the_replica_behind_its_address_is_replaced(
+    store: EtcdStore, etcd_settings: EtcdSettings
+) -> None:
+    base = controller_settings(etcd_settings)
+    first = Controller(store=store, settings=dataclasses.replace(base, replica_id="c1"))
+    await first.start()
+    port = first.port
+    second_store = await EtcdStore.connect(settings=etcd_settings)
+    second = Controller(
+        store=second_store,
+        settings=dataclasses.replace(
+            base, replica_id="c2", grpc=GrpcSettings(host="127.0.0.1", port=port)
+        ),
+    )
+    try:
+        a = await first.pool_service.create_pool(create_request("wr-a"))
+        await settled(first, a.id)
+        task = await start_cli(port, "pools", "list", "--watch", "--max-updates", "3")
+        await watching(first, 2)
+        await first.stop()  # the CLI's streams end UNAVAILABLE; it re-watches with backoff
+        # A change while nothing serves the address (through a replica elsewhere).
+        elsewhere = Controller(store=store, settings=dataclasses.replace(base, replica_id="c3"))
+        await elsewhere.start()
+        try:
+            b = await elsewhere.pool_service.create_pool(create_request("wr-b"))
+            await settled(elsewhere, b.id)
+        finally:
+            await elsewhere.stop()
+        await second.start()  # another replica at the same address
+        await watching(second, 2)
+        await second.pool_service.create_pool(create_request("wr-c"))
+        result = await asyncio.wait_for(task, 20)
+    finally:
+        await second.stop()
+        await first.stop()
+        await second_store.close()
+    assert result.exit_code == 0, result.output
+    assert "watch lost (UNAVAILABLE" in result.output and "re-watching" in result.output
+    one, two, three = frames(result.output)
+    assert "wr-a" in one and "wr-b" not in one
+    assert "(re-watched)" in two and "wr-a" in two and "wr-b" in two  # the whole truth again
+    assert "wr-c" in three
+
+
+async def test_ctrl_c_on_a_real_qvdcctl_exits_0(controller: Controller) -> None:
+    qvdcctl = Path(sys.executable).with_name("qvdcctl")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("QVDC", "QVDCCTL"))}
+    env["QVDC_CONTEXT"] = "/nonexistent/context.json"
+    proc = await asyncio.create_subprocess_exec(
+        str(qvdcctl),
+        "--insecure",
+        "--controller",
+        f"127.0.0.1:{controller.port}",
+        "watch",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        async with asyncio.timeout(15):
+            while b"(watching; Ctrl-C to stop)" not in await proc.stdout.readline():
+                pass
+        proc.send_signal(signal.SIGINT)
+        async with asyncio.timeout(10):
+            _, err = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0, err.decode()
+    assert b"Traceback" not in err
