@@ -64,6 +64,16 @@ def iscsi_pool(name: str) -> storage.CreatePoolRequest:
     )
 
 
+async def settled(controller: Controller, *pool_ids: str) -> None:
+    """The new pools' first status is written (else it arrives as an extra MODIFIED)."""
+    for pool_id in pool_ids:
+        await eventually(
+            lambda pool_id=pool_id: asyncio.sleep(0, controller.view.pool_status(pool_id)),
+            lambda stored: stored is not None,
+            what="the pool's status",
+        )
+
+
 class Watching:
     """An open server stream read in the background into a queue."""
 
@@ -132,12 +142,14 @@ async def watch(channel: grpclib.client.Channel) -> AsyncIterator[Any]:
 
 
 async def test_watch_pools_initial_state_then_changes_filtered_by_labels(
+    controller: Controller,
     pools: storage.StoragePoolServiceStub,
     channel: grpclib.client.Channel,
     watch: Any,
 ) -> None:
     a = await pools.create_pool(iscsi_pool("wa"))
     b = await pools.create_pool(labelled("wb", tier="b"))
+    await settled(controller, a.id, b.id)
     stub = storage.StoragePoolServiceStub(channel)
     w = await watch(stub.watch_pools, storage.WatchPoolsRequest(labels={"tier": "a"}))
     first = await w.next()
@@ -169,10 +181,11 @@ async def test_watch_pools_initial_state_then_changes_filtered_by_labels(
 
 
 async def test_watch_one_pool_ends_ok_after_its_deleted(
-    pools: storage.StoragePoolServiceStub, watch: Any
+    controller: Controller, pools: storage.StoragePoolServiceStub, watch: Any
 ) -> None:
     a = await pools.create_pool(labelled("one"))
     await pools.create_pool(labelled("other"))
+    await settled(controller, a.id)
     w = await watch(pools.watch_pools, storage.WatchPoolsRequest(pool_id=a.id))
     assert (await w.next()).pool.id == a.id
     await pools.delete_pool(storage.DeletePoolRequest(id=a.id, force=True))
@@ -290,6 +303,7 @@ async def test_a_burst_of_changes_is_sent_once_as_the_latest(
     controller: Controller, pools: storage.StoragePoolServiceStub
 ) -> None:
     a = await pools.create_pool(labelled("burst"))
+    await settled(controller, a.id)
     stream = BlockedStream(storage.WatchPoolsRequest(pool_id=a.id))
     task = asyncio.create_task(controller.watches.watch_pools(stream))
     try:
@@ -420,15 +434,18 @@ async def test_rewatch_through_another_replica_after_one_stops(
     try:
         pools1, pools2 = storage.StoragePoolServiceStub(ch1), storage.StoragePoolServiceStub(ch2)
         a = await pools2.create_pool(labelled("resume-a"))
+        await settled(first, a.id)
         w = Watching(pools1.watch_pools(storage.WatchPoolsRequest()))
         assert (await w.next()).pool.id == a.id
         await pools2.update_pool(storage.UpdatePoolRequest(id=a.id, description="via r2"))
-        assert (await w.next()).pool.description == "via r2"  # a change through the other
+        changed = await w.until(lambda u: u.pool.description == "via r2")  # through the other
+        assert changed.type == Kind.MODIFIED
         await first.stop()
         error = await w.ended()
         assert isinstance(error, GRPCError) and error.status == Status.UNAVAILABLE
         assert "re-watch" in (error.message or "")
         b = await pools2.create_pool(labelled("resume-b"))  # while nobody watches
+        await settled(second, b.id)
         w2 = Watching(pools2.watch_pools(storage.WatchPoolsRequest()))
         initial = {(await w2.next()).pool.id, (await w2.next()).pool.id}
         assert initial == {a.id, b.id}  # the initial state is the whole truth again
