@@ -66,12 +66,11 @@ def iscsi_pool(name: str) -> storage.CreatePoolRequest:
 
 async def settled(controller: Controller, *pool_ids: str) -> None:
     """The new pools' first status is written (else it arrives as an extra MODIFIED)."""
-    for pool_id in pool_ids:
-        await eventually(
-            lambda pool_id=pool_id: asyncio.sleep(0, controller.view.pool_status(pool_id)),
-            lambda stored: stored is not None,
-            what="the pool's status",
-        )
+
+    async def statuses() -> list[object]:
+        return [controller.view.pool_status(pool_id) for pool_id in pool_ids]
+
+    await eventually(statuses, lambda found: None not in found, what="the pools' status")
 
 
 class Watching:
