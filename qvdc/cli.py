@@ -17,7 +17,7 @@ changes (rich Live on a terminal, one frame after another otherwise; with ``-o j
 JSON line per update). When the stream ends UNAVAILABLE or RESOURCE_EXHAUSTED, or the
 connection breaks, it re-watches with backoff (0.5 s doubling to 10 s) and the initial
 state it gets again replaces the table, so a replica dying loses nothing. Ctrl-C exits 0.
-A controller without the watch RPCs is polled every ``--interval`` seconds.
+A controller without the watch RPCs (an older build) is an error: run without ``--watch``.
 
 TLS: ``--tls-ca`` (the controller's CA) with the operator's ``--tls-cert``/``--tls-key``
 (``QVDCCTL_TLS_CA``/``_CERT``/``_KEY``, else the context file's ``tls_ca``/``tls_cert``/
@@ -45,7 +45,6 @@ import json
 import os
 import ssl
 import sys
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -468,20 +467,9 @@ interval_option = click.option(
     type=click.FloatRange(min=0.1),
     default=2.0,
     show_default=True,
-    help="seconds between polls, only for a controller without the watch RPCs",
+    hidden=True,
+    help="ignored: --watch follows the watch RPCs (kept so older scripts still run)",
 )
-
-
-def _repeat(render: Callable[[], str], *, watch: bool, interval: float, title: str) -> None:
-    while True:
-        text = render()
-        if not watch:
-            click.echo(text)
-            return
-        clear = "\x1b[2J\x1b[H" if sys.stdout.isatty() else "\n"
-        stamp = dt.datetime.now().strftime("%H:%M:%S")
-        click.echo(f"{clear}{title}  {stamp}  (Ctrl-C to stop)\n{text}")
-        time.sleep(interval)
 
 
 # ---- following the watch RPCs (--watch) -------------------------------------------------
@@ -561,15 +549,14 @@ def follow(
     title: str,
     max_updates: int = 0,
     events: str | None = None,
-) -> bool:
+) -> None:
     """Follow the watch streams of ``sources`` until Ctrl-C (exit 0), redrawing ``frame``
     (of each source's objects by id) after every burst of updates; with ``events``
     ("json" / "yaml") print each update instead. On UNAVAILABLE, RESOURCE_EXHAUSTED or a
     broken connection it reconnects with backoff and starts again from the initial state
     the watch sends (the whole truth: nothing is resumed). The first source ending OK (the
     one pool watched was deleted) ends the command with 0. ``max_updates`` (tests) stops
-    after that many frames or events. False: the controller has no watch RPCs
-    (UNIMPLEMENTED, an older build), and the caller polls instead."""
+    after that many frames or events."""
     context = ctx.ssl_context()
     metadata = ctx.metadata()
     shown = 0
@@ -673,12 +660,12 @@ def follow(
     try:
         asyncio.run(bounded())
     except GRPCError as exc:
+        hint = ""
         if exc.status is grpclib.const.Status.UNIMPLEMENTED:
-            return False
-        _fail(EXIT_CONTROLLER, f"{exc.status.name}: {exc.message}")
+            hint = " (this controller has no watch RPCs: run without --watch)"
+        _fail(EXIT_CONTROLLER, f"{exc.status.name}: {exc.message}{hint}")
     except KeyboardInterrupt:
         raise SystemExit(EXIT_OK) from None
-    return True
 
 
 def _max_updates(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -706,16 +693,16 @@ def _pool_frame(output: str, color: bool) -> Callable[[dict[str, dict[str, Any]]
     return frame
 
 
-def _follow_pools(ctx: Ctx, output: str, *, pool_id: str = "", max_updates: int = 0) -> bool:
+def _follow_pools(ctx: Ctx, output: str, *, pool_id: str = "", max_updates: int = 0) -> None:
     """``pools list --watch`` / ``pools get --watch``: WatchPools, and WatchNodes for the
-    MAINTENANCE / DRAINING marks of host rows (a table only). False: no watch RPCs."""
+    MAINTENANCE / DRAINING marks of host rows (a table only)."""
     sources: list[WatchSource] = [
         ("pools", lambda s: s.pools.watch_pools(storage.WatchPoolsRequest(pool_id=pool_id)))
     ]
     events = output if output in ("json", "yaml") else None
     if events is None:
         sources.append(("nodes", lambda s: s.nodes.watch_nodes(compute.WatchNodesRequest())))
-    return follow(
+    follow(
         ctx,
         sources,
         _pool_frame(output, ctx.color),
@@ -805,7 +792,8 @@ def pools() -> None:
 @pass_ctx
 def pools_list(ctx: Ctx, output: str, watch: bool, interval: float, max_updates: int) -> None:
     """Pools and their per-host rows."""
-    if watch and _follow_pools(ctx, output, max_updates=max_updates):
+    if watch:
+        _follow_pools(ctx, output, max_updates=max_updates)
         return
 
     def render() -> str:
@@ -817,7 +805,7 @@ def pools_list(ctx: Ctx, output: str, watch: bool, interval: float, max_updates:
             return _dump(listed, output)
         return render_pools(listed, nodes=nodes, wide=output == "wide", color=ctx.color)
 
-    _repeat(render, watch=watch, interval=interval, title=f"QvDC {ctx.controller}")
+    click.echo(render())
 
 
 @pools.command("get")
@@ -830,9 +818,8 @@ def pools_get(ctx: Ctx, pool: str, output: str, watch: bool, max_updates: int) -
     """One pool (by name or id); the table view, or its full JSON / YAML."""
     if watch:
         found = rpc(ctx, lambda c: c.pool(pool))
-        if _follow_pools(ctx, output, pool_id=found.id, max_updates=max_updates):
-            return
-        _fail(EXIT_CONTROLLER, "this controller has no WatchPools RPC: use `pools list --watch`")
+        _follow_pools(ctx, output, pool_id=found.id, max_updates=max_updates)
+        return
 
     async def body(c: Client) -> tuple[storage.StoragePool, list[compute.Node]]:
         found = await c.pool(pool)
@@ -1169,8 +1156,8 @@ def nodes_list(ctx: Ctx, output: str, watch: bool, interval: float, max_updates:
         )
         events = output if output in ("json", "yaml") else None
         title = f"QvDC {ctx.controller} nodes"
-        if follow(ctx, [source], frame, title=title, max_updates=max_updates, events=events):
-            return
+        follow(ctx, [source], frame, title=title, max_updates=max_updates, events=events)
+        return
 
     def render() -> str:
         listed = rpc(ctx, lambda c: c.all_nodes())
@@ -1178,7 +1165,7 @@ def nodes_list(ctx: Ctx, output: str, watch: bool, interval: float, max_updates:
             return _dump(listed, output)
         return render_nodes(listed, wide=output == "wide", color=ctx.color)
 
-    _repeat(render, watch=watch, interval=interval, title=f"QvDC {ctx.controller}")
+    click.echo(render())
 
 
 @nodes.command("get")

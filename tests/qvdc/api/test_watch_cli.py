@@ -9,10 +9,13 @@ import asyncio
 import dataclasses
 import json
 import os
+import pty
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
+import grpclib.server
 from click.testing import CliRunner, Result
 
 from protos.limiquantix.compute import v1 as compute
@@ -180,25 +183,33 @@ async def test_the_cli_rewatches_when_the_replica_behind_its_address_is_replaced
     assert "wr-c" in three
 
 
-async def test_ctrl_c_on_a_real_qvdcctl_exits_0(controller: Controller) -> None:
+async def test_ctrl_c_on_a_real_qvdcctl_on_a_terminal_exits_0(
+    controller: Controller, pools: storage.StoragePoolServiceStub
+) -> None:
+    """On a terminal (a pty) the table is a rich Live display; SIGINT ends it with 0."""
+    await pools.create_pool(create_request("wtty"), timeout=TIMEOUT)
     qvdcctl = Path(sys.executable).with_name("qvdcctl")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("QVDC", "QVDCCTL"))}
-    env["QVDC_CONTEXT"] = "/nonexistent/context.json"
+    env.update(QVDC_CONTEXT="/nonexistent/context.json", COLUMNS="200", LINES="40")
+    leader, follower = pty.openpty()
     proc = await asyncio.create_subprocess_exec(
         str(qvdcctl),
         "--insecure",
         "--controller",
         f"127.0.0.1:{controller.port}",
         "watch",
-        stdout=asyncio.subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        stdout=follower,
         stderr=asyncio.subprocess.PIPE,
         env=env,
     )
+    os.close(follower)
+    seen = b""
     try:
-        assert proc.stdout is not None
         async with asyncio.timeout(15):
-            while b"(watching; Ctrl-C to stop)" not in await proc.stdout.readline():
-                pass
+            while b"wtty" not in seen or b"(watching; Ctrl-C to stop)" not in seen:
+                seen += await asyncio.to_thread(os.read, leader, 65536)
+        assert b"\x1b[" in seen  # drawn for a terminal (cursor moves, colour)
         proc.send_signal(signal.SIGINT)
         async with asyncio.timeout(10):
             _, err = await proc.communicate()
@@ -206,5 +217,19 @@ async def test_ctrl_c_on_a_real_qvdcctl_exits_0(controller: Controller) -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+        os.close(leader)
     assert proc.returncode == 0, err.decode()
     assert b"Traceback" not in err
+
+
+async def test_a_controller_without_the_watch_rpcs_is_a_clear_error() -> None:
+    server = grpclib.server.Server([storage.StoragePoolServiceBase(), compute.NodeServiceBase()])
+    await server.start("127.0.0.1", 0)
+    try:
+        port = server._server.sockets[0].getsockname()[1]
+        result = await asyncio.to_thread(invoke, port, "pools", "list", "--watch")
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert result.exit_code == 1, result.output
+    assert "UNIMPLEMENTED" in result.output and "run without --watch" in result.output
