@@ -22,7 +22,7 @@ from protos.limiquantix.storage import v1 as storage
 from qvdc.app import Controller
 from qvdc.domain.limits import Limits
 from qvdc.security import sealing
-from qvdc.settings import EtcdSettings, SecretsSettings
+from qvdc.settings import EtcdSettings, GrpcSettings, SecretsSettings
 from qvdc.store import keys
 from qvdc.store.etcd import EtcdStore
 from tests.qvdc.api.helpers import (
@@ -325,15 +325,17 @@ async def test_a_burst_of_changes_is_sent_once_as_the_latest(
     assert controller.watches.open_streams == 0
 
 
-@pytest.fixture
+@pytest.fixture(params=[30.0])
 async def small(
-    store: EtcdStore, etcd_settings: EtcdSettings, tmp_path: Path
+    store: EtcdStore, etcd_settings: EtcdSettings, tmp_path: Path, request: pytest.FixtureRequest
 ) -> AsyncIterator[Controller]:
+    """A replica with two watch streams, a backlog of two, and ``request.param`` s sends."""
     key_file = tmp_path / "secrets.key"
     sealing.write_new_key(key_file)
     settings = controller_settings(etcd_settings).replace(
         secrets=SecretsSettings(key_file=key_file),
         limits=Limits(max_watch_streams=2, max_watch_backlog=2),
+        grpc=GrpcSettings(host="127.0.0.1", port=0, send_timeout=request.param),
     )
     c = Controller(store=store, settings=settings)
     await c.start()
@@ -373,6 +375,36 @@ async def _first(stream: Any, n: int) -> AsyncIterator[Any]:
             i += 1
             if i == n:
                 return
+
+
+@pytest.mark.parametrize("small", [0.5], indirect=True)
+async def test_a_send_the_client_does_not_take_ends_the_watch_unavailable(
+    small: Controller,
+) -> None:
+    await small.pool_service.create_pool(labelled("unread"))
+    stream = BlockedStream(storage.WatchPoolsRequest())  # never reads
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(GRPCError) as caught:
+        await asyncio.wait_for(small.watches.watch_pools(stream), STEP)
+    assert caught.value.status == Status.UNAVAILABLE
+    assert "did not read" in (caught.value.message or "")
+    assert asyncio.get_running_loop().time() - started < 3  # send_timeout 0.5 s, not STEP
+    assert small.watches.open_streams == 0
+
+
+async def test_a_stopping_replica_ends_watches_and_refuses_new_ones(
+    controller: Controller, nodes: compute.NodeServiceStub
+) -> None:
+    node = await nodes.register_node(register_request("closing"))
+    w = Watching(nodes.watch_node(compute.WatchNodeRequest(node_id=node.id)))
+    assert (await w.next()).id == node.id
+    await controller.watches.close()
+    error = await w.ended()
+    assert isinstance(error, GRPCError) and error.status == Status.UNAVAILABLE
+    with pytest.raises(GRPCError) as caught:
+        async for _ in nodes.watch_nodes(compute.WatchNodesRequest(), timeout=STEP):
+            pass
+    assert caught.value.status == Status.UNAVAILABLE and "re-watch" in (caught.value.message or "")
 
 
 async def test_watch_streams_are_capped_and_released(small: Controller) -> None:
