@@ -23,8 +23,8 @@ Semantics, for a client:
   ``WatchPools`` with a ``pool_id`` that is unknown: NOT_FOUND (``pool_id``); when that
   pool is deleted the stream sends its ``DELETED`` and ends OK. A bad request is refused
   (INVALID_ARGUMENT naming the field) before anything is streamed; once accepted, the
-  response headers are sent at once, so a client knows the watch is established even
-  when nothing matches yet.
+  gRPC response headers are sent at once, so a client knows the watch is established
+  even when nothing matches yet (Connect sends its headers with the first message).
 * **Bounded.** At most ``limits.max_watch_streams`` watch streams per replica (one more:
   RESOURCE_EXHAUSTED). Each stream keeps at most ``limits.max_watch_backlog`` changed
   objects waiting; a client further behind has its stream ended with RESOURCE_EXHAUSTED

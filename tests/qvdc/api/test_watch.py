@@ -13,6 +13,7 @@ from typing import Any
 
 import betterproto2
 import grpclib.client
+import grpclib.const
 import pytest
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
@@ -247,6 +248,26 @@ async def test_watch_node_refusals(
         async for _ in nodes.watch_node(compute.WatchNodeRequest(node_id=node_id), timeout=STEP):
             pass
     assert caught.value.status == status and "node_id" in (caught.value.message or "")
+
+
+async def test_an_accepted_watch_answers_its_headers_before_anything_matches(
+    channel: grpclib.client.Channel,
+) -> None:
+    """So a client (and the hostile suite) can tell "established, nothing yet" from a hang."""
+    async with channel.request(
+        "/limiquantix.compute.v1.NodeService/WatchNodes",
+        grpclib.const.Cardinality.UNARY_STREAM,
+        compute.WatchNodesRequest,
+        compute.NodeUpdate,
+        timeout=STEP,
+    ) as stream:
+        await stream.send_message(compute.WatchNodesRequest(labels={"no": "match"}), end=True)
+        async with asyncio.timeout(2):
+            await stream.recv_initial_metadata()
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.5):
+                await stream.recv_message()
+        await stream.cancel()
 
 
 async def test_watch_nodes_by_labels(
