@@ -67,6 +67,7 @@ from qvdc.api.pool_service import StoragePoolService
 from qvdc.engines.aggregator import Aggregator
 from qvdc.engines.catalog import Catalog
 from qvdc.engines.committer import GroupCommitter, WriteBuffer
+from qvdc.engines.deletion import PoolDeletions
 from qvdc.engines.election import Election
 from qvdc.engines.events import PoolEvents
 from qvdc.engines.eventstore import EventStore
@@ -267,6 +268,15 @@ class Controller:
             send_timeout=settings.grpc.send_timeout,
             limits=settings.limits,
         )
+        #: DeletePool's second half: removes a DELETING pool once its hosts let go (leader).
+        self.deletions = PoolDeletions(
+            catalog=self.catalog,
+            view=self.view,
+            clock=self.clock,
+            timeout=settings.pools.delete_timeout,
+            leading=lambda: self.monitor.leader,
+            sink=lambda event: self.pool_events.sink(event) if self.pool_events.sink else None,
+        )
         #: Requests to hosts over their heartbeat streams (qvdc.api.host_requests).
         self.host_requests = HostRequests()
         #: ListPoolFiles and ReconnectPool (qvdc.api.pool_ops), through those streams.
@@ -427,6 +437,7 @@ class Controller:
             (self.committer.run(), "host-status-committer"),
             (self.events.run(), "event-history-writer"),
             (self.monitor.run(), "liveness-monitor"),
+            (self.deletions.run(), "pool-deletions"),
             (
                 self.election.run(lead=self.aggregator.run, on_lead_change=self._on_lead_change),
                 "election",

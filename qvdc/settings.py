@@ -422,6 +422,21 @@ class EventSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class PoolSettings:
+    """Pool life cycle (DeletePool: docs/upstream.md, "RPC notes")."""
+
+    delete_timeout: float = 60.0
+    """Seconds a deleted pool waits in DELETING for its live hosts to detach it; a host
+    that has not confirmed by then is named in a WARNING and the pool is removed anyway."""
+
+    def __post_init__(self) -> None:
+        _require(
+            0 < self.delete_timeout <= 86400,
+            f"pools.delete_timeout must be in (0, 86400] s: {self.delete_timeout}",
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class ControllerSettings:
     etcd: EtcdSettings = field(default_factory=EtcdSettings)
     heartbeat: HeartbeatSettings = field(default_factory=HeartbeatSettings)
@@ -439,6 +454,8 @@ class ControllerSettings:
     """Bounds on every field a client sends (qvdc/domain/limits.py)."""
     events: EventSettings = field(default_factory=EventSettings)
     """The event history in etcd (ListNodeEvents, StreamEvents)."""
+    pools: PoolSettings = field(default_factory=PoolSettings)
+    """Pool life cycle (DeletePool's wait for the hosts)."""
 
     state_dir: Path = Path("/var/lib/qvdc")
     """Where the embedded etcd keeps its data."""

@@ -12,7 +12,7 @@ Every change is written to the audit log with who made it (:func:`qvdc.api.auth.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import betterproto2
@@ -26,10 +26,11 @@ from qvdc.api.pool_secrets import PoolSecrets
 from qvdc.domain import errors, limits, secrets, validation
 from qvdc.domain.limits import Limits
 from qvdc.domain.model import BackendType, PoolRecord
+from qvdc.engines import deletion
 from qvdc.engines.catalog import Catalog, Document
 from qvdc.engines.view import ClusterView
 from qvdc.kits.timing import Clock
-from qvdc.store import keys
+from qvdc.store import codec, keys
 
 _SPEC_FIELDS = {
     "spec.backend": "backend",
@@ -70,10 +71,14 @@ def validate_spec(spec: storage.StoragePoolSpec | None) -> None:
 _UNARY = grpclib.const.Cardinality.UNARY_UNARY
 _SOON = "not implemented yet in this build"
 #: RPCs of this slice still being built: each moves to its own group when it lands.
-PENDING = rpc_groups.OutOfScope(
-    [
-    ]
-)
+PENDING = rpc_groups.OutOfScope([])
+
+
+def _not_deleting(doc: Mapping[str, Any], pool_id: str, *, field: str) -> None:
+    if codec.DELETING_KEY in doc:
+        raise errors.FailedPrecondition(
+            f"pool {limits.quote(pool_id)} is being deleted (DELETING)", field=field
+        )
 
 
 class PoolMessages:
@@ -125,6 +130,9 @@ class PoolMessages:
                 node = self._view.node(row.node_id)
                 if node is not None:
                     hostnames[row.node_id] = node.hostname
+        status = convert.pool_status(agg, updated_at=updated_at, hostnames=hostnames)
+        if record.deleting:  # at once, before the leader's aggregate says so
+            status.phase = storage.StoragePoolStatusPhase.DELETING
         return storage.StoragePool(
             id=base.id,
             name=base.name,
@@ -132,7 +140,7 @@ class PoolMessages:
             description=base.description,
             labels=base.labels,
             spec=base.spec,
-            status=convert.pool_status(agg, updated_at=updated_at, hostnames=hostnames),
+            status=status,
             created_at=base.created_at,
             updated_at=base.updated_at,
         )
@@ -319,6 +327,7 @@ class StoragePoolService:
                     field="spec.backend.type",
                 )
             doc["updatedAt"] = now.isoformat().replace("+00:00", "Z") if now else ""
+            _not_deleting(old, request.id, field="id")  # after validation: bad input first
             return doc
 
         record = await self._catalog.update_pool(request.id, mutate)
@@ -330,10 +339,31 @@ class StoragePoolService:
         return self.messages.full(record)
 
     async def delete_pool(self, request: storage.DeletePoolRequest) -> pb.Empty:
-        await self._catalog.delete_pool(request.id, force=request.force)
-        auth.audit(
-            "DeletePool", target=f"pool {request.id}", detail="force" if request.force else ""
-        )
+        """Refused with volumes unless ``force``. With live assigned hosts the pool becomes
+        DELETING and is removed once they detached it (:mod:`qvdc.engines.deletion`);
+        with none, at once. Deleting a DELETING pool again changes nothing."""
+        record = await self._catalog.pool(request.id)
+        if record.deleting:
+            return pb.Empty()
+        hosts = deletion.live_assigned(self._view, record.id)
+        detail = "force" if request.force else ""
+        if not hosts:
+            await self._catalog.delete_pool(request.id, force=request.force)
+        else:
+            busy = {
+                node: s.report.volume_count
+                for node, s in self._view.host_statuses(record.id).items()
+                if s.report.volume_count > 0
+            }
+            if busy and not request.force:
+                raise errors.FailedPrecondition(
+                    f"pool {limits.quote(record.name)} still holds {sum(busy.values())} "
+                    f"volume(s) on {len(busy)} host(s); delete them or set force",
+                    field="force",
+                )
+            await deletion.begin(self._catalog, record, hosts=hosts, now=self._clock.time())
+            detail = ", ".join([*([detail] if detail else []), f"DELETING, {len(hosts)} host(s)"])
+        auth.audit("DeletePool", target=f"pool {request.id}", detail=detail)
         return pb.Empty()
 
     async def get_pool_metrics(self, request: storage.GetPoolMetricsRequest) -> storage.PoolMetrics:
@@ -350,6 +380,8 @@ class StoragePoolService:
         return metrics
 
     async def assign(self, request: storage.AssignPoolToNodeRequest) -> storage.StoragePool:
+        if request.pool_id and (current := self._view.pool(request.pool_id)) is not None:
+            _not_deleting(current.document, request.pool_id, field="pool_id")
         record = await self._catalog.assign(request.pool_id, request.node_id)
         auth.audit("AssignPoolToNode", target=f"pool {record.id}", detail=f"node {request.node_id}")
         return self.messages.full(record)

@@ -41,6 +41,7 @@ EVENTS: dict[str, str] = {
     "host.health": "one host's row of a pool changed health (pool_id, node_id, from, to, error)",
     "leader.acquired": "this replica became the aggregation leader (replica_id)",
     "leader.lost": "this replica stopped being the aggregation leader (replica_id)",
+    "pool.deleted": "a DELETING pool's keys were removed (pool_id, waited_s, unconfirmed)",
 }
 
 #: Unknown event names already flagged (bounded by the names in the code).

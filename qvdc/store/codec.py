@@ -118,6 +118,11 @@ def _enum(cls: type[_E], raw: Any, *, prefix: str = "") -> _E:
 # --- pools/ -------------------------------------------------------------------
 
 
+#: Key of the pool document marking a deletion in progress (DeletePool, qvdc.engines.deletion):
+#: when it began and the hosts it waits for. Not a StoragePool field: readers ignore it.
+DELETING_KEY = "qvdcDeleting"
+
+
 def decode_pool(value: bytes) -> PoolRecord:
     doc = loads(value)
     spec = doc.get("spec") or {}
@@ -129,7 +134,7 @@ def decode_pool(value: bytes) -> PoolRecord:
         assigned_node_ids=tuple(
             NodeId(intern_text(str(n))) for n in spec.get("assignedNodeIds") or ()
         ),
-        deleting=False,
+        deleting=DELETING_KEY in doc,
         document=doc,
     )
 

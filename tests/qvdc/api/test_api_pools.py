@@ -374,14 +374,40 @@ async def test_delete_refuses_a_pool_with_volumes_unless_forced(
         "3 volume",
     )
     await pools.delete_pool(storage.DeletePoolRequest(id=pool.id, force=True), timeout=TIMEOUT)
-    for key in (
-        keys.pool(pool.id),
-        keys.pool_name("busy"),
-        keys.assignment(node.id, pool.id),
-        keys.pool_status(pool.id),
-        keys.host_status(pool.id, node.id),
+    # The host is live: the pool is DELETING, unassigned at once, until the host lets go.
+    deleting = await pools.get_pool(storage.GetPoolRequest(id=pool.id), timeout=TIMEOUT)
+    assert deleting.status.phase == storage.StoragePoolStatusPhase.DELETING
+    assert deleting.spec.assigned_node_ids == []
+    assert await store.get(keys.assignment(node.id, pool.id)) is None
+    await pools.delete_pool(storage.DeletePoolRequest(id=pool.id), timeout=TIMEOUT)  # no-op
+    for call, field in (
+        (pools.update_pool(storage.UpdatePoolRequest(id=pool.id, description="x")), "id"),
+        (
+            pools.assign_pool_to_node(
+                storage.AssignPoolToNodeRequest(pool_id=pool.id, node_id=node.id)
+            ),
+            "pool_id",
+        ),
     ):
-        assert await store.get(key) is None, key
+        await expect_error(call, Status.FAILED_PRECONDITION, field, "is being deleted")
+    # The host's next full heartbeat no longer lists the pool: its row goes, then the pool.
+    await nodes.update_heartbeat(
+        compute.UpdateHeartbeatRequest(node_id=node.id, storage_pools=[]), timeout=TIMEOUT
+    )
+
+    async def remaining() -> list[str]:
+        return [
+            key
+            for key in (
+                keys.pool(pool.id),
+                keys.pool_name("busy"),
+                keys.pool_status(pool.id),
+                keys.host_status(pool.id, node.id),
+            )
+            if await store.get(key) is not None
+        ]
+
+    await eventually(remaining, lambda left: left == [], timeout=10, what="the pool's keys gone")
 
 
 async def test_metrics_follow_the_aggregate(
