@@ -1,0 +1,290 @@
+"""ListPoolFiles and ReconnectPool as the controller side sees them: two real replicas on
+one etcd, a host played by a real StreamHeartbeat opened by hand, so what goes over the
+stream (the request message, the answer's matching) and the edges (another replica holds
+the stream, a host with no stream, a host that does not answer or goes away) are checked.
+The real node daemon's side is tests/e2e/test_e2e_pool_files.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator, Awaitable
+
+import grpclib.client
+import grpclib.const
+import grpclib.exceptions
+import pytest
+from grpclib.const import Status
+
+from protos.limiquantix.compute import v1 as compute
+from protos.limiquantix.storage import v1 as storage
+from qvdc.api import paging
+from qvdc.app import Controller
+from qvdc.settings import EtcdSettings
+from qvdc.store import keys
+from qvdc.store.etcd import EtcdStore
+from tests.qvdc.api.helpers import (
+    TIMEOUT,
+    controller_settings,
+    create_request,
+    eventually,
+    expect_error,
+    register_request,
+    report,
+)
+
+STREAM = "/limiquantix.compute.v1.NodeService/StreamHeartbeat"
+Stream = grpclib.client.Stream[compute.UpdateHeartbeatRequest, compute.UpdateHeartbeatResponse]
+
+
+@pytest.fixture
+async def replicas(
+    store: EtcdStore, etcd_settings: EtcdSettings
+) -> AsyncIterator[tuple[Controller, Controller]]:
+    base = controller_settings(etcd_settings, grace=3.0)
+    first = Controller(store=store, settings=dataclasses.replace(base, replica_id="r1"))
+    second_store = await EtcdStore.connect(settings=etcd_settings)
+    second = Controller(store=second_store, settings=dataclasses.replace(base, replica_id="r2"))
+    await first.start()
+    await eventually(
+        lambda: store.get(keys.ELECTION_AGGREGATOR), lambda kv: kv is not None, what="a leader"
+    )
+    await second.start()
+    try:
+        yield first, second
+    finally:
+        await second.stop()
+        await first.stop()
+        await second_store.close()
+
+
+@contextlib.asynccontextmanager
+async def host_stream(
+    channel: grpclib.client.Channel, node_id: str, pool_id: str, *, health: int = 1
+) -> AsyncIterator[Stream]:
+    """A host's open heartbeat stream: its first (full) heartbeat sent and answered."""
+    async with channel.request(
+        STREAM,
+        grpclib.const.Cardinality.STREAM_STREAM,
+        compute.UpdateHeartbeatRequest,
+        compute.UpdateHeartbeatResponse,
+    ) as stream:
+        await stream.send_message(
+            compute.UpdateHeartbeatRequest(
+                node_id=node_id, sequence=1, storage_pools=[report(pool_id, health=health)]
+            )
+        )
+        answer = await stream.recv_message()
+        assert answer is not None and answer.sequence == 1
+        yield stream
+        with contextlib.suppress(grpclib.exceptions.ProtocolError):  # cancelled already
+            await stream.cancel()
+
+
+async def _request(stream: Stream) -> compute.UpdateHeartbeatResponse:
+    """The next message on the stream that is not a push of assignments."""
+    while True:
+        message = await asyncio.wait_for(stream.recv_message(), TIMEOUT)
+        assert message is not None
+        if message.list_files is not None or message.reattach_pool_ids:
+            return message
+
+
+async def _setup(
+    channel: grpclib.client.Channel, *, hostname: str = "host-f"
+) -> tuple[str, storage.StoragePool]:
+    nodes = compute.NodeServiceStub(channel)
+    pools = storage.StoragePoolServiceStub(channel)
+    node = await nodes.register_node(register_request(hostname), timeout=TIMEOUT)
+    pool = await pools.create_pool(create_request(f"p-{hostname}", nodes=[node.id]))
+    return node.id, pool
+
+
+async def _row(controller: Controller, pool_id: str, node_id: str, health: int) -> None:
+    async def health_now() -> int | None:
+        row = controller.view.host_status(pool_id, node_id)
+        return int(row.report.health) if row is not None else None
+
+    await eventually(health_now, lambda h: h == health, what="the host's row")
+
+
+async def test_the_listing_is_asked_and_answered_on_the_hosts_stream(
+    replicas: tuple[Controller, Controller],
+) -> None:
+    first, second = replicas
+    ch1 = grpclib.client.Channel("127.0.0.1", first.port)
+    ch2 = grpclib.client.Channel("127.0.0.1", second.port)
+    try:
+        node_id, pool = await _setup(ch1)
+        pools1 = storage.StoragePoolServiceStub(ch1)
+        pools2 = storage.StoragePoolServiceStub(ch2)
+        async with host_stream(ch1, node_id, pool.id) as stream:
+            await _row(first, pool.id, node_id, 1)
+            await _row(second, pool.id, node_id, 1)
+
+            def ls(
+                pools: storage.StoragePoolServiceStub, **fields: object
+            ) -> Awaitable[storage.ListPoolFilesResponse]:
+                request = storage.ListPoolFilesRequest(pool_id=pool.id, **fields)  # type: ignore[arg-type]
+                return pools.list_pool_files(request, timeout=TIMEOUT)
+
+            # The other replica cannot ask: it names the one holding the stream.
+            await expect_error(ls(pools2), Status.UNAVAILABLE, "replica r1", "host-f")
+
+            call = asyncio.ensure_future(ls(pools1, path="/images/", page_size=2))
+            asked = await _request(stream)
+            assert (asked.acknowledged, asked.sequence, asked.unsolicited) == (False, 0, False)
+            assert asked.assigned_pool_ids == [] and asked.assigned_pools == []
+            question = asked.list_files
+            assert question is not None
+            assert (question.pool_id, question.path, question.limit) == (pool.id, "images", 2)
+            assert question.after_name == ""
+            entries = [
+                storage.PoolFileEntry(name=n, path=f"images/{n}", is_directory=d)
+                for n, d in (("sub", True), ("a.qcow2", False))
+            ]
+
+            def answer(**fields: object) -> compute.UpdateHeartbeatRequest:
+                return compute.UpdateHeartbeatRequest(
+                    node_id=node_id,
+                    delta=True,
+                    list_files_result=compute.ListFilesResult(**fields),  # type: ignore[arg-type]
+                )
+
+            # An answer to another question is not taken.
+            await stream.send_message(answer(request_id=question.request_id + 99))
+            await asyncio.sleep(0.2)
+            assert not call.done()
+            await stream.send_message(
+                answer(
+                    request_id=question.request_id,
+                    entries=entries,
+                    current_path="images",
+                    more=True,
+                )
+            )
+            page = await call
+            assert [e.name for e in page.entries] == ["sub", "a.qcow2"]
+            assert page.current_path == "images"
+            assert paging.decode_token(page.next_page_token) == "images\x00fa.qcow2"
+
+            # The next page starts after the last entry.
+            call = asyncio.ensure_future(ls(pools1, path="images", page_token=page.next_page_token))
+            question = (await _request(stream)).list_files
+            assert question is not None
+            assert (question.after_name, question.after_is_directory) == ("a.qcow2", False)
+            assert question.limit == 50  # page_size 0: the default
+            await stream.send_message(
+                answer(
+                    request_id=question.request_id,
+                    error_code=Status.NOT_FOUND.value,
+                    error_message="path: images does not exist in the pool",
+                )
+            )
+            await expect_error(
+                call, Status.NOT_FOUND, "host host-f: path: images does not exist in the pool"
+            )
+
+            # A host that does not answer in time; then one whose stream goes away.
+            first.pool_ops._list_timeout = 0.3
+            await expect_error(
+                ls(pools1), Status.DEADLINE_EXCEEDED, "host host-f did not answer", "0.3s"
+            )
+            assert first.host_requests.waiting == 0
+            first.pool_ops._list_timeout = 10.0
+            call = asyncio.ensure_future(ls(pools1))
+            await _request(stream)
+            await stream.cancel()
+            started = asyncio.get_running_loop().time()
+            await expect_error(call, Status.UNAVAILABLE, "heartbeat stream")
+            assert asyncio.get_running_loop().time() - started < 5
+    finally:
+        ch1.close()
+        ch2.close()
+
+
+async def test_refusals_before_any_host_is_asked(
+    replicas: tuple[Controller, Controller],
+) -> None:
+    first, _ = replicas
+    channel = grpclib.client.Channel("127.0.0.1", first.port)
+    try:
+        pools = storage.StoragePoolServiceStub(channel)
+        nodes = compute.NodeServiceStub(channel)
+        node_id, pool = await _setup(channel, hostname="host-u")
+
+        def ls(**fields: object) -> Awaitable[storage.ListPoolFilesResponse]:
+            request = storage.ListPoolFilesRequest(**fields)  # type: ignore[arg-type]
+            return pools.list_pool_files(request, timeout=TIMEOUT)
+
+        await expect_error(ls(), Status.INVALID_ARGUMENT, "pool_id")
+        await expect_error(ls(pool_id="nope"), Status.NOT_FOUND, "pool_id")
+        await expect_error(ls(pool_id=pool.id, path="a/../b"), Status.INVALID_ARGUMENT, "'..'")
+        await expect_error(ls(pool_id=pool.id, path="a\x00"), Status.INVALID_ARGUMENT, "NUL")
+        await expect_error(ls(pool_id=pool.id, path="x" * 3801), Status.INVALID_ARGUMENT, "path")
+        await expect_error(ls(pool_id=pool.id, page_size=-1), Status.INVALID_ARGUMENT, "page_size")
+        await expect_error(
+            ls(pool_id=pool.id, page_token="garbage!"), Status.INVALID_ARGUMENT, "page_token"
+        )
+        await expect_error(
+            ls(pool_id=pool.id, page_token=paging.encode_token("no-separator")),
+            Status.INVALID_ARGUMENT,
+            "page_token",
+        )
+        # Registered, assigned, but it never reported: nobody to ask.
+        none = await expect_error(ls(pool_id=pool.id), Status.FAILED_PRECONDITION, "pool_id")
+        assert "host-u: not reported" in (none.message or "")
+        # An upstream agent heartbeats by unary UpdateHeartbeat: it has no stream.
+        await nodes.update_heartbeat(
+            compute.UpdateHeartbeatRequest(node_id=node_id, storage_pools=[report(pool.id)]),
+            timeout=TIMEOUT,
+        )
+        await _row(first, pool.id, node_id, 1)
+        await expect_error(
+            ls(pool_id=pool.id), Status.FAILED_PRECONDITION, "host-u", "no heartbeat stream"
+        )
+        # ReconnectPool: a HEALTHY host is left alone.
+        same = await pools.reconnect_pool(storage.ReconnectPoolRequest(id=pool.id))
+        assert same.id == pool.id
+        await expect_error(
+            pools.reconnect_pool(storage.ReconnectPoolRequest()), Status.INVALID_ARGUMENT, "id"
+        )
+        lonely = await pools.create_pool(create_request("lonely"), timeout=TIMEOUT)
+        await expect_error(
+            pools.reconnect_pool(storage.ReconnectPoolRequest(id=lonely.id)),
+            Status.FAILED_PRECONDITION,
+            "assigned to no host",
+        )
+    finally:
+        channel.close()
+
+
+async def test_reconnect_pool_is_pushed_on_the_stream_of_each_unhealthy_host(
+    replicas: tuple[Controller, Controller],
+) -> None:
+    first, second = replicas
+    ch1 = grpclib.client.Channel("127.0.0.1", first.port)
+    ch2 = grpclib.client.Channel("127.0.0.1", second.port)
+    try:
+        node_id, pool = await _setup(ch1, hostname="host-r")
+        async with host_stream(ch1, node_id, pool.id, health=3) as stream:  # ERROR
+            await _row(second, pool.id, node_id, 3)
+            await expect_error(
+                storage.StoragePoolServiceStub(ch2).reconnect_pool(
+                    storage.ReconnectPoolRequest(id=pool.id), timeout=TIMEOUT
+                ),
+                Status.UNAVAILABLE,
+                "host-r on replica r1",
+            )
+            returned = await storage.StoragePoolServiceStub(ch1).reconnect_pool(
+                storage.ReconnectPoolRequest(id=pool.id), timeout=TIMEOUT
+            )
+            assert returned.id == pool.id
+            pushed = await _request(stream)
+            assert pushed.reattach_pool_ids == [pool.id]
+            assert (pushed.acknowledged, pushed.sequence, pushed.list_files) == (False, 0, None)
+    finally:
+        ch1.close()
+        ch2.close()
