@@ -11,12 +11,14 @@ else the context file ``make run`` writes (``$QVDC_CONTEXT``, ``./.run/context.j
 ``~/.config/qvdc/context.json``), else 127.0.0.1:7443; a host without a port
 means port 7443.
 
-``--watch`` (``pools list``, ``pools get``, ``nodes list``, and ``watch``) follows the
-controller's watch RPCs (WatchPools, WatchNodes): the table is redrawn after each burst of
-changes (rich Live on a terminal, one frame after another otherwise; with ``-o json`` one
-JSON line per update). When the stream ends UNAVAILABLE or RESOURCE_EXHAUSTED, or the
-connection breaks, it re-watches with backoff (0.5 s doubling to 10 s) and the initial
-state it gets again replaces the table, so a replica dying loses nothing. Ctrl-C exits 0.
+``--watch`` (``pools list``, ``pools get``, ``nodes list``, ``nodes get``, and ``watch``)
+follows the controller's watch RPCs (WatchPools, WatchNodes, WatchNode): the table is
+redrawn after each burst of changes (rich Live on a terminal, one frame after another
+otherwise; with ``-o json`` one JSON line per update). When the stream ends UNAVAILABLE
+or RESOURCE_EXHAUSTED, or the connection breaks, it re-watches with backoff (0.5 s
+doubling to 10 s) and the initial state it gets again replaces the table, so a replica
+dying loses nothing. Ctrl-C exits 0; ``nodes get --watch`` exits 1 (NOT_FOUND) when the
+node is deleted, ``pools get --watch`` 0 when the pool is.
 A controller without the watch RPCs (an older build) is an error: run without ``--watch``.
 
 TLS: ``--tls-ca`` (the controller's CA) with the operator's ``--tls-cert``/``--tls-key``
@@ -1171,10 +1173,27 @@ def nodes_list(ctx: Ctx, output: str, watch: bool, interval: float, max_updates:
 @nodes.command("get")
 @click.argument("node")
 @output_option
+@watch_option
+@max_updates_option
 @pass_ctx
-def nodes_get(ctx: Ctx, node: str, output: str) -> None:
-    """One node (by hostname or id)."""
+def nodes_get(ctx: Ctx, node: str, output: str, watch: bool, max_updates: int) -> None:
+    """One node (by hostname or id); --watch follows it (WatchNode) until it is deleted."""
     found = rpc(ctx, lambda c: c.node(node))
+    if watch:
+
+        def frame(state: dict[str, dict[str, Any]]) -> str:
+            return render_nodes(
+                list(state["node"].values()), wide=output == "wide", color=ctx.color
+            )
+
+        source: WatchSource = (
+            "node",
+            lambda s: s.nodes.watch_node(compute.WatchNodeRequest(node_id=found.id)),
+        )
+        events = output if output in ("json", "yaml") else None
+        title = f"QvDC {ctx.controller} node {found.hostname}"
+        follow(ctx, [source], frame, title=title, max_updates=max_updates, events=events)
+        return
     if output in ("json", "yaml"):
         click.echo(_dump(found, output))
     else:

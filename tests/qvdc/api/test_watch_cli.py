@@ -23,6 +23,7 @@ from protos.limiquantix.storage import v1 as storage
 from qvdc import cli
 from qvdc.app import Controller
 from qvdc.settings import EtcdSettings, GrpcSettings
+from qvdc.store import keys
 from qvdc.store.etcd import EtcdStore
 from tests.qvdc.api.helpers import (
     TIMEOUT,
@@ -137,6 +138,24 @@ async def test_nodes_list_watch_shows_maintenance(
     first, second = frames(result.output)
     assert "wcli-host" in first and "MAINTENANCE" not in first
     assert "MAINTENANCE" in second
+
+
+async def test_nodes_get_watch_follows_one_node_until_it_is_deleted(
+    controller: Controller, nodes: compute.NodeServiceStub, store: EtcdStore
+) -> None:
+    node = await nodes.register_node(register_request("wcli-one"), timeout=TIMEOUT)
+    await nodes.register_node(register_request("wcli-other"), timeout=TIMEOUT)
+    task = await start_cli(controller.port, "nodes", "get", "wcli-one", "--watch")
+    await watching(controller, 1)
+    await nodes.disable_node(compute.DisableNodeRequest(id=node.id, reason="x"), timeout=TIMEOUT)
+    await asyncio.sleep(0.5)
+    await store.delete(keys.node(node.id))
+    result = await asyncio.wait_for(task, 15)
+    assert result.exit_code == 1, result.output  # WatchNode ends NOT_FOUND: the node is gone
+    assert "NOT_FOUND" in result.output and "was deleted" in result.output
+    drawn = [f for f in result.output.split("QvDC 127.0.0.1:")[1:] if "(watching" in f]
+    assert "wcli-one" in drawn[0] and "wcli-other" not in drawn[0]
+    assert "MAINTENANCE" not in drawn[0] and "MAINTENANCE" in drawn[-1]
 
 
 async def test_the_cli_rewatches_when_the_replica_behind_its_address_is_replaced(
