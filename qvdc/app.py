@@ -286,6 +286,7 @@ class Controller:
             messages=lambda: self.pool_service.messages,
             requests=self.host_requests,
             replica_id=self.replica_id,
+            limits=settings.limits,
         )
         self.pool_service = StoragePoolService(
             groups=[self.pool_ops, self.watches.pool_rpcs()],

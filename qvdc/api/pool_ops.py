@@ -16,9 +16,11 @@ path only.
 
 Only the replica holding the host's stream can ask it. When every live host of the pool
 streams to another replica the answer is UNAVAILABLE naming that replica (a client or
-``qvdcctl`` retries there); a host heartbeating without a stream (upstream's agent, unary
-``UpdateHeartbeat``) gives FAILED_PRECONDITION saying so: reaching its
-``NodeDaemonService`` on port 9090 is not done by this build.
+``qvdcctl`` retries there). A host heartbeating without a stream (upstream's agent, unary
+``UpdateHeartbeat`` over Connect) is asked as upstream asks it: its
+``NodeDaemonService.ListStoragePoolFiles`` on ``<management_ip>:9090``, plain gRPC, bounded
+by the same timeout; its whole-directory answer (at most :data:`MAX_AGENT_ENTRIES`
+entries, each field bounded like a request's) is ordered and paged here.
 
 **ReconnectPool** asks the pool's live assigned hosts whose row is not HEALTHY (ERROR,
 UNMOUNTED, DEGRADED, unreported) to detach and attach the pool again at once, skipping
@@ -31,17 +33,24 @@ request went to the hosts this replica reaches), naming the replica.
 
 from __future__ import annotations
 
+import asyncio
 import posixpath
 from collections.abc import Callable, Sequence
 
+import grpclib.client
 import grpclib.const
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
 
 from protos.limiquantix.compute import v1 as compute
+from protos.limiquantix.node import v1 as node_daemon
 from protos.limiquantix.storage import v1 as storage
 from qvdc.api import auth, paging, rpc_groups
+from qvdc.api import limits as request_limits
 from qvdc.api.host_requests import HostRequests
 from qvdc.api.pool_service import PoolMessages
 from qvdc.domain import errors, limits
+from qvdc.domain.limits import Limits
 from qvdc.domain.model import Health, PoolRecord
 from qvdc.engines.catalog import Catalog
 from qvdc.engines.view import ClusterView
@@ -52,6 +61,10 @@ LIST_TIMEOUT = 5.0
 SEND_TIMEOUT = 5.0
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
+#: Upstream's agent serves NodeDaemonService here (plain gRPC, as upstream dials it).
+AGENT_PORT = 9090
+#: Entries an agent's whole-directory answer may hold (it does not page).
+MAX_AGENT_ENTRIES = 100_000
 #: The longest path asked for: an entry's path (this plus a 255-byte name) stays within
 #: the 4096 characters a host's answer may carry.
 MAX_PATH = 3800
@@ -109,7 +122,11 @@ class PoolOps:
         requests: HostRequests,
         replica_id: str,
         list_timeout: float = LIST_TIMEOUT,
+        agent_port: int = AGENT_PORT,
+        limits: Limits | None = None,
     ) -> None:
+        self._agent_port = agent_port
+        self._limits = Limits() if limits is None else limits
         self._catalog = catalog
         self._view = view
         self._messages = messages
@@ -207,7 +224,12 @@ class PoolOps:
             )
         reachable = [n for n in hosts if self._requests.connected(n)]
         if not reachable:
-            raise self._unreachable(hosts)
+            agents = [n for n in hosts if self._owner(n) in ("", self._replica_id)]
+            if not agents:
+                raise self._unreachable(hosts)
+            return await self._list_through_agents(
+                agents, pool_id=record.id, path=path, after=after, limit=limit
+            )
         failure: errors.DomainError | None = None
         for node_id in reachable:
             host = self._hostname(node_id)
@@ -237,6 +259,107 @@ class PoolOps:
             )
         assert failure is not None
         raise failure
+
+    def _owner(self, node_id: str) -> str:
+        state = self._view.node_state(node_id)
+        return state.owner_replica if state is not None else ""
+
+    async def _list_through_agents(
+        self,
+        node_ids: Sequence[str],
+        *,
+        pool_id: str,
+        path: str,
+        after: tuple[bool, str] | None,
+        limit: int,
+    ) -> storage.ListPoolFilesResponse:
+        """Hosts without a heartbeat stream (upstream's agent): its
+        ``NodeDaemonService.ListStoragePoolFiles`` on ``<management_ip>:9090``, which
+        answers the whole directory; ordered, paged and bounded here."""
+        failure: errors.DomainError | None = None
+        for node_id in node_ids:
+            try:
+                answer = await self._ask_agent(node_id, pool_id=pool_id, path=path)
+            except (errors.Unavailable, errors.DeadlineExceeded) as exc:
+                failure = exc
+                continue
+            ordered = sorted(
+                answer.entries, key=lambda e: (not e.is_directory, e.name.casefold(), e.name)
+            )
+            if after is not None:
+                cursor = (not after[0], after[1].casefold(), after[1])
+                ordered = [
+                    e for e in ordered if (not e.is_directory, e.name.casefold(), e.name) > cursor
+                ]
+            entries = [
+                storage.PoolFileEntry(
+                    name=e.name,
+                    path=e.path,
+                    is_directory=e.is_directory,
+                    size_bytes=e.size_bytes,
+                    modified_at=e.modified_at,
+                    file_type=e.file_type,
+                    permissions=e.permissions,
+                )
+                for e in ordered[:limit]
+            ]
+            more = len(ordered) > limit
+            return storage.ListPoolFilesResponse(
+                entries=entries,
+                current_path=answer.current_path,
+                next_page_token=_token(path, entries[-1]) if more and entries else "",
+            )
+        assert failure is not None
+        raise failure
+
+    async def _ask_agent(
+        self, node_id: str, *, pool_id: str, path: str
+    ) -> node_daemon.ListStoragePoolFilesResponse:
+        host = self._hostname(node_id)
+        record = self._view.node(node_id)
+        address = record.management_ip if record is not None else ""
+        if not address:
+            raise errors.Unavailable(f"host {host} has no management address to reach")
+        where = f"{address}:{self._agent_port}"
+        channel = grpclib.client.Channel(address, self._agent_port)
+        try:
+            stub = node_daemon.NodeDaemonServiceStub(channel)
+            async with asyncio.timeout(self._list_timeout):
+                answer = await stub.list_storage_pool_files(
+                    node_daemon.ListStoragePoolFilesRequest(pool_id=pool_id, path=path)
+                )
+        except TimeoutError:
+            raise errors.DeadlineExceeded(
+                f"host {host}'s agent at {where} did not answer within {self._list_timeout:g}s"
+            ) from None
+        except GRPCError as exc:
+            kind = _HOST_ERRORS.get(exc.status.value, errors.Unavailable)
+            if exc.status is Status.UNIMPLEMENTED:
+                kind = errors.FailedPrecondition
+            raise kind(f"host {host}: {limits.quote(exc.message or exc.status.name)}") from None
+        except Exception as exc:  # noqa: BLE001 - connection refused, reset, protocol errors
+            raise errors.Unavailable(
+                f"cannot reach host {host}'s agent at {where}: {type(exc).__name__}: {exc}"
+            ) from None
+        finally:
+            channel.close()
+        if len(answer.entries) > MAX_AGENT_ENTRIES:
+            raise errors.FailedPrecondition(
+                f"host {host}: the directory has more than {MAX_AGENT_ENTRIES} entries; "
+                "list a subdirectory"
+            )
+        try:  # its strings bounded like a request's
+            request_limits.check(
+                node_daemon.ListStoragePoolFilesResponse(current_path=answer.current_path),
+                self._limits,
+            )
+            for entry in answer.entries:
+                request_limits.check(entry, self._limits)
+        except errors.InvalidArgument as exc:
+            raise errors.Unavailable(
+                f"host {host}'s agent answered an invalid listing: {exc}"
+            ) from None
+        return answer
 
     def _listable_hosts(self, pool_id: str) -> list[str]:
         out = []

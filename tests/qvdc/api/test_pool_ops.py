@@ -10,15 +10,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import socket
 from collections.abc import AsyncIterator, Awaitable
 
 import grpclib.client
 import grpclib.const
 import grpclib.exceptions
+import grpclib.server
 import pytest
 from grpclib.const import Status
+from grpclib.exceptions import GRPCError
 
 from protos.limiquantix.compute import v1 as compute
+from protos.limiquantix.node import v1 as node_daemon
 from protos.limiquantix.storage import v1 as storage
 from qvdc.api import paging
 from qvdc.app import Controller
@@ -83,6 +87,42 @@ async def host_stream(
             await stream.cancel()
 
 
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+class Agent(node_daemon.NodeDaemonServiceBase):
+    """Upstream's agent as the controller sees it: NodeDaemonService answering a whole
+    directory at once, in no particular order."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, str]] = []
+
+    async def list_storage_pool_files(
+        self, message: node_daemon.ListStoragePoolFilesRequest
+    ) -> node_daemon.ListStoragePoolFilesResponse:
+        self.asked.append((message.pool_id, message.path))
+        if message.path == "missing":
+            raise GRPCError(Status.NOT_FOUND, "Path not found: missing")
+        if message.path == "huge":
+            return node_daemon.ListStoragePoolFilesResponse(
+                entries=[node_daemon.StoragePoolFileEntry(name="x" * 5000)]
+            )
+        names = [("zeta.iso", False), ("Alpha", True), ("beta.qcow2", False), ("a.raw", False)]
+        return node_daemon.ListStoragePoolFilesResponse(
+            entries=[
+                node_daemon.StoragePoolFileEntry(
+                    name=n, path=n, is_directory=d, file_type="directory" if d else n[-3:]
+                )
+                for n, d in names
+            ],
+            current_path=message.path,
+        )
+
+
 async def _request(stream: Stream) -> compute.UpdateHeartbeatResponse:
     """The next message on the stream that is not a push of assignments."""
     while True:
@@ -97,7 +137,7 @@ async def _setup(
 ) -> tuple[str, storage.StoragePool]:
     nodes = compute.NodeServiceStub(channel)
     pools = storage.StoragePoolServiceStub(channel)
-    node = await nodes.register_node(register_request(hostname), timeout=TIMEOUT)
+    node = await nodes.register_node(register_request(hostname, ip="127.0.0.1"), timeout=TIMEOUT)
     pool = await pools.create_pool(create_request(f"p-{hostname}", nodes=[node.id]))
     return node.id, pool
 
@@ -236,14 +276,18 @@ async def test_refusals_before_any_host_is_asked(
         # Registered, assigned, but it never reported: nobody to ask.
         none = await expect_error(ls(pool_id=pool.id), Status.FAILED_PRECONDITION, "pool_id")
         assert "host-u: not reported" in (none.message or "")
-        # An upstream agent heartbeats by unary UpdateHeartbeat: it has no stream.
+        # An upstream agent heartbeats by unary UpdateHeartbeat: it has no stream, so its
+        # NodeDaemonService is dialled; nobody listens there.
         await nodes.update_heartbeat(
             compute.UpdateHeartbeatRequest(node_id=node_id, storage_pools=[report(pool.id)]),
             timeout=TIMEOUT,
         )
         await _row(first, pool.id, node_id, 1)
+        first.pool_ops._agent_port = _closed_port()
         await expect_error(
-            ls(pool_id=pool.id), Status.FAILED_PRECONDITION, "host-u", "no heartbeat stream"
+            ls(pool_id=pool.id),
+            Status.UNAVAILABLE,
+            f"cannot reach host host-u's agent at 127.0.0.1:{first.pool_ops._agent_port}",
         )
         # ReconnectPool: a HEALTHY host is left alone.
         same = await pools.reconnect_pool(storage.ReconnectPoolRequest(id=pool.id))
@@ -288,3 +332,44 @@ async def test_reconnect_pool_is_pushed_on_the_stream_of_each_unhealthy_host(
     finally:
         ch1.close()
         ch2.close()
+
+
+async def test_an_upstream_agent_is_asked_on_its_node_daemon_service(
+    replicas: tuple[Controller, Controller],
+) -> None:
+    first, _ = replicas
+    agent = Agent()
+    server = grpclib.server.Server([agent])
+    await server.start("127.0.0.1", 0)
+    channel = grpclib.client.Channel("127.0.0.1", first.port)
+    try:
+        first.pool_ops._agent_port = server._server.sockets[0].getsockname()[1]
+        pools = storage.StoragePoolServiceStub(channel)
+        nodes = compute.NodeServiceStub(channel)
+        node = await nodes.register_node(
+            register_request("agent-1", ip="127.0.0.1:9090"), timeout=TIMEOUT
+        )
+        pool = await pools.create_pool(create_request("agent-pool", nodes=[node.id]))
+        await nodes.update_heartbeat(
+            compute.UpdateHeartbeatRequest(node_id=node.id, storage_pools=[report(pool.id)]),
+            timeout=TIMEOUT,
+        )
+        await _row(first, pool.id, node.id, 1)
+
+        def ls(**fields: object) -> Awaitable[storage.ListPoolFilesResponse]:
+            request = storage.ListPoolFilesRequest(pool_id=pool.id, **fields)  # type: ignore[arg-type]
+            return pools.list_pool_files(request, timeout=TIMEOUT)
+
+        first_page = await ls(path="/", page_size=3)
+        assert [e.name for e in first_page.entries] == ["Alpha", "a.raw", "beta.qcow2"]
+        assert agent.asked == [(pool.id, "")]
+        rest = await ls(path="/", page_token=first_page.next_page_token)
+        assert [e.name for e in rest.entries] == ["zeta.iso"] and rest.next_page_token == ""
+        await expect_error(
+            ls(path="missing"), Status.NOT_FOUND, "host agent-1: 'Path not found: missing'"
+        )
+        await expect_error(ls(path="huge"), Status.UNAVAILABLE, "invalid listing", "name")
+    finally:
+        channel.close()
+        server.close()
+        await server.wait_closed()
