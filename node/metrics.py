@@ -156,22 +156,22 @@ class MetricsServer:
         self._port = port
         self._logger = logger
         self._read_timeout = read_timeout
-        self._server: asyncio.Server | None = None
+        self._listener: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
         #: The bound port (0 until started).
         self.port = 0
 
     async def start(self) -> None:
         """Listen (raises OSError if the address cannot be bound)."""
-        self._server = await asyncio.start_server(
+        self._listener = await asyncio.start_server(
             self._serve, self._host, self._port, limit=MAX_REQUEST_HEAD
         )
-        self.port = int(self._server.sockets[0].getsockname()[1])
+        self.port = int(self._listener.sockets[0].getsockname()[1])
         self._logger.info("metrics on http://%s:%d/metrics", self._host, self.port)
 
     async def close(self) -> None:
         """Stop listening; cancel requests in progress and wait for them (bounded)."""
-        server, self._server = self._server, None
+        server, self._listener = self._listener, None
         if server is None:
             return
         server.close()

@@ -18,6 +18,14 @@
   checks each message's declared size against its codec's ``max_message_bytes``
   before reading the body, and answers malformed bytes with INVALID_ARGUMENT.
 
+- **Unknown methods answered as gRPC.** grpclib answers a path no service serves with
+  a headers-only response that lacks ``content-type``, which gRPC clients (grpclib's
+  own included) read as UNKNOWN "Missing content-type header" instead of
+  UNIMPLEMENTED: upstream's volume RPCs, or a typo, looked like a server fault. The
+  server's method table (:class:`_Methods`) answers an unknown path with a handler
+  that ends the call UNIMPLEMENTED "Method not found" (as the Connect face says), sent as a normal
+  trailers-only gRPC response.
+
 - **Oversized frames refused at their header.** h2 checks a frame's declared length
   against the maximum frame size only once the whole frame has arrived, so a frame
   header declaring 16 MiB makes it buffer up to 16 MiB per connection before it
@@ -41,15 +49,19 @@ import logging
 from collections.abc import Callable, Collection
 from typing import Any
 
+import grpclib.const
 import grpclib.server
 import h2.events
 import h2.exceptions
 from grpclib.config import Configuration
+from grpclib.const import Status
 from grpclib.encoding.base import CodecBase
+from grpclib.exceptions import GRPCError
 from grpclib.protocol import H2Protocol
 from h2.errors import ErrorCodes
 from h2.frame_buffer import FrameBuffer
 
+from protos.google import protobuf as pb
 from qvdc.transport import bounds
 
 log = logging.getLogger(__name__)
@@ -166,6 +178,22 @@ class _Protocol(H2Protocol):
         self.processor.close(f"no call for {self._idle_timeout:g} s")
 
 
+async def _method_not_found(stream: grpclib.server.Stream[Any, Any]) -> None:
+    raise GRPCError(Status.UNIMPLEMENTED, "Method not found")
+
+
+_NOT_FOUND = grpclib.const.Handler(
+    _method_not_found, grpclib.const.Cardinality.UNARY_UNARY, pb.Empty, pb.Empty
+)
+
+
+class _Methods(dict[str, grpclib.const.Handler]):
+    """The server's method table: an unknown path gets :func:`_method_not_found`."""
+
+    def get(self, path: str, default: Any = None) -> grpclib.const.Handler:
+        return super().get(path) or _NOT_FOUND
+
+
 class Server(grpclib.server.Server):
     """grpclib's server with the per-connection bounds of the module docstring."""
 
@@ -181,6 +209,7 @@ class Server(grpclib.server.Server):
             raise ValueError(f"idle_timeout must be positive, got {idle_timeout!r}")
         bounds.install()
         super().__init__(handlers, codec=codec, config=config)
+        self._mapping = _Methods(self._mapping)
         self.idle_timeout = idle_timeout
 
     def _protocol_factory(self) -> H2Protocol:
