@@ -1466,8 +1466,9 @@ def _event_line(event: compute.SystemEvent) -> str:
 def events(
     ctx: Ctx, node_ref: str | None, follow: bool, limit: int, output: str, max_events: int
 ) -> None:
-    """Node and pool events (OFFLINE, recovered, phase and health changes), newest first;
-    --follow streams new ones (StreamEvents), reconnecting if the replica goes away."""
+    """Each node's events (OFFLINE, recovered, phase changes, its pool rows' health),
+    newest first; --follow streams new ones (StreamEvents: pool phases and the replicas'
+    own events too), reconnecting if the replica goes away."""
     if follow:
         _follow_events(ctx, node_ref, output, max_events)
         return
