@@ -599,6 +599,13 @@ class Heartbeater:
         except files.ListingError as exc:
             await self._answer_with(session, question, error=exc)
             return
+        except Exception as exc:  # a bug must still answer, not leave the controller waiting
+            self._logger.exception("listing pool %s failed", question.pool_id)
+            failed = files.ListingError(
+                files.Code.UNAVAILABLE, f"listing failed on this host: {type(exc).__name__}"
+            )
+            await self._answer_with(session, question, error=failed)
+            return
         await self._answer_with(session, question, listing=listing)
 
     async def _answer_with(

@@ -92,3 +92,29 @@ async def test_reattach_and_listing_requests_on_the_stream(
     )
     acked = node.heartbeat.stats.acknowledged
     await eventually(lambda: node.heartbeat.stats.acknowledged > acked, what="heartbeats go on")
+
+
+async def test_a_listing_that_crashes_is_still_answered(
+    controller: Any,
+    node_settings: Any,
+    run_app: Any,
+    pool_def: Any,
+    eventually: Callable[..., Any],
+    tmp_path: Path,
+    monkeypatch: Any,
+) -> None:
+    node, backend = await _start(controller, node_settings, run_app, pool_def, tmp_path)
+    await eventually(lambda: backend.attached == {"p1"}, what="p1 attached")
+
+    async def broken(**_: object) -> None:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(node.heartbeat._files, "list", broken)
+    ask = compute.ListFilesRequest(request_id=3, pool_id="p1")
+    await _send(controller, compute.UpdateHeartbeatResponse(list_files=ask))
+    await eventually(lambda: len(_answers(controller)) == 1, what="answered")
+    (answer,) = _answers(controller)
+    assert (answer.error_code, answer.error_message) == (
+        14,
+        "listing failed on this host: RuntimeError",
+    )
