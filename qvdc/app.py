@@ -55,6 +55,7 @@ from grpclib.reflection.v1 import reflection_pb2
 
 from qvdc import metrics
 from qvdc.api import auth, watching
+from qvdc.api.forwarding import Forwarder
 from qvdc.api.host_requests import HostRequests
 from qvdc.api.node_admin import NodeAdmin
 from qvdc.api.node_events import NodeEvents
@@ -279,6 +280,10 @@ class Controller:
         )
         #: Requests to hosts over their heartbeat streams (qvdc.api.host_requests).
         self.host_requests = HostRequests()
+        #: The same requests for a host streaming to another replica, relayed through etcd.
+        self.forwarder = Forwarder(
+            store=store, requests=self.host_requests, replica_id=self.replica_id, timeout=timeout
+        )
         #: ListPoolFiles and ReconnectPool (qvdc.api.pool_ops), through those streams.
         self.pool_ops = PoolOps(
             catalog=self.catalog,
@@ -287,6 +292,7 @@ class Controller:
             requests=self.host_requests,
             replica_id=self.replica_id,
             limits=settings.limits,
+            forwarder=self.forwarder,
         )
         self.pool_service = StoragePoolService(
             groups=[self.pool_ops, self.watches.pool_rpcs()],
@@ -439,6 +445,7 @@ class Controller:
             (self.events.run(), "event-history-writer"),
             (self.monitor.run(), "liveness-monitor"),
             (self.deletions.run(), "pool-deletions"),
+            (self.forwarder.serve(), "call-relay"),
             (
                 self.election.run(lead=self.aggregator.run, on_lead_change=self._on_lead_change),
                 "election",

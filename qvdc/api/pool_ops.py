@@ -14,9 +14,10 @@ is returned as it is, prefixed with the host's name. Pages: ``page_size`` 0 mean
 most 500; ``next_page_token`` is an opaque cursor after the last entry, valid for the same
 path only.
 
-Only the replica holding the host's stream can ask it. When every live host of the pool
-streams to another replica the answer is UNAVAILABLE naming that replica (a client or
-``qvdcctl`` retries there). A host heartbeating without a stream (upstream's agent, unary
+Only the replica holding the host's stream can ask it: a host streaming to another
+replica is asked through that replica, relayed through etcd (:mod:`qvdc.api.forwarding`),
+so a client gets the same answer from any replica (without a relay, UNAVAILABLE naming
+the replica). A host heartbeating without a stream (upstream's agent, unary
 ``UpdateHeartbeat`` over Connect) is asked as upstream asks it: its
 ``NodeDaemonService.ListStoragePoolFiles`` on ``<management_ip>:9090``, plain gRPC, bounded
 by the same timeout; its whole-directory answer (at most :data:`MAX_AGENT_ENTRIES`
@@ -26,9 +27,9 @@ entries, each field bounded like a request's) is ordered and paged here.
 UNMOUNTED, DEGRADED, unreported) to detach and attach the pool again at once, skipping
 any backoff (``reattach_pool_ids``), and returns the pool; the outcome shows in the
 pool's rows as those hosts report. Healthy hosts are left alone (re-attaching an NFS
-pool unmounts it). NOT_FOUND for a missing pool, FAILED_PRECONDITION when no assigned
-host is live; UNAVAILABLE when a host to re-attach streams to another replica (after the
-request went to the hosts this replica reaches), naming the replica.
+pool unmounts it); a host streaming to another replica is told through it (the relay).
+NOT_FOUND for a missing pool, FAILED_PRECONDITION when no assigned host is live;
+UNAVAILABLE naming the hosts that could not be told (after the others were).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from protos.limiquantix.node import v1 as node_daemon
 from protos.limiquantix.storage import v1 as storage
 from qvdc.api import auth, paging, rpc_groups
 from qvdc.api import limits as request_limits
+from qvdc.api.forwarding import Forwarder
 from qvdc.api.host_requests import HostRequests
 from qvdc.api.pool_service import PoolMessages
 from qvdc.domain import errors, limits
@@ -124,7 +126,9 @@ class PoolOps:
         list_timeout: float = LIST_TIMEOUT,
         agent_port: int = AGENT_PORT,
         limits: Limits | None = None,
+        forwarder: Forwarder | None = None,
     ) -> None:
+        self._forwarder = forwarder
         self._agent_port = agent_port
         self._limits = Limits() if limits is None else limits
         self._catalog = catalog
@@ -223,6 +227,7 @@ class PoolOps:
                 field="pool_id",
             )
         reachable = [n for n in hosts if self._requests.connected(n)]
+        reachable += [n for n in hosts if n not in reachable and self._relayed(n)]
         if not reachable:
             agents = [n for n in hosts if self._owner(n) in ("", self._replica_id)]
             if not agents:
@@ -241,9 +246,19 @@ class PoolOps:
                 limit=limit,
             )
             try:
-                result = await self._requests.list_files(
-                    node_id, question, timeout=self._list_timeout, host=host
-                )
+                if self._requests.connected(node_id):
+                    result = await self._requests.list_files(
+                        node_id, question, timeout=self._list_timeout, host=host
+                    )
+                else:
+                    assert self._forwarder is not None
+                    result = await self._forwarder.list_files(
+                        self._owner(node_id),
+                        node_id,
+                        question,
+                        timeout=self._list_timeout,
+                        host=host,
+                    )
             except (errors.Unavailable, errors.DeadlineExceeded) as exc:
                 failure = exc  # this host could not answer: the next one may
                 continue
@@ -263,6 +278,11 @@ class PoolOps:
     def _owner(self, node_id: str) -> str:
         state = self._view.node_state(node_id)
         return state.owner_replica if state is not None else ""
+
+    def _relayed(self, node_id: str) -> bool:
+        """``node_id`` streams to another replica that can be asked through etcd."""
+        owner = self._owner(node_id)
+        return self._forwarder is not None and owner not in ("", self._replica_id)
 
     async def _list_through_agents(
         self,
@@ -407,7 +427,17 @@ class PoolOps:
         sent: list[str] = []
         missed: list[str] = []
         for node_id in targets:
-            ok = await self._requests.reattach(node_id, [record.id], timeout=SEND_TIMEOUT)
+            if self._requests.connected(node_id) or not self._relayed(node_id):
+                ok = await self._requests.reattach(node_id, [record.id], timeout=SEND_TIMEOUT)
+            else:
+                assert self._forwarder is not None
+                ok = await self._forwarder.reattach(
+                    self._owner(node_id),
+                    node_id,
+                    [record.id],
+                    timeout=SEND_TIMEOUT,
+                    host=self._hostname(node_id),
+                )
             (sent if ok else missed).append(node_id)
         auth.audit(
             "ReconnectPool",

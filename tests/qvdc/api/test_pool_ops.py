@@ -26,6 +26,7 @@ from protos.limiquantix.node import v1 as node_daemon
 from protos.limiquantix.storage import v1 as storage
 from qvdc.api import paging
 from qvdc.app import Controller
+from qvdc.domain import errors
 from qvdc.settings import EtcdSettings
 from qvdc.store import keys
 from qvdc.store.etcd import EtcdStore
@@ -170,8 +171,39 @@ async def test_the_listing_is_asked_and_answered_on_the_hosts_stream(
                 request = storage.ListPoolFilesRequest(pool_id=pool.id, **fields)  # type: ignore[arg-type]
                 return pools.list_pool_files(request, timeout=TIMEOUT)
 
-            # The other replica cannot ask: it names the one holding the stream.
-            await expect_error(ls(pools2), Status.UNAVAILABLE, "replica r1", "host-f")
+            # The other replica asks through etcd; the one holding the stream asks the host.
+            relayed = asyncio.ensure_future(ls(pools2, path="/"))
+            asked = await _request(stream)
+            assert asked.list_files is not None and asked.list_files.path == ""
+            await stream.send_message(
+                compute.UpdateHeartbeatRequest(
+                    node_id=node_id,
+                    delta=True,
+                    list_files_result=compute.ListFilesResult(
+                        request_id=asked.list_files.request_id,
+                        entries=[storage.PoolFileEntry(name="via-r1")],
+                    ),
+                )
+            )
+            assert [e.name for e in (await relayed).entries] == ["via-r1"]
+            assert first.forwarder.served == 1
+            relayed = asyncio.ensure_future(ls(pools2, path="missing"))
+            asked = await _request(stream)
+            assert asked.list_files is not None
+            await stream.send_message(
+                compute.UpdateHeartbeatRequest(
+                    node_id=node_id,
+                    delta=True,
+                    list_files_result=compute.ListFilesResult(
+                        request_id=asked.list_files.request_id,
+                        error_code=Status.NOT_FOUND.value,
+                        error_message="path: missing does not exist in the pool",
+                    ),
+                )
+            )
+            await expect_error(
+                relayed, Status.NOT_FOUND, "host host-f: path: missing does not exist"
+            )
 
             call = asyncio.ensure_future(ls(pools1, path="/images/", page_size=2))
             asked = await _request(stream)
@@ -315,13 +347,12 @@ async def test_reconnect_pool_is_pushed_on_the_stream_of_each_unhealthy_host(
         node_id, pool = await _setup(ch1, hostname="host-r")
         async with host_stream(ch1, node_id, pool.id, health=3) as stream:  # ERROR
             await _row(second, pool.id, node_id, 3)
-            await expect_error(
-                storage.StoragePoolServiceStub(ch2).reconnect_pool(
-                    storage.ReconnectPoolRequest(id=pool.id), timeout=TIMEOUT
-                ),
-                Status.UNAVAILABLE,
-                "host-r on replica r1",
+            # Through the other replica: relayed to r1, which pushes it on the stream.
+            relayed = await storage.StoragePoolServiceStub(ch2).reconnect_pool(
+                storage.ReconnectPoolRequest(id=pool.id), timeout=TIMEOUT
             )
+            assert relayed.id == pool.id
+            assert (await _request(stream)).reattach_pool_ids == [pool.id]
             returned = await storage.StoragePoolServiceStub(ch1).reconnect_pool(
                 storage.ReconnectPoolRequest(id=pool.id), timeout=TIMEOUT
             )
@@ -373,3 +404,21 @@ async def test_an_upstream_agent_is_asked_on_its_node_daemon_service(
         channel.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_a_relay_to_a_replica_that_does_not_answer_is_bounded(
+    replicas: tuple[Controller, Controller],
+) -> None:
+    first, _ = replicas
+    question = compute.ListFilesRequest(pool_id="p")
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(errors.DeadlineExceeded) as caught:
+        await first.forwarder.list_files("ghost", "n1", question, timeout=0.2, host="h1")
+    assert "replica ghost, which holds host h1's heartbeat stream, did not answer" in str(
+        caught.value
+    )
+    assert asyncio.get_running_loop().time() - started < 5
+    assert not await first.forwarder.reattach("ghost", "n1", ["p"], timeout=0.2, host="h1")
+    # Nothing is left behind: the call's keys went with its lease.
+    kvs, _ = await first.forwarder.store.get_prefix("")
+    assert kvs == []
