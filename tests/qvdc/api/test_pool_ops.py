@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import socket
 from collections.abc import AsyncIterator, Awaitable
 
@@ -422,3 +423,44 @@ async def test_a_relay_to_a_replica_that_does_not_answer_is_bounded(
     # Nothing is left behind: the call's keys went with its lease.
     kvs, _ = await first.forwarder.store.get_prefix("")
     assert kvs == []
+
+
+async def test_the_relay_answers_what_it_can_and_ignores_garbage(
+    replicas: tuple[Controller, Controller],
+) -> None:
+    first, _ = replicas
+    relay = first.forwarder
+    # Through etcd to itself: the host has no stream here, and that is the answer.
+    with pytest.raises(errors.Unavailable) as caught:
+        await relay.list_files(
+            "r1", "n-x", compute.ListFilesRequest(pool_id="p"), timeout=1.0, host="hx"
+        )
+    assert str(caught.value) == "host hx has no heartbeat stream open on this replica"
+    assert not await relay.reattach("r1", "n-x", ["p"], timeout=1.0, host="hx")
+    served = relay.served
+
+    lease = await relay.store.grant_lease(30)
+    try:
+        await relay.store.put("ask/r1/garbage", b"{not json", lease=lease.id)
+        await relay.store.put(
+            "ask/r1/odd",
+            json.dumps(
+                {"kind": "dance", "node": "n", "host": "h", "lease": lease.id, "timeout": 1}
+            ).encode(),
+            lease=lease.id,
+        )
+
+        async def answered() -> list[str]:
+            kvs, _ = await relay.store.get_prefix("answer/")
+            return [kv.key for kv in kvs]
+
+        await eventually(answered, lambda keys: keys == ["answer/odd"], what="one answer")
+        answer = await relay.store.get("answer/odd")
+        assert answer is not None
+        assert json.loads(answer.value) == {
+            "error": "UNAVAILABLE",
+            "message": "unknown call kind 'dance'",
+        }
+        assert relay.served == served + 1  # the garbage was not answered
+    finally:
+        await relay.store.revoke_lease(lease)
