@@ -1133,6 +1133,47 @@ def pools_metrics(ctx: Ctx, pool: str, output: str) -> None:
     click.echo(_render(table, color=ctx.color))
 
 
+@pools.command("files")
+@click.argument("pool")
+@click.argument("path", default="")
+@click.option("--page-size", type=click.IntRange(0, 500), default=0, help="entries per call")
+@output_option
+@pass_ctx
+def pools_files(ctx: Ctx, pool: str, path: str, page_size: int, output: str) -> None:
+    """A pool's files at PATH (relative to its root), listed by one of its live hosts
+    (ListPoolFiles); every page is fetched."""
+
+    async def body(c: Client) -> list[storage.PoolFileEntry]:
+        found = await c.pool(pool)
+        entries: list[storage.PoolFileEntry] = []
+        token = ""
+        while True:
+            page = await c.pools.list_pool_files(
+                storage.ListPoolFilesRequest(
+                    pool_id=found.id, path=path, page_size=page_size, page_token=token
+                )
+            )
+            entries.extend(page.entries)
+            token = page.next_page_token
+            if not token:
+                return entries
+
+    entries = rpc(ctx, body)
+    if output in ("json", "yaml"):
+        click.echo(_dump(storage.ListPoolFilesResponse(entries=entries), output))
+        return
+    table = Table(box=None, pad_edge=False)
+    for column in ("NAME", "TYPE", "SIZE", "MODIFIED", "MODE"):
+        table.add_column(column, no_wrap=True)
+    if not entries:
+        table.add_row("(empty)", "", "", "", "")
+    for e in entries:
+        name = e.name + ("/" if e.is_directory else "")
+        size = "-" if e.is_directory else human_bytes(e.size_bytes)
+        table.add_row(name, e.file_type, size, e.modified_at, e.permissions)
+    click.echo(_render(table, color=ctx.color))
+
+
 @cli.group()
 def nodes() -> None:
     """Hosts running qvdc-node."""

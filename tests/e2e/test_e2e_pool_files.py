@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -29,6 +30,7 @@ from qvdc.settings import EtcdSettings, HttpSettings
 from qvdc.store.etcd import EtcdStore
 from tests.e2e.test_e2e_local_pools import spawn_node  # noqa: F401  (fixture)
 from tests.qvdc.api.helpers import TIMEOUT, controller_settings, eventually
+from tests.qvdc.api.test_cli import run_cli
 from tests.qvdc.http.conftest import Http
 
 pytestmark = pytest.mark.e2e
@@ -190,6 +192,17 @@ async def test_list_pool_files_over_the_hosts_stream(
     }
     gone = await http.call(SERVICE + "ListPoolFiles", {"poolId": "no-such-pool"})
     assert gone.json()["code"] == "not_found"
+
+    # qvdcctl pools files: by pool name, every page fetched, a table or JSON.
+    table = await run_cli(controller, "pools", "files", "browse", "--page-size", "2")
+    assert table.exit_code == 0, table.output
+    names = [line.split()[0] for line in table.output.splitlines()[1:]]
+    assert names == ["images/", "A.iso", "b.qcow2", "c.raw", "escape"], table.output
+    listed = await run_cli(controller, "pools", "files", "browse", "images", "-o", "json")
+    assert listed.exit_code == 0, listed.output
+    assert [e["path"] for e in json.loads(listed.output)["entries"]] == ["images/disk.qcow2"]
+    outside = await run_cli(controller, "pools", "files", "browse", "escape")
+    assert outside.exit_code == 1 and "outside the pool root" in outside.output, outside.output
 
     # A host that is gone cannot be asked.
     proc.terminate()
