@@ -72,8 +72,6 @@ from qvdc.store import codec, keys
 
 log = logging.getLogger(__name__)
 
-_UNARY = grpclib.const.Cardinality.UNARY_UNARY
-_STREAM = grpclib.const.Cardinality.UNARY_STREAM
 _VMS = "this slice manages storage pools and hosts, not virtual machines"
 #: Upstream's VM RPCs: UNIMPLEMENTED with the reason (:class:`rpc_groups.OutOfScope`).
 OUT_OF_SCOPE = rpc_groups.OutOfScope(
@@ -92,16 +90,6 @@ OUT_OF_SCOPE = rpc_groups.OutOfScope(
             grpclib.const.Cardinality.UNARY_UNARY,
             _VMS,
         ),
-    ]
-)
-_SOON = "not implemented yet in this build"
-#: RPCs of this slice still being built: each moves to its own group when it lands (none
-#: left; the hostile suite fuzzes an RPC once it is no longer listed here).
-_BUILDING: list[tuple[str, type, type, grpclib.const.Cardinality]] = []
-PENDING = rpc_groups.OutOfScope(
-    [
-        (name, request, response, cardinality, _SOON)
-        for name, request, response, cardinality in _BUILDING
     ]
 )
 
@@ -149,11 +137,7 @@ class NodeService:
         #: Requests to hosts over their open streams (ListPoolFiles, ReconnectPool).
         self.host_requests = HostRequests() if host_requests is None else host_requests
         #: Further RPCs, each group in its own module (:mod:`qvdc.api.rpc_groups`).
-        served = {rpc.name for group in groups for rpc in group.rpcs()}
-        pending = rpc_groups.OutOfScope(
-            [entry for entry in PENDING.entries if entry[0] not in served]
-        )
-        self._groups = [*groups, OUT_OF_SCOPE, pending]
+        self._groups = [*groups, OUT_OF_SCOPE]
         self._policy = policy
         #: The open stream of each node (one per node: a newer one replaces it).
         self._streams: dict[str, _StreamSession] = {}

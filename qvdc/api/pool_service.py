@@ -68,12 +68,6 @@ def validate_spec(spec: storage.StoragePoolSpec | None) -> None:
     validation.validate_assigned_node_ids(spec.assigned_node_ids)
 
 
-_UNARY = grpclib.const.Cardinality.UNARY_UNARY
-_SOON = "not implemented yet in this build"
-#: RPCs of this slice still being built: each moves to its own group when it lands.
-PENDING = rpc_groups.OutOfScope([])
-
-
 def _not_deleting(doc: Mapping[str, Any], pool_id: str, *, field: str) -> None:
     if codec.DELETING_KEY in doc:
         raise errors.FailedPrecondition(
@@ -160,11 +154,7 @@ class StoragePoolService:
     ) -> None:
         self._limits = Limits() if limits is None else limits
         #: Further RPCs, each group in its own module (:mod:`qvdc.api.rpc_groups`).
-        served = {rpc.name for group in groups for rpc in group.rpcs()}
-        pending = rpc_groups.OutOfScope(
-            [entry for entry in PENDING.entries if entry[0] not in served]
-        )
-        self._groups = [*groups, pending]
+        self._groups = list(groups)
         self._catalog = catalog
         self._send_timeout = send_timeout
         self._view = view

@@ -35,7 +35,6 @@ from hypothesis import strategies as st
 from protos.google import protobuf as pb
 from protos.limiquantix.compute import v1 as compute
 from protos.limiquantix.storage import v1 as storage
-from qvdc.api import node_service, pool_service
 from tests.qvdc.hostile import protowire
 from tests.qvdc.hostile.conftest import (
     REFUSALS,
@@ -71,12 +70,6 @@ LISTS = frozenset(
 """RPCs for which an empty (or randomly decoded) request is a valid one."""
 OUT_OF_SCOPE = frozenset({NODE + "SyncNodeVMs", NODE + "NotifyVMChange"})
 """Upstream's VM RPCs: UNIMPLEMENTED whatever is sent (test_out_of_scope_rpcs_say_so)."""
-PENDING = frozenset(
-    {NODE + entry[0] for entry in node_service.PENDING.entries}
-    | {POOL + entry[0] for entry in pool_service.PENDING.entries}
-)
-"""RPCs of this slice not built yet: UNIMPLEMENTED (test_pending_rpcs_say_so) and not
-fuzzed until they leave ``PENDING``."""
 
 MISSING_NAMES: dict[str, tuple[str, ...]] = {
     POOL + "CreatePool": ("name",),
@@ -350,11 +343,11 @@ def test_every_rpc_has_a_base_request() -> None:
     )
 
 
-FUZZED = sorted(set(HANDLERS) - OUT_OF_SCOPE - PENDING)
+FUZZED = sorted(set(HANDLERS) - OUT_OF_SCOPE)
 
 
-@pytest.mark.parametrize("rpc", sorted(OUT_OF_SCOPE | PENDING))
-async def test_out_of_scope_and_pending_rpcs_say_so(hostile: Harness, rpc: str) -> None:
+@pytest.mark.parametrize("rpc", sorted(OUT_OF_SCOPE))
+async def test_out_of_scope_rpcs_say_so(hostile: Harness, rpc: str) -> None:
     handler = HANDLERS[rpc]
     request = handler.request_type()
     with pytest.raises(grpclib.exceptions.GRPCError) as caught:
@@ -364,8 +357,7 @@ async def test_out_of_scope_and_pending_rpcs_say_so(hostile: Harness, rpc: str) 
             await stream.send_message(request, end=True)
             await stream.recv_message()
     assert caught.value.status == Status.UNIMPLEMENTED
-    wanted = "out of scope" if rpc in OUT_OF_SCOPE else "not implemented yet"
-    assert wanted in (caught.value.message or ""), caught.value.message
+    assert "out of scope" in (caught.value.message or ""), caught.value.message
 
 
 @pytest.mark.parametrize("rpc", FUZZED)
