@@ -1,14 +1,17 @@
 """What etcd saw: every write under the controller's prefix, through one watch.
 
-:class:`EtcdObserver` watches the whole ``/quantix/`` prefix from a revision
-on and records, per event, its revision, its key family (``hoststatus``,
-``poolstatus``, ``nodestatus``, ...) and when this process saw it
+:class:`EtcdObserver` watches the whole keyspace from a revision on and records, per
+event, its revision, its key family (``hoststatus``, ``poolstatus``, ``nodestatus``, ...
+under the controller's ``/quantix/`` prefix; the first path segment for the keys the
+controller keeps beside it, such as ``quantix-events``) and when this process saw it
 (``time.monotonic()``). While lag tracking is on, it also keeps the values of
 ``poolstatus/`` events, decoded into host rows after the phase
 (:func:`stats.rows_of_pool_status`), to time when a change became visible in
 its pool's aggregate.
 
-Counting by revision range makes the numbers exact: the harness waits until
+The whole keyspace, not just the prefix: a write beside it (an event record) moves
+etcd's revision too, and :meth:`EtcdObserver.quiesce` waits for the watch to deliver
+that revision. Counting by revision range makes the numbers exact: the harness waits until
 etcd is quiet before and after a phase, reads etcd's revision, and counts the
 events between the two. etcd's own Prometheus counters
 (``etcd_mvcc_put_total`` ...) are read as a cross-check.
@@ -53,13 +56,19 @@ class EtcdObserver:
 
     async def connect(self) -> None:
         self._store = await EtcdStore.connect(
-            settings=EtcdSettings(endpoints=(self.endpoint,), prefix=self._prefix, timeout=10.0)
+            settings=EtcdSettings(endpoints=(self.endpoint,), prefix="/", timeout=10.0)
         )
 
     @property
     def store(self) -> EtcdStore:
+        """The whole keyspace (keys relative to ``/``)."""
         assert self._store is not None, "connect() first"
         return self._store
+
+    @property
+    def controller_store(self) -> EtcdStore:
+        """The controller's keyspace (keys relative to its prefix)."""
+        return self.store.sibling(self._prefix)
 
     async def current_revision(self) -> int:
         return await self.store.revision()
@@ -76,7 +85,11 @@ class EtcdObserver:
                 async with contextlib.aclosing(events):
                     async for event in events:
                         now = time.monotonic()
-                        family, _, rest = event.key.partition("/")
+                        key = "/" + event.key
+                        if key.startswith(self._prefix):
+                            family, _, rest = key[len(self._prefix) :].partition("/")
+                        else:  # beside the prefix: its first segment
+                            family, rest = event.key.partition("/")[0], ""
                         pool_id = rest if family == "poolstatus" else ""
                         keep = self.track_values and family == "poolstatus" and event.kind == "put"
                         self._events.append(

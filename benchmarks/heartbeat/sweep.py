@@ -249,7 +249,7 @@ async def _run_ceilings(
 
 async def _write_fixture(env: Environment, plans: list[loadgen.HostPlan], path: Path) -> None:
     """What the ceiling server answers with: the assignments and the pool definitions."""
-    docs, _ = await env.observer.store.get_prefix("pools/")
+    docs, _ = await env.observer.controller_store.get_prefix("pools/")
     with path.open("wb") as f:
         pickle.dump(
             {
