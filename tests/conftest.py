@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import signal
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -35,6 +36,16 @@ import pytest
 from qvdc.transport import lean_grpclib
 
 pytest_plugins = ("tests.fixtures.etcd",)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A suite started in the background by a non-interactive shell (``make test &``,
+    ``nohup``) inherits SIGINT ignored, and so would every process it starts: the tests
+    that press Ctrl-C on a real ``qvdcctl`` or daemon would wait for a process that cannot
+    hear it. Python's own handler here means the children start with the default."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 _TASK_GRACE = 1.0
 """Seconds leftover tasks get to finish before the test is failed."""

@@ -165,7 +165,8 @@ async def test_token_registers_then_the_node_heartbeats_with_its_certificate(
             what="host-new registered with its bootstrap token",
         )
         node_id = controller.view.node_id_by_hostname("host-new")
-        assert daemon.heartbeat.node_id == node_id
+        # The view can see the registration before the daemon has read its answer.
+        await eventually(lambda: daemon.heartbeat.node_id == node_id, what="the daemon took its id")
         assert "by bootstrap token rack-7" in caplog.text
         # No certificate yet: the node waits, sends no heartbeat, says what to do once.
         await eventually(

@@ -321,10 +321,14 @@ def test_close_at_once_leaves_no_socket_open_when_the_loop_ends(pki: Pki) -> Non
             await asyncio.to_thread(one_shot)
             assert done.is_set()
 
-    for closer, leaks in (("at once", False), ("close", True)):
+    def leaks(closer: str) -> list[str]:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ResourceWarning)
             asyncio.run(serve_and_call(closer))
             gc.collect()
-        leaked = [w for w in caught if issubclass(w.category, ResourceWarning)]
-        assert bool(leaked) is leaks, (closer, [str(w.message) for w in leaked])
+        return [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+
+    assert leaks("at once") == []
+    # The control: grpclib's own close does leak, so the check above can see a leak. It
+    # depends on timing on a loaded machine, so it gets three tries.
+    assert any(leaks("close") for _ in range(3)), "plain close() never leaked: check is blind"
