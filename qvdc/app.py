@@ -353,7 +353,6 @@ class Controller:
             pools=self.pool_service.messages,
             figures=self.figures,
             clock=self.clock,
-            interval=settings.heartbeat.interval,
             send_timeout=settings.grpc.send_timeout,
             limits=settings.limits,
         )

@@ -123,7 +123,6 @@ class NodeService:
         hub: PushHub,
         pools: PoolMessages,
         clock: Clock,
-        interval: float,
         send_timeout: float,
         limits: Limits | None = None,
         policy: auth.Policy | None = None,
@@ -150,7 +149,6 @@ class NodeService:
         self._hub = hub
         self._pools = pools
         self._clock = clock
-        self._interval_secs = max(1, round(interval))
         self._send_timeout = send_timeout
         self._watchdog = SendWatchdog(timeout=send_timeout)
         view.subscribe(self._on_view_change)
