@@ -23,8 +23,8 @@
   own included) read as UNKNOWN "Missing content-type header" instead of
   UNIMPLEMENTED: upstream's volume RPCs, or a typo, looked like a server fault. The
   server's method table (:class:`_Methods`) answers an unknown path with a handler
-  that ends the call UNIMPLEMENTED "Method not found" (as the Connect face says), sent as a normal
-  trailers-only gRPC response.
+  that ends the call UNIMPLEMENTED "Method not found" (as the Connect face says), sent
+  as a normal trailers-only gRPC response.
 
 - **Oversized frames refused at their header.** h2 checks a frame's declared length
   against the maximum frame size only once the whole frame has arrived, so a frame
@@ -36,10 +36,11 @@ Other garbage after (or instead of) the preface needs nothing here: h2 raises a
 protocol error on the first bad frame and grpclib closes the connection at once.
 
 The private dependencies: ``Server._protocol_factory`` (overridden, from grpclib's
-own), ``Handler._tasks``, ``H2Protocol.processor.processors``,
-``Connection._connection`` (the h2 connection, for the GOAWAY), and h2's
-``H2Connection.incoming_buffer`` and ``FrameBuffer._data``.
-tests/qvdc/transport/test_serving.py pins each of them.
+own), ``Server._mapping`` (the method table grpclib looks paths up in with ``.get``),
+``Handler._tasks``, ``H2Protocol.processor.processors``, ``Connection._connection`` (the
+h2 connection, for the GOAWAY), and h2's ``H2Connection.incoming_buffer`` and
+``FrameBuffer._data``. tests/qvdc/transport/test_serving.py pins each of them but the
+method table, which tests/qvdc/api/test_unknown_methods.py pins by its behaviour.
 """
 
 from __future__ import annotations
