@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,8 +14,9 @@ from protos.limiquantix.storage import v1 as storage
 from qvdc.app import Controller
 from qvdc.security import sealing
 from qvdc.settings import EtcdSettings, SecretsSettings
+from qvdc.store import keys
 from qvdc.store.etcd import EtcdStore
-from tests.qvdc.api.helpers import controller_settings
+from tests.qvdc.api.helpers import controller_settings, eventually
 
 
 @pytest.fixture
@@ -52,3 +54,25 @@ def pools(channel: grpclib.client.Channel) -> storage.StoragePoolServiceStub:
 @pytest.fixture
 def nodes(channel: grpclib.client.Channel) -> compute.NodeServiceStub:
     return compute.NodeServiceStub(channel)
+
+
+@pytest.fixture
+async def replicas(
+    store: EtcdStore, etcd_settings: EtcdSettings
+) -> AsyncIterator[tuple[Controller, Controller]]:
+    """Two replicas on one etcd (grace 3 s): ``r1`` leads, ``r2`` starts once it does."""
+    base = controller_settings(etcd_settings, grace=3.0)
+    first = Controller(store=store, settings=dataclasses.replace(base, replica_id="r1"))
+    second_store = await EtcdStore.connect(settings=etcd_settings)
+    second = Controller(store=second_store, settings=dataclasses.replace(base, replica_id="r2"))
+    await first.start()
+    await eventually(
+        lambda: store.get(keys.ELECTION_AGGREGATOR), lambda kv: kv is not None, what="a leader"
+    )
+    await second.start()
+    try:
+        yield first, second
+    finally:
+        await second.stop()
+        await first.stop()
+        await second_store.close()

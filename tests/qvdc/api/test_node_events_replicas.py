@@ -5,52 +5,23 @@ other one says which."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-from collections.abc import AsyncIterator
 
 import grpclib.client
-import pytest
 from grpclib.const import Status
 
 from protos.limiquantix.compute import v1 as compute
 from qvdc.app import Controller
-from qvdc.settings import EtcdSettings
-from qvdc.store import keys
-from qvdc.store.etcd import EtcdStore
 from tests.qvdc.api.helpers import (
     TIMEOUT,
-    controller_settings,
-    eventually,
     expect_error,
     register_request,
 )
 
 
-@pytest.fixture
-async def two(
-    store: EtcdStore, etcd_settings: EtcdSettings
-) -> AsyncIterator[tuple[Controller, Controller]]:
-    base = controller_settings(etcd_settings, grace=3.0)
-    first = Controller(store=store, settings=dataclasses.replace(base, replica_id="r1"))
-    second_store = await EtcdStore.connect(settings=etcd_settings)
-    second = Controller(store=second_store, settings=dataclasses.replace(base, replica_id="r2"))
-    await first.start()
-    await eventually(
-        lambda: store.get(keys.ELECTION_AGGREGATOR), lambda kv: kv is not None, what="a leader"
-    )
-    await second.start()
-    try:
-        yield first, second
-    finally:
-        await second.stop()
-        await first.stop()
-        await second_store.close()
-
-
 async def test_one_event_per_transition_and_metrics_where_the_heartbeats_are(
-    two: tuple[Controller, Controller],
+    replicas: tuple[Controller, Controller],
 ) -> None:
-    first, second = two
+    first, second = replicas
     ch1 = grpclib.client.Channel("127.0.0.1", first.port)
     ch2 = grpclib.client.Channel("127.0.0.1", second.port)
     try:

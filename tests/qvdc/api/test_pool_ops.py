@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import socket
 from collections.abc import AsyncIterator, Awaitable
@@ -28,12 +27,8 @@ from protos.limiquantix.storage import v1 as storage
 from qvdc.api import paging
 from qvdc.app import Controller
 from qvdc.domain import errors
-from qvdc.settings import EtcdSettings
-from qvdc.store import keys
-from qvdc.store.etcd import EtcdStore
 from tests.qvdc.api.helpers import (
     TIMEOUT,
-    controller_settings,
     create_request,
     eventually,
     expect_error,
@@ -43,27 +38,6 @@ from tests.qvdc.api.helpers import (
 
 STREAM = "/limiquantix.compute.v1.NodeService/StreamHeartbeat"
 Stream = grpclib.client.Stream[compute.UpdateHeartbeatRequest, compute.UpdateHeartbeatResponse]
-
-
-@pytest.fixture
-async def replicas(
-    store: EtcdStore, etcd_settings: EtcdSettings
-) -> AsyncIterator[tuple[Controller, Controller]]:
-    base = controller_settings(etcd_settings, grace=3.0)
-    first = Controller(store=store, settings=dataclasses.replace(base, replica_id="r1"))
-    second_store = await EtcdStore.connect(settings=etcd_settings)
-    second = Controller(store=second_store, settings=dataclasses.replace(base, replica_id="r2"))
-    await first.start()
-    await eventually(
-        lambda: store.get(keys.ELECTION_AGGREGATOR), lambda kv: kv is not None, what="a leader"
-    )
-    await second.start()
-    try:
-        yield first, second
-    finally:
-        await second.stop()
-        await first.stop()
-        await second_store.close()
 
 
 @contextlib.asynccontextmanager

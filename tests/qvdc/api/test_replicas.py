@@ -4,21 +4,17 @@ fresh grace (never marking a healthy fleet down because a replica went away)."""
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
 
 import grpclib.client
-import pytest
 
 from protos.limiquantix.compute import v1 as compute
 from protos.limiquantix.storage import v1 as storage
 from qvdc.app import Controller
-from qvdc.settings import EtcdSettings
 from qvdc.store import codec, keys
 from qvdc.store.etcd import EtcdStore, KeyValue
 from tests.qvdc.api.helpers import (
     TIMEOUT,
-    controller_settings,
     create_request,
     eventually,
     register_request,
@@ -26,27 +22,6 @@ from tests.qvdc.api.helpers import (
 )
 
 PoolPhase = storage.StoragePoolStatusPhase
-
-
-@pytest.fixture
-async def replicas(
-    store: EtcdStore, etcd_settings: EtcdSettings
-) -> AsyncIterator[tuple[Controller, Controller]]:
-    base = controller_settings(etcd_settings, grace=3.0)
-    first = Controller(store=store, settings=dataclasses.replace(base, replica_id="r1"))
-    second_store = await EtcdStore.connect(settings=etcd_settings)
-    second = Controller(store=second_store, settings=dataclasses.replace(base, replica_id="r2"))
-    await first.start()
-    await eventually(
-        lambda: store.get(keys.ELECTION_AGGREGATOR), lambda kv: kv is not None, what="a leader"
-    )
-    await second.start()
-    try:
-        yield first, second
-    finally:
-        await second.stop()
-        await first.stop()
-        await second_store.close()
 
 
 async def test_leader_failover_adopts_nodes_with_a_fresh_grace(
