@@ -141,9 +141,15 @@ async def test_two_hosts_stale_row_and_detach(
 
         ready = await eventually(
             get,
-            lambda p: p.status.phase == PoolPhase.READY and len(p.status.host_statuses) == 2,
+            # READY alone is not enough: a host still within its first interval is pending
+            # (UNKNOWN, counted neither way), so the pool is READY on the other host's report.
+            lambda p: (
+                p.status.phase == PoolPhase.READY
+                and len(p.status.host_statuses) == 2
+                and all(r.health == Health.HEALTHY for r in p.status.host_statuses)
+            ),
             timeout=30,
-            what="READY with two host rows",
+            what="READY with two HEALTHY host rows",
         )
         rows = {r.hostname: r for r in ready.status.host_statuses}
         assert set(rows) == {"host-a", "host-b"}
