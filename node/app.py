@@ -17,8 +17,9 @@ re-attaches this host's pools even while every controller is unreachable.
 
 Runtime: four named root tasks (reconciler, prober, heartbeat, host facts)
 run in one ``asyncio.TaskGroup``, each through ``create_guarded_task`` so a
-crash is logged with its traceback. If any root task ends - crash or not -
-the whole daemon stops rather than running half-broken (kopf ``run_tasks``);
+crash is logged with its traceback. If any root task ends - crash, return or
+a cancellation the shutdown did not make - the whole daemon stops rather than
+running half-broken, and exits 1 (kopf ``run_tasks``);
 SIGTERM and SIGINT stop it cleanly. No "leaving" heartbeat is sent: the
 controller's liveness grace handles a node that went away.
 
@@ -89,6 +90,10 @@ def backend_options(kind: str, *, settings: settings_mod.NodeSettings) -> dict[s
         except ValueError as exc:
             raise settings_mod.SettingsError(f"backend option {kind}.{key}: {exc}") from exc
     return options
+
+
+class RootTaskEnded(RuntimeError):
+    """A root task returned, or was cancelled by anything but the shutdown: exit 1."""
 
 
 class NodeApp:
@@ -202,6 +207,17 @@ class NodeApp:
             s.state_dir,
             s.pools_root,
         )
+        # Roots that ended before the shutdown cancelled them. A crash leaves the group
+        # with its exception; a root that returned or was cancelled by someone else is a
+        # failure too (exit 1, so a supervisor restarts the daemon), never a quiet stop.
+        ended_early: list[asyncio.Task[None]] = []
+        stopping = False
+
+        def on_root_done(task: asyncio.Task[None]) -> None:
+            if not stopping:
+                ended_early.append(task)
+            stop.set()
+
         try:
             if self.metrics_server is not None:
                 await self.metrics_server.start()
@@ -232,12 +248,18 @@ class NodeApp:
                     ),
                 ]
                 for root in roots:
-                    root.add_done_callback(lambda _task: stop.set())
+                    root.add_done_callback(on_root_done)
                 self.started.set()
                 await stop.wait()
+                stopping = True
                 self._logger.info("node %s stopping", s.hostname)
                 for root in roots:
                     root.cancel()
+            if ended_early:  # returned or cancelled by anything but this shutdown
+                raise RootTaskEnded(
+                    f"root task {', '.join(t.get_name() for t in ended_early)} "
+                    "ended before the daemon was stopped"
+                )
         finally:
             if self.metrics_server is not None:
                 await self.metrics_server.close()
@@ -332,6 +354,8 @@ async def main(settings: settings_mod.NodeSettings) -> int:
     except Exception as exc:  # a root task crashed (already logged by its guard) or start-up failed
         if isinstance(exc, ExceptionGroup):
             logger.error("node daemon stopped because a task failed (see the traceback above)")
+        elif isinstance(exc, RootTaskEnded):
+            logger.error("node daemon stopped: %s", exc)
         else:
             logger.exception("node daemon failed")
         return 1

@@ -14,7 +14,8 @@ tasks in one ``asyncio.TaskGroup``. :meth:`Controller.run`, stage by stage:
    count of those it could not (``qvdc.engines.committer``).
 
 ``stop`` is honoured at every stage: set during the initial listing, the replica
-never serves. A root task that ends is a failure even if it returned: its guard
+never serves. A root task that ends is a failure even if it returned or was
+cancelled by anything but the shutdown (cancellation is never a quiet stop): its guard
 logs a crash once, with its traceback; the others are stopped as above; ``run``
 raises :class:`RootTaskEnded` (kopf's ``run_tasks``, ``stop`` and ``reraise``).
 
@@ -473,12 +474,23 @@ class Controller:
         start-up raised (the initial listing timed out, the port is taken).
         """
         roots: list[asyncio.Task[None]] = []
+        # Roots that ended before the shutdown cancelled them: returned, crashed, or
+        # cancelled by someone else. Any of these is a failure; a cancellation we did
+        # not ask for is not a clean stop.
+        ended_early: list[asyncio.Task[None]] = []
+        stopping = False
+        ended = asyncio.Event()
+
+        def on_root_done(task: asyncio.Task[None]) -> None:
+            if not stopping:
+                ended_early.append(task)
+            ended.set()
+
         try:
             async with asyncio.TaskGroup() as group:
-                ended = asyncio.Event()
                 for coro, name in self._root_loops():
                     root = create_guarded_task(coro, name=name, logger=log, group=group)
-                    root.add_done_callback(lambda _task: ended.set())
+                    root.add_done_callback(on_root_done)
                     roots.append(root)
                 try:
                     await self._serve_http()
@@ -489,6 +501,7 @@ class Controller:
                         await self._serve()
                         await first_of(stop.wait(), ended.wait())
                 finally:
+                    stopping = True
                     log.info("QvDC replica %s stopping", self.replica_id)
                     await self.watches.close()  # watch streams end UNAVAILABLE: clients re-watch
                     await self._close_server()
@@ -504,6 +517,9 @@ class Controller:
             if len(errors.exceptions) == 1:  # the start-up's own error, unwrapped
                 raise errors.exceptions[0] from None
             raise
+        cancelled = [t.get_name() for t in ended_early if t.cancelled()]
+        if cancelled:
+            raise RootTaskEnded(f"root task {', '.join(cancelled)} was cancelled unrequested")
         returned = [t.get_name() for t in roots if not t.cancelled()]
         if returned:
             raise RootTaskEnded(f"root task {', '.join(returned)} returned")

@@ -8,6 +8,8 @@ import signal
 import sys
 from pathlib import Path
 
+import pytest
+
 from node import app
 from storage_backends import base
 
@@ -114,3 +116,17 @@ async def test_sigterm_stops_the_daemon_cleanly(closed_endpoint, tmp_path):
     assert "received SIGTERM" in output
     assert "node sig-host stopped" in output
     assert "Traceback" not in output
+
+
+async def test_a_root_task_cancelled_by_anything_but_the_shutdown_fails_the_daemon(
+    closed_endpoint, node_settings
+):
+    node = app.NodeApp(settings=node_settings(closed_endpoint))
+    running = asyncio.create_task(node.run(stop=asyncio.Event()))
+    async with asyncio.timeout(20):
+        await node.started.wait()
+    [prober] = [t for t in asyncio.all_tasks() if t.get_name() == "prober"]
+    prober.cancel()  # nobody set stop: this is not a shutdown
+    with pytest.raises(app.RootTaskEnded, match="root task prober ended before the daemon"):
+        async with asyncio.timeout(20):
+            await running

@@ -155,6 +155,20 @@ async def test_a_root_task_that_crashes_stops_the_replica_and_is_raised(
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
 
 
+async def test_a_root_task_cancelled_by_anything_but_the_shutdown_is_a_failure(
+    store: EtcdStore, etcd_settings: EtcdSettings
+) -> None:
+    controller = app.Controller(store=store, settings=controller_settings(etcd_settings))
+    await controller.start()
+    [monitor] = [t for t in asyncio.all_tasks() if t.get_name() == "liveness-monitor"]
+    monitor.cancel()  # not the shutdown: nobody set stop
+    await until(lambda: not controller.serving.is_set(), timeout=20.0, what="the replica to stop")
+    with pytest.raises(
+        app.RootTaskEnded, match="root task liveness-monitor was cancelled unrequested"
+    ):
+        await controller.stop()
+
+
 async def test_a_root_task_that_crashes_during_the_start_up_is_raised_by_start(
     store: EtcdStore, etcd_settings: EtcdSettings
 ) -> None:
