@@ -878,6 +878,11 @@ def _backend(
                 f"'{iscsi}': expected PORTAL/IQN (host:3260/iqn....)", param_hint="--iscsi"
             )
         user = opts["chap_user"]
+        password = opts["chap_password"]
+        if opts["chap_password_file"] is not None:
+            if password:
+                raise click.UsageError("give --chap-password or --chap-password-file, not both")
+            password = _secret_file(opts["chap_password_file"], param_hint="--chap-password-file")
         return storage.StorageBackend(
             type=storage.StorageBackendBackendType.ISCSI,
             iscsi=storage.IscsiConfig(
@@ -886,7 +891,7 @@ def _backend(
                 lun=opts["lun"],
                 chap_enabled=bool(user),
                 chap_user=user,
-                chap_password=opts["chap_password"],
+                chap_password=password,
             ),
         )
     assert ceph is not None
@@ -907,17 +912,30 @@ def _backend(
     )
 
 
+def _read_text(path: Path, *, param_hint: str) -> str:
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.BadParameter(f"cannot read {path}: {exc}", param_hint=param_hint) from None
+
+
+def _secret_file(path: Path, *, param_hint: str) -> str:
+    """A secret kept alone in ``path`` (one line; surrounding whitespace dropped). Read
+    from a file, not a flag, so it is in no shell history or process list."""
+    secret = _read_text(path, param_hint=param_hint).strip()
+    if not secret or "\n" in secret:
+        raise click.BadParameter(
+            f"{path} must hold the secret alone, on one line", param_hint=param_hint
+        )
+    return secret
+
+
 def _ceph_key(path: Path | None) -> str:
     """The cephx key in ``path``: a keyring file's ``key = ...`` line, or the key alone.
     Read from a file, not a flag, so it is in no shell history or process list."""
     if path is None:
         return ""
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise click.BadParameter(
-            f"cannot read {path}: {exc}", param_hint="--ceph-key-file"
-        ) from None
+    text = _read_text(path, param_hint="--ceph-key-file")
     for line in text.splitlines():
         name, sep, value = line.partition("=")
         if sep and name.strip() == "key":
@@ -956,7 +974,18 @@ def _labels(pairs: Sequence[str]) -> dict[str, str]:
 @click.option("--nfs-options", default="", help="extra NFS mount options")
 @click.option("--lun", type=click.IntRange(min=0), default=0, help="iSCSI LUN")
 @click.option("--chap-user", default="", help="iSCSI CHAP user (enables CHAP)")
-@click.option("--chap-password", default="", help="iSCSI CHAP password")
+@click.option(
+    "--chap-password",
+    default="",
+    help="iSCSI CHAP password (visible in the process list: prefer --chap-password-file)",
+)
+@click.option(
+    "--chap-password-file",
+    type=click.Path(path_type=Path),
+    default=None,
+    metavar="FILE",
+    help="a file holding the iSCSI CHAP password alone (write-only, like every secret)",
+)
 @click.option("--monitor", multiple=True, metavar="HOST[:PORT]", help="Ceph monitor (repeatable)")
 @click.option("--ceph-user", default="", help="Ceph user (e.g. admin)")
 @click.option("--keyring", default="", metavar="PATH", help="Ceph keyring path")

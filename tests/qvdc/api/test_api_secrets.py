@@ -159,7 +159,11 @@ def assigned(response: compute.UpdateHeartbeatResponse, pool_id: str) -> storage
 
 
 async def test_a_set_secret_leaves_only_through_the_assigned_nodes_heartbeats(
-    start: Start, key_file: Path, etcd_server: EtcdServer, caplog: pytest.LogCaptureFixture
+    start: Start,
+    key_file: Path,
+    etcd_server: EtcdServer,
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
 ) -> None:
     caplog.set_level(logging.DEBUG)
     r = await start(key_file)
@@ -236,6 +240,35 @@ async def test_a_set_secret_leaves_only_through_the_assigned_nodes_heartbeats(
     assert SECRET not in dump
     assert "qvdc-sealed:v1:" in dump and created.id in dump
     assert SECRET not in caplog.text
+
+    # qvdcctl takes the password from a file, so it is in no process list or shell history.
+    password_file = tmp_path / "chap.secret"
+    password_file.write_text(f"{NEW_SECRET}\n")
+    iscsi_flags = ("--iscsi", "10.0.0.5:3260/iqn.2024-01.com.example:san2", "--chap-user", "qvdc")
+    said = await qvdcctl(
+        r, "pools", "create", "san2", *iscsi_flags,
+        "--chap-password-file", str(password_file), "--assign", "host-a",
+    )  # fmt: skip
+    assert NEW_SECRET not in said
+    (second,) = [p for p in (await r.node_sees(node_a.id)).assigned_pools if p.name == "san2"]
+    assert assigned(await r.node_sees(node_a.id), second.id).chap_password == NEW_SECRET
+    assert NEW_SECRET not in etcdctl_dump(etcd_server)
+    # Both ways at once, or a file that is not one secret line, are refused before any call.
+    password_file.write_text(f"{NEW_SECRET}\nsecond line\n")
+    for extra, words in (
+        (("--chap-password", "x", "--chap-password-file", str(tmp_path / "none")), "not both"),
+        (("--chap-password-file", str(tmp_path / "none")), "cannot read"),
+        (("--chap-password-file", str(password_file)), "alone, on one line"),
+    ):
+        refused = await asyncio.to_thread(
+            CliRunner().invoke,
+            cli.cli,
+            ["--insecure", "--controller", f"127.0.0.1:{r.controller.port}", "pools", "create",
+             "san3", *iscsi_flags, *extra],
+        )  # fmt: skip
+        assert refused.exit_code == 2 and words in refused.output, refused.output
+        assert NEW_SECRET not in refused.output
+    assert "san3" not in await qvdcctl(r, "pools", "list")
 
 
 async def test_update_keeps_sets_and_clears_the_secret(
