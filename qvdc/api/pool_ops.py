@@ -20,8 +20,9 @@ so a client gets the same answer from any replica (without a relay, UNAVAILABLE 
 the replica). A host heartbeating without a stream (upstream's agent, unary
 ``UpdateHeartbeat`` over Connect) is asked as upstream asks it: its
 ``NodeDaemonService.ListStoragePoolFiles`` on ``<management_ip>:9090``, plain gRPC, bounded
-by the same timeout; its whole-directory answer (at most :data:`MAX_AGENT_ENTRIES`
-entries, each field bounded like a request's) is ordered and paged here.
+by the same timeout; its whole-directory answer (at most :data:`MAX_AGENT_ANSWER_BYTES`,
+refused at its prefix, and :data:`MAX_AGENT_ENTRIES` entries, each field bounded like a
+request's) is ordered and paged here.
 
 **ReconnectPool** asks the pool's live assigned hosts whose row is not HEALTHY (ERROR,
 UNMOUNTED, DEGRADED, unreported) to detach and attach the pool again at once, skipping
@@ -38,7 +39,6 @@ import asyncio
 import posixpath
 from collections.abc import Callable, Sequence
 
-import grpclib.client
 import grpclib.const
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
@@ -56,6 +56,7 @@ from qvdc.domain.limits import Limits
 from qvdc.domain.model import Health, PoolRecord
 from qvdc.engines.catalog import Catalog
 from qvdc.engines.view import ClusterView
+from qvdc.transport import bounds
 
 #: Seconds the controller waits for a host's listing (the host gives up at 4 s itself).
 LIST_TIMEOUT = 5.0
@@ -67,6 +68,10 @@ MAX_PAGE_SIZE = 500
 AGENT_PORT = 9090
 #: Entries an agent's whole-directory answer may hold (it does not page).
 MAX_AGENT_ENTRIES = 100_000
+#: Bytes an agent's answer may declare: refused at its 5-byte prefix, before its body is
+#: read (``qvdc.transport.bounds``), so a host cannot make the controller buffer more.
+#: Room for MAX_AGENT_ENTRIES entries of about 300 bytes.
+MAX_AGENT_ANSWER_BYTES = 32 * 1024 * 1024
 #: The longest path asked for: an entry's path (this plus a 255-byte name) stays within
 #: the 4096 characters a host's answer may carry.
 MAX_PATH = 3800
@@ -125,11 +130,13 @@ class PoolOps:
         replica_id: str,
         list_timeout: float = LIST_TIMEOUT,
         agent_port: int = AGENT_PORT,
+        agent_max_bytes: int = MAX_AGENT_ANSWER_BYTES,
         limits: Limits | None = None,
         forwarder: Forwarder | None = None,
     ) -> None:
         self._forwarder = forwarder
         self._agent_port = agent_port
+        self._agent_max_bytes = agent_max_bytes
         self._limits = Limits() if limits is None else limits
         self._catalog = catalog
         self._view = view
@@ -341,7 +348,9 @@ class PoolOps:
         if not address:
             raise errors.Unavailable(f"host {host} has no management address to reach")
         where = f"{address}:{self._agent_port}"
-        channel = grpclib.client.Channel(address, self._agent_port)
+        channel = bounds.bounded_channel(
+            address, self._agent_port, max_message_bytes=self._agent_max_bytes
+        )
         try:
             stub = node_daemon.NodeDaemonServiceStub(channel)
             async with asyncio.timeout(self._list_timeout):
@@ -356,7 +365,12 @@ class PoolOps:
             kind = _HOST_ERRORS.get(exc.status.value, errors.Unavailable)
             if exc.status is Status.UNIMPLEMENTED:
                 kind = errors.FailedPrecondition
-            raise kind(f"host {host}: {limits.quote(exc.message or exc.status.name)}") from None
+            said = limits.quote(exc.message or exc.status.name)
+            if exc.status is Status.RESOURCE_EXHAUSTED:  # our bound, or the agent's own
+                raise errors.FailedPrecondition(
+                    f"host {host}'s agent answered too much ({said}); list a subdirectory"
+                ) from None
+            raise kind(f"host {host}: {said}") from None
         except Exception as exc:  # noqa: BLE001 - connection refused, reset, protocol errors
             raise errors.Unavailable(
                 f"cannot reach host {host}'s agent at {where}: {type(exc).__name__}: {exc}"

@@ -15,11 +15,17 @@ a traceback in the log. :func:`recv_message` reads the same way but:
 - logs each refusal as one rate-limited INFO line (:mod:`qvdc.transport.errors`).
 
 A codec without a ``max_message_bytes`` attribute (any server but the controller's)
-gets grpclib's own function, unchanged. :func:`install` points the name
-``grpclib.server.recv_message`` (what ``grpclib.server.Stream.recv_message`` calls)
+gets grpclib's own function, unchanged. :func:`install` points the names
+``grpclib.server.recv_message`` and ``grpclib.client.recv_message`` (what
+``grpclib.server.Stream.recv_message`` and ``grpclib.client.Stream.recv_message`` call)
 at :func:`recv_message`; the controller's server installs it when built
-(:mod:`qvdc.transport.serving`). tests/qvdc/transport/test_bounds_contract.py pins
-grpclib's function and the call, and fails if either changes.
+(:mod:`qvdc.transport.serving`). tests/qvdc/transport/test_serving.py pins grpclib's
+function and both calls, and fails if any changes.
+
+The client side matters where the controller asks a peer it does not trust for an
+answer: :func:`bounded_channel` (upstream's agent on a host's :9090,
+``qvdc.api.pool_ops``) refuses an answer declared over its bound before reading its
+body, instead of buffering whatever size the peer declares.
 """
 
 from __future__ import annotations
@@ -27,9 +33,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import grpclib.client
 import grpclib.server
 import grpclib.stream
 from grpclib.const import Status
+from grpclib.encoding.proto import ProtoCodec
 from grpclib.exceptions import GRPCError
 
 from qvdc.transport import errors, wire
@@ -91,28 +99,51 @@ async def recv_message(stream: Any, codec: Any, message_type: Any) -> Any:
         raise _refuse(Status.INVALID_ARGUMENT, f"malformed {name}: {exc}", message_type) from None
 
 
+_READERS = (grpclib.server, grpclib.client)
+"""The modules whose ``recv_message`` name their streams call (server and client)."""
+
+
 def installed() -> bool:
-    """True if grpclib's server reads messages with :func:`recv_message`."""
-    return getattr(grpclib.server, "recv_message", None) is recv_message
+    """True if grpclib's server and client read messages with :func:`recv_message`."""
+    return all(getattr(m, "recv_message", None) is recv_message for m in _READERS)
 
 
 def install() -> None:
-    """Make grpclib's server read messages with :func:`recv_message` (idempotent).
+    """Make grpclib's server and client read messages with :func:`recv_message`
+    (idempotent; other codecs still get grpclib's own reader).
 
     Raises ``RuntimeError`` if grpclib no longer reads them with the function this
     module was written against: a bound that is silently not enforced is worse than
     a server that does not start."""
-    current = getattr(grpclib.server, "recv_message", None)
-    if current is recv_message:
-        return
-    if current is not ORIGINAL:
-        raise RuntimeError(
-            "grpclib.server no longer reads messages with grpclib.stream.recv_message; "
-            "qvdc.transport.bounds cannot bound their size"
-        )
-    setattr(grpclib.server, "recv_message", recv_message)  # noqa: B010 - not exported
+    for module in _READERS:
+        current = getattr(module, "recv_message", None)
+        if current is not recv_message and current is not ORIGINAL:
+            raise RuntimeError(
+                f"{module.__name__} no longer reads messages with "
+                "grpclib.stream.recv_message; qvdc.transport.bounds cannot bound their size"
+            )
+    for module in _READERS:
+        setattr(module, "recv_message", recv_message)  # noqa: B010 - not exported
 
 
 def uninstall() -> None:
     """Put grpclib's own reader back (for tests)."""
-    setattr(grpclib.server, "recv_message", ORIGINAL)  # noqa: B010 - not exported
+    for module in _READERS:
+        setattr(module, "recv_message", ORIGINAL)  # noqa: B010 - not exported
+
+
+class BoundedCodec(ProtoCodec):
+    """grpclib's protobuf codec with a ``max_message_bytes``: answers read through it
+    are bounded by :func:`recv_message`."""
+
+    def __init__(self, *, max_message_bytes: int) -> None:
+        self.max_message_bytes = max_message_bytes
+
+
+def bounded_channel(host: str, port: int, *, max_message_bytes: int) -> grpclib.client.Channel:
+    """A plain-text channel whose answers over ``max_message_bytes`` are refused at their
+    prefix with RESOURCE_EXHAUSTED ("message of N bytes is over the limit of L bytes")."""
+    install()
+    return grpclib.client.Channel(
+        host, port, codec=BoundedCodec(max_message_bytes=max_message_bytes)
+    )

@@ -70,6 +70,10 @@ def _closed_port() -> int:
     return port
 
 
+#: The agent answer bound the test sets (the default is 32 MiB).
+AGENT_ANSWER_BOUND = 64 * 1024
+
+
 class Agent(node_daemon.NodeDaemonServiceBase):
     """Upstream's agent as the controller sees it: NodeDaemonService answering a whole
     directory at once, in no particular order."""
@@ -86,6 +90,13 @@ class Agent(node_daemon.NodeDaemonServiceBase):
         if message.path == "huge":
             return node_daemon.ListStoragePoolFilesResponse(
                 entries=[node_daemon.StoragePoolFileEntry(name="x" * 5000)]
+            )
+        if message.path == "oversized":  # valid entries, but more bytes than the bound
+            return node_daemon.ListStoragePoolFilesResponse(
+                entries=[
+                    node_daemon.StoragePoolFileEntry(name=f"{i:04d}.raw", path="d" * 200)
+                    for i in range(AGENT_ANSWER_BOUND // 100)
+                ]
             )
         names = [("zeta.iso", False), ("Alpha", True), ("beta.qcow2", False), ("a.raw", False)]
         return node_daemon.ListStoragePoolFilesResponse(
@@ -350,6 +361,7 @@ async def test_an_upstream_agent_is_asked_on_its_node_daemon_service(
     channel = grpclib.client.Channel("127.0.0.1", first.port)
     try:
         first.pool_ops._agent_port = server._server.sockets[0].getsockname()[1]
+        first.pool_ops._agent_max_bytes = AGENT_ANSWER_BOUND
         pools = storage.StoragePoolServiceStub(channel)
         nodes = compute.NodeServiceStub(channel)
         node = await nodes.register_node(
@@ -375,6 +387,15 @@ async def test_an_upstream_agent_is_asked_on_its_node_daemon_service(
             ls(path="missing"), Status.NOT_FOUND, "host agent-1: 'Path not found: missing'"
         )
         await expect_error(ls(path="huge"), Status.UNAVAILABLE, "invalid listing", "name")
+        # Refused at the answer's prefix: its body is never buffered.
+        await expect_error(
+            ls(path="oversized"),
+            Status.FAILED_PRECONDITION,
+            "host agent-1's agent answered too much",
+            f"over the limit of {AGENT_ANSWER_BOUND} bytes",
+            "list a subdirectory",
+        )
+        assert (await ls(path="/")).entries[0].name == "Alpha"  # the agent is still asked
     finally:
         channel.close()
         server.close()

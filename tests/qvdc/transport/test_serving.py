@@ -67,18 +67,32 @@ def test_the_server_stream_calls_the_module_level_reader() -> None:
     assert "recv_message" in grpclib.server.Stream.recv_message.__code__.co_names
 
 
+async def test_the_client_stream_calls_the_module_level_reader() -> None:
+    """bounded_channel relies on grpclib.client.Stream reading answers through the name
+    ``recv_message`` of its module, with the channel's codec."""
+    source = " ".join(inspect.getsource(grpclib.client.Stream.recv_message).split())
+    assert "await recv_message(self._stream, self._codec, self._recv_type)" in source
+    assert "recv_message" in grpclib.client.Stream.recv_message.__code__.co_names
+    channel = bounds.bounded_channel("127.0.0.1", 1, max_message_bytes=LIMIT)
+    try:
+        assert getattr(channel, "_codec").max_message_bytes == LIMIT  # noqa: B009
+    finally:
+        channel.close()
+
+
 def test_install_replaces_the_reader_and_refuses_an_unknown_one() -> None:
     bounds.install()
     assert bounds.installed()
     bounds.uninstall()
     assert not bounds.installed()
-    original = getattr(grpclib.server, "recv_message")  # noqa: B009
-    try:
-        setattr(grpclib.server, "recv_message", lambda *a: None)  # noqa: B010
-        with pytest.raises(RuntimeError):
-            bounds.install()
-    finally:
-        setattr(grpclib.server, "recv_message", original)  # noqa: B010
+    for module in (grpclib.server, grpclib.client):
+        original = getattr(module, "recv_message")  # noqa: B009
+        try:
+            setattr(module, "recv_message", lambda *a: None)  # noqa: B010
+            with pytest.raises(RuntimeError, match=module.__name__):
+                bounds.install()
+        finally:
+            setattr(module, "recv_message", original)  # noqa: B010
     bounds.install()
 
 
