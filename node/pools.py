@@ -31,7 +31,8 @@ bounded twice: by the ``timeout`` the backend must honour, and by our own
 ``asyncio.timeout`` slightly beyond it for a backend that does not.
 
 Persistence: the desired set is written to ``<state_dir>/assignments.json``
-(atomically: write a temp file, fsync, ``os.replace``, fsync the directory)
+(atomically: write a temp file, fsync, ``os.replace``, fsync the directory; mode
+0600, since it holds the pools' secrets)
 whenever it changes, and loaded at start, so a host that reboots re-attaches
 its pools even while the controller is unreachable. The node id lives next to
 it in ``<state_dir>/node-id``; :class:`StateStore` owns both files.
@@ -136,7 +137,7 @@ class StateStore:
         try:
             async with asyncio.timeout(self._timeout):
                 await aiofiles.os.makedirs(path.parent, exist_ok=True)
-                async with aiofiles.open(tmp, "wb") as f:
+                async with aiofiles.open(tmp, "wb", opener=_owner_only) as f:
                     await f.write(data)
                     await f.flush()
                     await asyncio.to_thread(os.fsync, f.fileno())
@@ -149,6 +150,15 @@ class StateStore:
                     os.unlink(tmp)
                 except OSError:
                     pass
+
+
+def _owner_only(path: str, flags: int) -> int:
+    """Open for :meth:`StateStore._write` with mode 0600 whatever the umask:
+    ``assignments.json`` holds the pools' opened secrets (CHAP password, cephx key),
+    which the node needs to attach them after a restart without a controller."""
+    fd = os.open(path, flags, 0o600)
+    os.fchmod(fd, 0o600)  # a leftover temp file keeps its mode when reopened
+    return fd
 
 
 def _fsync_directory(directory: Path) -> None:

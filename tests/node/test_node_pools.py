@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -303,6 +305,26 @@ async def test_node_id_round_trip(tmp_path):
     await store.save_node_id("node-2")
     assert await store.load_node_id() == "node-2"
     assert sorted(p.name for p in (tmp_path / "deep" / "state").iterdir()) == ["node-id"]
+
+
+async def test_state_files_are_owner_only_whatever_the_umask(tmp_path):
+    """assignments.json holds opened secrets (CHAP password, cephx key): mode 0600, also
+    when the umask would allow more and when an older, readable file is replaced."""
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "assignments.json").write_text("{}")
+    (state / "assignments.json").chmod(0o644)
+    store = pools.StateStore(state_dir=state, timeout=5.0, logger=LOG)
+    secret = base.PoolSpec(pool_id="p1", kind="iscsi", config={"chap_password": "s3cret"})
+    previous = os.umask(0o022)
+    try:
+        await store.save_assignments({"p1": secret})
+        await store.save_node_id("node-1")
+    finally:
+        os.umask(previous)
+    for name in ("assignments.json", "node-id"):
+        assert stat.S_IMODE((state / name).stat().st_mode) == 0o600, name
+    assert "s3cret" in (state / "assignments.json").read_text()  # the node needs it back
 
 
 async def test_registry_builds_local_dir_with_node_options(tmp_path):
