@@ -13,7 +13,7 @@ import re
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpclib.client
 import pytest
@@ -22,6 +22,7 @@ from protos.limiquantix.compute import v1 as compute
 from protos.limiquantix.storage import v1 as storage
 from qvdc.app import Controller
 from qvdc.domain.model import Health, HostRow, NodeId, NodePhase, PoolId, PoolReport
+from qvdc.engines.view import ClusterView
 from qvdc.http import status_page
 from qvdc.http.status_page import PageLimits, StatusPage, _row_state
 from qvdc.security import sealing
@@ -201,6 +202,36 @@ async def test_the_snapshot_is_bounded_and_carries_no_secret(
         assert row["hostname"] != "n0" and state["pools"][0]["rows_hidden"] == 2
         assert len(state["nodes"]) == 2 and state["nodes_hidden"] == 1
         assert row["reported_at"] is not None and row["changed_at"] is not None
+
+        # A pool the leader has not aggregated yet (just created, or the leader catching
+        # up) is shown PENDING with no rows and no capacity, never a made-up phase.
+        class Unaggregated:
+            def __init__(self, view: ClusterView) -> None:
+                self._view = view
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(self._view, name)
+
+            def pool_status(self, pool_id: str) -> Any:
+                return None if pool_id == san.id else self._view.pool_status(pool_id)
+
+        catching_up = StatusPage(
+            view=cast(ClusterView, Unaggregated(controller.view)),
+            heard_at=controller.monitor.last_heartbeat_wall,
+            gate=None,
+        )
+        state = json.loads((await catching_up.current())[0])
+        shown = {p["name"]: p for p in state["pools"]}
+        assert {k: shown["san"][k] for k in ("phase", "state", "rows", "total_bytes")} == {
+            "phase": "PENDING",
+            "state": "pending",
+            "rows": [],
+            "total_bytes": 0,
+        }
+        assert shown["san"]["assigned"] == 3 and shown["san"]["updated_at"] is None
+        # zz-second is aggregated: PENDING too, but with the aggregate's reason and time.
+        assert shown["zz-second"]["message"] == "no host is assigned this pool"
+        assert shown["zz-second"]["updated_at"] is not None and shown["san"]["message"] == ""
     finally:
         channel.close()
         await controller.stop()
