@@ -135,7 +135,14 @@ async def test_delete_waits_for_the_host_to_detach(
         deleting = await pools.get_pool(storage.GetPoolRequest(id=pool.id), timeout=TIMEOUT)
         assert deleting.status.phase == Phase.DELETING
         started = asyncio.get_running_loop().time()
-        await eventually(lambda: _gone(pools, pool.id), bool, timeout=20, what="the pool gone")
+        # The view shows the pool gone before the engine has finished (it still deletes
+        # the host rows' prefix, then counts): wait for both.
+        await eventually(
+            lambda: _gone(pools, pool.id),
+            lambda gone: gone and controller.deletions.finished >= 1,
+            timeout=20,
+            what="the pool gone and its deletion finished",
+        )
         assert asyncio.get_running_loop().time() - started < DELETE_TIMEOUT
         assert (
             await store.get(keys.host_status(pool.id, deleting.status.host_statuses[0].node_id))
@@ -181,7 +188,13 @@ async def test_a_silent_host_is_waited_for_across_a_restart_then_named(
         still = await pools.get_pool(storage.GetPoolRequest(id=pool.id), timeout=TIMEOUT)
         assert still.status.phase == Phase.DELETING
         with caplog.at_level(logging.WARNING, logger="qvdc.engines.deletion"):
-            await eventually(lambda: _gone(pools, pool.id), bool, timeout=30, what="removed")
+            # Gone from the view first; the WARNING follows the host rows' delete.
+            await eventually(
+                lambda: _gone(pools, pool.id),
+                lambda gone: gone and second.deletions.finished >= 1,
+                timeout=30,
+                what="removed and the deletion finished",
+            )
         assert asyncio.get_running_loop().time() - began >= DELETE_TIMEOUT - 0.5
         (warning,) = [r for r in caplog.records if r.name == "qvdc.engines.deletion"]
         assert warning.levelno == logging.WARNING
