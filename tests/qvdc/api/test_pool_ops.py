@@ -172,6 +172,10 @@ async def test_the_listing_is_asked_and_answered_on_the_hosts_stream(
                 )
             )
             assert [e.name for e in (await relayed).entries] == ["via-r1"]
+            # r1 counts after its answer's put returns; r2 may have seen the answer first.
+            await eventually(
+                lambda: asyncio.sleep(0, first.forwarder.served), lambda n: n >= 1, what="served"
+            )
             assert first.forwarder.served == 1
             relayed = asyncio.ensure_future(ls(pools2, path="missing"))
             asked = await _request(stream)
@@ -449,7 +453,12 @@ async def test_the_relay_answers_what_it_can_and_ignores_garbage(
             kvs, _ = await relay.store.get_prefix("answer/")
             return [kv.key for kv in kvs]
 
-        await eventually(answered, lambda keys: keys == ["answer/odd"], what="one answer")
+        # The relay counts after its answer's put returns, a moment after etcd has it.
+        await eventually(
+            answered,
+            lambda keys: keys == ["answer/odd"] and relay.served > served,
+            what="one answer",
+        )
         answer = await relay.store.get("answer/odd")
         assert answer is not None
         assert json.loads(answer.value) == {
