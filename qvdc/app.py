@@ -517,12 +517,13 @@ class Controller:
             if len(errors.exceptions) == 1:  # the start-up's own error, unwrapped
                 raise errors.exceptions[0] from None
             raise
-        cancelled = [t.get_name() for t in ended_early if t.cancelled()]
-        if cancelled:
-            raise RootTaskEnded(f"root task {', '.join(cancelled)} was cancelled unrequested")
-        returned = [t.get_name() for t in roots if not t.cancelled()]
-        if returned:
-            raise RootTaskEnded(f"root task {', '.join(returned)} returned")
+        ended_badly = [
+            f"{t.get_name()} {'was cancelled unrequested' if t.cancelled() else 'returned'}"
+            for t in roots
+            if t in ended_early or not t.cancelled()  # not cancelled: it swallowed ours
+        ]
+        if ended_badly:
+            raise RootTaskEnded(f"root task {', '.join(ended_badly)}")
 
     async def _serve(self) -> None:
         grpc = self.settings.grpc
