@@ -148,9 +148,14 @@ async def test_controller_and_node_metrics_of_a_real_daemon(
         http_port = controller.http_port
         ctl = await eventually(
             lambda: scrape(http_port),
-            lambda s: s.get(("qvdc_pools", (("phase", "READY"),))) == 1,
+            # The view can show the READY aggregate a moment before the leader, back from
+            # its write, observes the report's lag.
+            lambda s: (
+                s.get(("qvdc_pools", (("phase", "READY"),))) == 1
+                and s.get(("qvdc_aggregation_lag_seconds_count", ()), 0) >= 1
+            ),
             timeout=30,
-            what="the controller's metrics showing the pool READY",
+            what="the controller's metrics showing the pool READY and its lag",
         )
         assert ctl[("qvdc_nodes", (("phase", "READY"),))] == 1
         assert ctl[("qvdc_heartbeat_streams_open", ())] == 1
