@@ -25,6 +25,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from qvdc.domain.aggregation import shown_phase
 from qvdc.domain.model import NodePhase, PoolPhase
 from qvdc.engines.aggregator import Aggregator
 from qvdc.engines.committer import GroupCommitter
@@ -160,11 +161,12 @@ class ViewCollector:
             return  # an empty view would read as "no pools": report nothing instead
         pools: Counter[str] = Counter({phase.name: 0 for phase in PoolPhase})
         for pool in view.pools():
-            aggregate = view.pool_status(pool.id)
-            pools[aggregate[0].phase.name if aggregate is not None else "UNKNOWN"] += 1
+            stored = view.pool_status(pool.id)
+            aggregate = stored[0] if stored is not None else None
+            pools[shown_phase(aggregate, deleting=pool.deleting).name] += 1
         family = GaugeMetricFamily(
             "qvdc_pools",
-            "Pools by the phase of their aggregate (UNKNOWN: none written yet).",
+            "Pools by phase, as GetPool shows them (PENDING: not aggregated yet).",
             labels=["phase"],
         )
         for name, count in sorted(pools.items()):

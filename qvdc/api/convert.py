@@ -18,6 +18,7 @@ from typing import Any
 
 from protos.limiquantix.compute import v1 as compute
 from protos.limiquantix.storage import v1 as storage
+from qvdc.domain.aggregation import shown_phase
 from qvdc.domain.model import (
     Health,
     HostRow,
@@ -109,14 +110,19 @@ def _row_to_wire(row: HostRow, hostname: str) -> storage.PoolHostStatus:
 
 
 def pool_status(
-    aggregate: PoolAggregate | None, *, updated_at: float, hostnames: dict[str, str]
+    aggregate: PoolAggregate | None,
+    *,
+    deleting: bool,
+    updated_at: float,
+    hostnames: dict[str, str],
 ) -> storage.StoragePoolStatus:
+    phase = storage.StoragePoolStatusPhase(int(shown_phase(aggregate, deleting=deleting)))
     if aggregate is None:
         # Not aggregated yet (just created, or the leader is catching up).
-        return storage.StoragePoolStatus(phase=storage.StoragePoolStatusPhase.PENDING)
+        return storage.StoragePoolStatus(phase=phase)
     cap = aggregate.capacity
     return storage.StoragePoolStatus(
-        phase=storage.StoragePoolStatusPhase(int(aggregate.phase)),
+        phase=phase,
         capacity=storage.StorageCapacity(
             total_bytes=cap.total_bytes,
             used_bytes=cap.used_bytes,

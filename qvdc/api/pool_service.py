@@ -124,9 +124,9 @@ class PoolMessages:
                 node = self._view.node(row.node_id)
                 if node is not None:
                     hostnames[row.node_id] = node.hostname
-        status = convert.pool_status(agg, updated_at=updated_at, hostnames=hostnames)
-        if record.deleting:  # at once, before the leader's aggregate says so
-            status.phase = storage.StoragePoolStatusPhase.DELETING
+        status = convert.pool_status(
+            agg, deleting=record.deleting, updated_at=updated_at, hostnames=hostnames
+        )
         return storage.StoragePool(
             id=base.id,
             name=base.name,

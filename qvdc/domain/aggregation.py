@@ -382,6 +382,22 @@ def build_error_message(
     return text
 
 
+def shown_phase(aggregate: PoolAggregate | None, *, deleting: bool) -> PoolPhase:
+    """The phase every reader shows for a pool (GetPool, ListPools, watches, ``/metrics``,
+    the status page), from its stored aggregate, if any, and its definition:
+
+    * deletion in progress -> DELETING at once, before the leader's aggregate says so;
+    * no aggregate yet (just created, or the leader catching up) -> PENDING, as upstream
+      shows a pool nobody has reported: never a phase the aggregate has not computed;
+    * otherwise the aggregate's phase.
+    """
+    if deleting:
+        return PoolPhase.DELETING
+    if aggregate is None:
+        return PoolPhase.PENDING
+    return aggregate.phase
+
+
 def aggregate_pool(
     *,
     pool: PoolRecord,

@@ -49,6 +49,7 @@ from typing import Any
 from grpclib.const import Status
 
 from qvdc.api import auth
+from qvdc.domain.aggregation import shown_phase
 from qvdc.domain.model import (
     OPERATOR_PHASES,
     Health,
@@ -231,9 +232,14 @@ class Snapshots:
             "assigned": assigned,
             "deleting": record.deleting,
         }
+        pool_phase = shown_phase(aggregate, deleting=record.deleting)
         if aggregate is None:  # not aggregated yet: just created, or the leader catching up
             out.update(
-                phase=PoolPhase.PENDING.name, state="pending", message="", healthy=0, rows=[]
+                phase=pool_phase.name,
+                state=_POOL_STATE[pool_phase],
+                message="",
+                healthy=0,
+                rows=[],
             )
             out.update(used_bytes=0, total_bytes=0, volumes=0, rows_hidden=0, updated_at=None)
             return out
@@ -250,8 +256,8 @@ class Snapshots:
         )
         cap = aggregate.capacity
         out.update(
-            phase=aggregate.phase.name,
-            state=_POOL_STATE.get(aggregate.phase, "unknown"),
+            phase=pool_phase.name,
+            state=_POOL_STATE.get(pool_phase, "unknown"),
             message=aggregate.error_message,
             healthy=len(aggregate.healthy_node_ids),
             used_bytes=cap.used_bytes,

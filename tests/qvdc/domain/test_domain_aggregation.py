@@ -739,3 +739,19 @@ def test_property_assigned_hosts_are_partitioned_and_message_matches_phase(
     assert list(result.unhealthy_node_ids) == sorted(result.unhealthy_node_ids)
     assert [row.node_id for row in result.rows] == sorted(hosts)
     assert (result.error_message == "") == (result.phase == PoolPhase.READY)
+
+
+@pytest.mark.parametrize(
+    ("phase", "deleting", "shown"),
+    [
+        (None, False, PoolPhase.PENDING),  # not aggregated yet: never a made-up phase
+        (None, True, PoolPhase.DELETING),  # deleting at once, aggregated or not
+        (PoolPhase.READY, True, PoolPhase.DELETING),
+        (PoolPhase.ERROR, False, PoolPhase.ERROR),
+        (PoolPhase.UNKNOWN, False, PoolPhase.UNKNOWN),
+        (PoolPhase.DEGRADED, False, PoolPhase.DEGRADED),
+    ],
+)
+def test_shown_phase(phase: PoolPhase | None, deleting: bool, shown: PoolPhase) -> None:
+    stored = None if phase is None else replace(aggregate({"n1": Host(H.HEALTHY)}), phase=phase)
+    assert aggregation.shown_phase(stored, deleting=deleting) is shown

@@ -9,6 +9,7 @@ import asyncio
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any, cast
 
 import grpclib.client
 import grpclib.const
@@ -21,6 +22,8 @@ from node.heartbeat import HeartbeatStats
 from protos.limiquantix.compute import v1 as compute
 from protos.limiquantix.storage import v1 as storage
 from qvdc.app import Controller
+from qvdc.engines.view import ClusterView
+from qvdc.metrics import ViewCollector
 from qvdc.settings import EtcdSettings
 from qvdc.store.etcd import EtcdStore, LeaseExpired
 from tests.qvdc.api.helpers import TIMEOUT, create_request, register_request, report
@@ -146,6 +149,43 @@ async def test_a_known_heartbeat_sequence_scrapes_as_exact_counters_and_gauges(
     assert 0 <= lag < TIMEOUT
     assert value("qvdc_aggregation_lag_seconds_bucket", le="+Inf") == 1
     assert not [n for (n, _) in samples if n == "qvdc_etcd_errors_total"]
+
+
+async def test_pools_are_counted_by_the_phase_getpool_shows(
+    replica: Controller, channel: grpclib.client.Channel
+) -> None:
+    """Not aggregated yet is PENDING, as GetPool shows it (it read UNKNOWN, which an alert on
+    UNKNOWN pools would have taken for a fleet problem after every CreatePool)."""
+    nodes = compute.NodeServiceStub(channel)
+    pools = storage.StoragePoolServiceStub(channel)
+    node = await nodes.register_node(register_request("counted"), timeout=TIMEOUT)
+    created = await pools.create_pool(create_request("fresh", nodes=[node.id]), timeout=TIMEOUT)
+    await nodes.update_heartbeat(
+        compute.UpdateHeartbeatRequest(node_id=node.id, storage_pools=[report(created.id)]),
+        timeout=TIMEOUT,
+    )
+    await scrape_until(Http(replica.http_port), 1.0, "qvdc_pools", phase="READY")
+
+    class Unaggregated:  # the leader has not written this pool's aggregate yet
+        def __init__(self, view: ClusterView) -> None:
+            self._view = view
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._view, name)
+
+        def pool_status(self, pool_id: str) -> None:
+            return None
+
+    collector = ViewCollector(cast(ClusterView, Unaggregated(replica.view)))
+    counted = {
+        sample.labels["phase"]: sample.value
+        for family in collector.collect()
+        if family.name == "qvdc_pools"
+        for sample in family.samples
+    }
+    assert counted["PENDING"] == 1 and counted["UNKNOWN"] == 0 and counted["READY"] == 0
+    shown = await pools.get_pool(storage.GetPoolRequest(id=created.id), timeout=TIMEOUT)
+    assert shown.status.phase == storage.StoragePoolStatusPhase.READY  # the real view's
 
 
 async def test_etcd_errors_are_counted_by_operation_and_kind(
