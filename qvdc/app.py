@@ -246,6 +246,7 @@ class Controller:
             aggregator=self.aggregator,
             hub=self.hub,
             stream_heartbeats=lambda: self.node_service.stream_heartbeats,  # read when scraped
+            watch_streams=lambda: self.watches.open_streams,
             events=self.events,
         )
         self.catalog = Catalog(

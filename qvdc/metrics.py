@@ -104,10 +104,11 @@ class IntakeCollector:
 
 
 class StreamsCollector:
-    """Heartbeat streams on this replica (``PushHub``)."""
+    """Heartbeat streams on this replica (``PushHub``) and watch streams (``WatchHub``)."""
 
-    def __init__(self, hub: PushHub) -> None:
+    def __init__(self, hub: PushHub, watch_streams: Callable[[], int] = lambda: 0) -> None:
         self._hub = hub
+        self._watch_streams = watch_streams
 
     def collect(self) -> Iterable[Metric]:
         yield CounterMetricFamily(
@@ -120,6 +121,12 @@ class StreamsCollector:
             "qvdc_heartbeat_streams_open",
             "Heartbeat streams open on this replica now.",
             value=self._hub.open_streams,
+        )
+        yield GaugeMetricFamily(
+            "qvdc_watch_streams_open",
+            "WatchPools, WatchNodes and WatchNode calls open on this replica now (refused "
+            "over limits.max_watch_streams).",
+            value=self._watch_streams(),
         )
 
 
@@ -283,13 +290,15 @@ class ControllerMetrics:
         aggregator: Aggregator,
         hub: PushHub,
         stream_heartbeats: Callable[[], int] = lambda: 0,
+        watch_streams: Callable[[], int] = lambda: 0,
         events: EventStore | None = None,
     ) -> None:
         """Register the collectors reading these engines at scrape time
-        (``stream_heartbeats()``: how many of the intake's heartbeats came on streams)."""
+        (``stream_heartbeats()``: how many of the intake's heartbeats came on streams;
+        ``watch_streams()``: how many watch calls are open)."""
         for collector in (
             IntakeCollector(intake, committer, stream_heartbeats),
-            StreamsCollector(hub),
+            StreamsCollector(hub, watch_streams),
             LivenessCollector(monitor),
             ViewCollector(view),
             StoreCollector(lambda: store.error_counts),

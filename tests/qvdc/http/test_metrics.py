@@ -188,6 +188,35 @@ async def test_pools_are_counted_by_the_phase_getpool_shows(
     assert shown.status.phase == storage.StoragePoolStatusPhase.READY  # the real view's
 
 
+async def test_open_watch_streams_are_a_gauge(
+    replica: Controller, channel: grpclib.client.Channel
+) -> None:
+    http = Http(replica.http_port)
+    samples = await scrape(http)
+    assert samples[key("qvdc_watch_streams_open")] == 0
+    pools = storage.StoragePoolServiceStub(channel)
+    await pools.create_pool(create_request("watched"), timeout=TIMEOUT)  # an initial state
+
+    def watch() -> Any:
+        return channel.request(
+            "/limiquantix.storage.v1.StoragePoolService/WatchPools",
+            grpclib.const.Cardinality.UNARY_STREAM,
+            storage.WatchPoolsRequest,
+            storage.PoolUpdate,
+            timeout=30,
+        )
+
+    async with watch() as first, watch() as second:
+        for stream in (first, second):
+            await stream.send_message(storage.WatchPoolsRequest(), end=True)
+            assert await stream.recv_message() is not None  # the pool's ADDED: it is open
+        await scrape_until(http, 2.0, "qvdc_watch_streams_open")
+        await first.cancel()
+        await scrape_until(http, 1.0, "qvdc_watch_streams_open")
+        await second.cancel()
+    await scrape_until(http, 0.0, "qvdc_watch_streams_open")
+
+
 async def test_etcd_errors_are_counted_by_operation_and_kind(
     replica: Controller, store: EtcdStore
 ) -> None:
