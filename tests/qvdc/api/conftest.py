@@ -21,12 +21,16 @@ from tests.qvdc.api.helpers import controller_settings, eventually
 
 @pytest.fixture
 async def controller(
-    store: EtcdStore, etcd_settings: EtcdSettings, tmp_path: Path
+    store: EtcdStore, etcd_settings: EtcdSettings, tmp_path: Path, request: pytest.FixtureRequest
 ) -> AsyncIterator[Controller]:
-    # With a secrets key, as `make run` has one: pools may carry CHAP passwords.
+    """A replica with a secrets key, as `make run` has one (pools may carry CHAP
+    passwords). Liveness grace 3 s, or the test module's ``CONTROLLER_GRACE``: a module
+    whose registered nodes never heartbeat, and whose frames or events are counted, sets
+    a long one so that no node goes OFFLINE mid-test on a slow machine."""
     key_file = tmp_path / "secrets.key"
     sealing.write_new_key(key_file)
-    settings = controller_settings(etcd_settings).replace(
+    grace = float(getattr(request.module, "CONTROLLER_GRACE", 3.0))
+    settings = controller_settings(etcd_settings, grace=grace).replace(
         secrets=SecretsSettings(key_file=key_file)
     )
     c = Controller(store=store, settings=settings)

@@ -37,6 +37,9 @@ SECRET = "Wq9-chap-Secret-4d1e"
 Kind = storage.PoolUpdateUpdateType
 NodeKind = compute.NodeUpdateUpdateType
 STEP = 5.0  # seconds any one expected message may take
+#: Nodes registered here never heartbeat and node watches' messages are counted: no node
+#: may go OFFLINE mid-test (the shared ``controller`` fixture reads this).
+CONTROLLER_GRACE = 60.0
 
 
 def labelled(name: str, **labels: str) -> storage.CreatePoolRequest:

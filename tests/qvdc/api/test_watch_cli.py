@@ -33,6 +33,10 @@ from tests.qvdc.api.helpers import (
     register_request,
 )
 
+#: The nodes registered here never heartbeat, and the frames drawn are counted: an
+#: OFFLINE node (after the default 3 s grace, on a slow machine) would draw one more.
+CONTROLLER_GRACE = 60.0
+
 
 def invoke(port: int, *argv: str) -> Result:
     # --max-seconds: a failing test must not leave a thread watching for ever.
