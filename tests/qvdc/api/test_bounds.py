@@ -306,6 +306,14 @@ async def transport_bounded(
     c = Controller(store=store, settings=settings)
     await c.start()
     try:
+        # Settled: the replica has written its presence and leads (on a loaded machine the
+        # election may otherwise write replicas/<id> in the middle of a "nothing changed"
+        # comparison).
+        await eventually(
+            lambda: store.get(keys.ELECTION_AGGREGATOR),
+            lambda kv: kv is not None and kv.value == settings.replica_id.encode(),
+            what="the replica leading",
+        )
         yield c
     finally:
         await c.stop()
