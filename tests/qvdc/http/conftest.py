@@ -8,7 +8,7 @@ import http.client
 import json
 import ssl
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import grpclib.client
 import pytest
@@ -16,6 +16,7 @@ import pytest
 from protos.limiquantix.compute import v1 as compute
 from protos.limiquantix.storage import v1 as storage
 from qvdc.app import Controller
+from qvdc.engines.view import ClusterView
 from qvdc.settings import ControllerSettings, EtcdSettings, HttpSettings
 from qvdc.store.etcd import EtcdStore
 from tests.fixtures.etcd import FaultyStore
@@ -27,6 +28,22 @@ def http_settings(etcd_settings: EtcdSettings) -> ControllerSettings:
         controller_settings(etcd_settings),
         http=HttpSettings(enabled=True, host="127.0.0.1", port=0, close_timeout=1.0),
     )
+
+
+def unaggregated(view: ClusterView, *pool_ids: str) -> ClusterView:
+    """``view`` as a replica sees it while the leader has not written the aggregate of
+    ``pool_ids`` (of every pool when none is given): just created, or the leader catching
+    up. Fault injection for the readers (status page, /metrics); all else is the real view."""
+
+    class Unaggregated:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(view, name)
+
+        def pool_status(self, pool_id: str) -> Any:
+            hidden = not pool_ids or pool_id in pool_ids
+            return None if hidden else view.pool_status(pool_id)
+
+    return cast(ClusterView, Unaggregated())
 
 
 @dataclasses.dataclass

@@ -9,7 +9,7 @@ import asyncio
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import grpclib.client
 import grpclib.const
@@ -22,12 +22,11 @@ from node.heartbeat import HeartbeatStats
 from protos.limiquantix.compute import v1 as compute
 from protos.limiquantix.storage import v1 as storage
 from qvdc.app import Controller
-from qvdc.engines.view import ClusterView
 from qvdc.metrics import ViewCollector
 from qvdc.settings import EtcdSettings
 from qvdc.store.etcd import EtcdStore, LeaseExpired
 from tests.qvdc.api.helpers import TIMEOUT, create_request, register_request, report
-from tests.qvdc.http.conftest import Http, http_settings
+from tests.qvdc.http.conftest import Http, http_settings, unaggregated
 
 ROOT = Path(__file__).resolve().parents[3]
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
@@ -166,17 +165,7 @@ async def test_pools_are_counted_by_the_phase_getpool_shows(
     )
     await scrape_until(Http(replica.http_port), 1.0, "qvdc_pools", phase="READY")
 
-    class Unaggregated:  # the leader has not written this pool's aggregate yet
-        def __init__(self, view: ClusterView) -> None:
-            self._view = view
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self._view, name)
-
-        def pool_status(self, pool_id: str) -> None:
-            return None
-
-    collector = ViewCollector(cast(ClusterView, Unaggregated(replica.view)))
+    collector = ViewCollector(unaggregated(replica.view))  # the leader has not written it
     counted = {
         sample.labels["phase"]: sample.value
         for family in collector.collect()

@@ -13,7 +13,7 @@ import re
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import grpclib.client
 import pytest
@@ -22,14 +22,13 @@ from protos.limiquantix.compute import v1 as compute
 from protos.limiquantix.storage import v1 as storage
 from qvdc.app import Controller
 from qvdc.domain.model import Health, HostRow, NodeId, NodePhase, PoolId, PoolReport
-from qvdc.engines.view import ClusterView
 from qvdc.http import status_page
 from qvdc.http.status_page import PageLimits, StatusPage, _row_state
 from qvdc.security import sealing
 from qvdc.settings import EtcdSettings, SecretsSettings
 from qvdc.store.etcd import EtcdStore
 from tests.qvdc.api.helpers import TIMEOUT, eventually, register_request, report
-from tests.qvdc.http.conftest import Http, http_settings
+from tests.qvdc.http.conftest import Http, http_settings, unaggregated
 from tests.qvdc.http.test_connect_auth import (
     ADMIN,
     BOOT,
@@ -205,18 +204,8 @@ async def test_the_snapshot_is_bounded_and_carries_no_secret(
 
         # A pool the leader has not aggregated yet (just created, or the leader catching
         # up) is shown PENDING with no rows and no capacity, never a made-up phase.
-        class Unaggregated:
-            def __init__(self, view: ClusterView) -> None:
-                self._view = view
-
-            def __getattr__(self, name: str) -> Any:
-                return getattr(self._view, name)
-
-            def pool_status(self, pool_id: str) -> Any:
-                return None if pool_id == san.id else self._view.pool_status(pool_id)
-
         catching_up = StatusPage(
-            view=cast(ClusterView, Unaggregated(controller.view)),
+            view=unaggregated(controller.view, san.id),
             heard_at=controller.monitor.last_heartbeat_wall,
             gate=None,
         )
