@@ -30,6 +30,12 @@ def quote(value: object, *, limit: int = ECHO_MAX) -> str:
     return f"{text[:limit]!r}… ({len(text)} characters)"
 
 
+#: Entries the request decoders read in one repeated field before refusing the request
+#: (``qvdc.transport.wire.MAX_ENTRIES``, which the transport may not import from here;
+#: a test holds the two equal). A count limit above it could never be reached.
+DECODER_MAX_ENTRIES = 1024
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     """Bounds on client input. Lengths are in characters, sizes in bytes."""
@@ -80,3 +86,9 @@ class Limits:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"limit {name} must be a positive integer, got {value!r}")
+        for name in ("max_reports_per_heartbeat", "max_repeated", "max_labels"):
+            if getattr(self, name) > DECODER_MAX_ENTRIES:
+                raise ValueError(
+                    f"limit {name} must be at most {DECODER_MAX_ENTRIES} (the request "
+                    f"decoders read no more entries of a field), got {getattr(self, name)}"
+                )

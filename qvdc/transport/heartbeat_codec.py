@@ -8,8 +8,11 @@ and the same bytes.
 
 Decoding is strict for every message: the fast path returns only a message it read
 to the last byte; anything else it meets (an unknown field, a wrong wire type, a
-truncated buffer) goes to :func:`qvdc.transport.wire.check`, which raises
-:class:`~qvdc.transport.wire.Malformed` naming the field for any malformed input,
+truncated buffer, more than :data:`~qvdc.transport.wire.MAX_ENTRIES` entries in
+``storage_pools`` or ``removed_pool_ids``) goes to :func:`qvdc.transport.wire.check`,
+which raises :class:`~qvdc.transport.wire.Malformed` naming the field for any malformed
+input or an over-long repeated field (stopping at its first entry too many, so 4 MiB
+of reports costs the event loop about a thousand reports' decoding, not 50,000),
 and only well-formed bytes reach betterproto2 (which would accept a length past the
 end, or a group, as a partial message). So a request decodes to exactly what
 betterproto2 makes of it, or raises ``Malformed``: never a partial parse, never
@@ -60,6 +63,7 @@ _M = TypeVar("_M", bound=betterproto2.Message)
 _varint = wire.read_varint
 _to_int64 = wire.to_int64
 _encode_varint = wire.write_varint
+_MAX_ENTRIES = wire.MAX_ENTRIES
 _U64 = wire.U64
 _U32 = wire.U32
 _DOUBLE = struct.Struct("<d")
@@ -141,10 +145,14 @@ def _decode_request(data: bytes) -> compute.UpdateHeartbeatRequest:
                 raise _Unusual("truncated field")
             if number == 11:
                 reports.append(_decode_report(data, pos, stop))
+                if len(reports) > _MAX_ENTRIES:  # refused by the strict path, at once
+                    raise _Unusual("too many reports")
             elif number == 1:
                 msg.node_id = data[pos:stop].decode()
             elif number == 52:
                 removed.append(data[pos:stop].decode())
+                if len(removed) > _MAX_ENTRIES:
+                    raise _Unusual("too many removed pool ids")
             elif number == 12:
                 msg.state_hash = data[pos:stop].decode()
             elif number == 53:  # a host's answer (ListPoolFiles), never in a heartbeat

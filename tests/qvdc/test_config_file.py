@@ -228,6 +228,12 @@ def test_a_bad_file_is_refused_naming_the_file_and_the_key(
         ),
         (["--limits-max-labels", "0"], {}, "limit max_labels must be a positive integer"),
         (
+            ["--limits-max-reports-per-heartbeat", "5000"],
+            {},
+            "limit max_reports_per_heartbeat must be at most 1024 (the request decoders read "
+            "no more entries of a field), got 5000",
+        ),
+        (
             ["--config", "/nonexistent/qvdc.toml"],
             {},
             "/nonexistent/qvdc.toml: cannot read the configuration",

@@ -268,6 +268,45 @@ def test_the_refusal_names_the_field() -> None:
     assert "length 5 declared" in str(info.value)
 
 
+@pytest.mark.parametrize("field", ["storage_pools", "removed_pool_ids"])
+def test_an_over_long_repeated_field_is_refused_at_its_first_entry_too_many(
+    field: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """50,000 entries (2 MB, within the 4 MiB message bound) are refused having decoded
+    MAX_ENTRIES + 1 of them, not all: each one decoded is event-loop time every other
+    host waits through (about 0.26 s for all of them)."""
+    entry: Any = (
+        compute.StoragePoolStatusReport(pool_id="p" * 36) if field == "storage_pools" else "p" * 36
+    )
+
+    def encoded(count: int) -> bytes:
+        fields: dict[str, Any] = {field: [entry] * count}
+        return bytes(compute.UpdateHeartbeatRequest(node_id="n", **fields))
+
+    data = encoded(50_000)
+    assert len(data) > 1024 * 1024  # under the 4 MiB message bound: it reaches the codec
+    decoded = {"reports": 0}
+    fast = heartbeat_codec._decode_report
+
+    def counting_report(*args: Any) -> Any:
+        decoded["reports"] += 1
+        return fast(*args)
+
+    monkeypatch.setattr(heartbeat_codec, "_decode_report", counting_report)
+    parse = compute.UpdateHeartbeatRequest.parse
+    monkeypatch.setattr(
+        compute.UpdateHeartbeatRequest, "parse", lambda *a: pytest.fail(f"parsed: {a!r:.50}")
+    )
+    with pytest.raises(wire.Malformed) as info:
+        heartbeat_codec.decode_heartbeat_request(data)
+    assert info.value.field == field
+    assert f"at most {wire.MAX_ENTRIES} entries, got more" in str(info.value)
+    assert decoded["reports"] <= wire.MAX_ENTRIES + 1
+    monkeypatch.setattr(compute.UpdateHeartbeatRequest, "parse", parse)
+    within = heartbeat_codec.decode_heartbeat_request(encoded(wire.MAX_ENTRIES))
+    assert len(getattr(within, field)) == wire.MAX_ENTRIES
+
+
 def test_a_10_byte_varint_within_64_bits_is_read() -> None:
     data = b"\x98\x03" + b"\xff" * 9 + b"\x01"
     assert heartbeat_codec._decode_request(data).sequence == 2**64 - 1

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from protos.limiquantix.compute import v1 as compute
 from protos.limiquantix.storage import v1 as storage
+from qvdc.domain import limits
 from qvdc.transport import heartbeat_codec, wire
 
 
@@ -164,3 +165,9 @@ def test_all_repeated_entries_of_a_request_share_one_bound(
     request.labels = {"k": "v"}
     with pytest.raises(wire.Malformed, match="at most 100 repeated entries in a request"):
         wire.check(bytes(request), compute.RegisterNodeRequest)
+
+
+def test_the_domain_knows_the_decoders_entry_bound() -> None:
+    """qvdc.domain.limits refuses count limits the decoders could never reach; it cannot
+    import this module, so the two constants are held equal here."""
+    assert limits.DECODER_MAX_ENTRIES == wire.MAX_ENTRIES
