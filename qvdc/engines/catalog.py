@@ -241,7 +241,7 @@ class Catalog:
             ] + [Op.put(keys.assignment(n, pool_id), b"") for n in assigned]
             result = await self._txn(compares=compares, success=success)
             if result.succeeded:
-                return await self.pool(pool_id)
+                return self._written(pool_id, encoded)
             log.debug("create pool %s lost a race (attempt %d)", name, attempt + 1)
             await self.catch_up()
         raise errors.Conflict(
@@ -276,11 +276,18 @@ class Catalog:
             ]
             result = await self._txn(compares=compares, success=success)
             if result.succeeded:
-                return await self.pool(pool_id)
+                return self._written(pool_id, encoded)
             await self.catch_up()
         raise errors.Conflict(
             f"pool {limits.quote(pool_id)} changed concurrently; retry", field="id"
         )
+
+    def _written(self, pool_id: str, encoded: bytes) -> PoolRecord:
+        """The pool as this call wrote it: the view's record (it has caught up to the
+        write), or the written one if a later change already removed it from the view. The
+        leader may finish a DELETING pool whose hosts hold nothing the moment it is marked,
+        and the call that marked it succeeded: it must not answer NOT_FOUND."""
+        return self._view.pool(pool_id) or codec.decode_pool(encoded)
 
     async def assign(self, pool_id: str, node_id: str) -> PoolRecord:
         self._check_ids(pool_id, node_id)

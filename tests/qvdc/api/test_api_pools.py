@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
+import grpclib.client
 import pytest
 from grpclib.const import Status
 
@@ -11,10 +13,15 @@ from protos.google import protobuf as pb
 from protos.limiquantix.compute import v1 as compute
 from protos.limiquantix.storage import v1 as storage
 from qvdc.app import Controller
-from qvdc.store import keys
+from qvdc.engines.view import ClusterView
+from qvdc.settings import EtcdSettings
+from qvdc.store import codec, keys
 from qvdc.store.etcd import EtcdStore
+from qvdc.store.records import Compare, Op, TxnResult
+from tests.fixtures.etcd import FaultyStore
 from tests.qvdc.api.helpers import (
     TIMEOUT,
+    controller_settings,
     create_request,
     eventually,
     expect_error,
@@ -408,6 +415,67 @@ async def test_delete_refuses_a_pool_with_volumes_unless_forced(
         ]
 
     await eventually(remaining, lambda left: left == [], timeout=10, what="the pool's keys gone")
+
+
+class FinishedAtOnce(FaultyStore):
+    """etcd as a replica sees it when the leader finishes a DELETING pool the moment it is
+    marked (its live hosts never held it): right after the marking transaction the pool's
+    keys go, and this replica's view has seen that before the call reads the pool again."""
+
+    view: ClusterView | None = None
+
+    async def txn(
+        self,
+        *,
+        compares: Sequence[Compare],
+        success: Sequence[Op],
+        failure: Sequence[Op] = (),
+        timeout: float | None = None,
+    ) -> TxnResult:
+        result = await super().txn(
+            compares=compares, success=success, failure=failure, timeout=timeout
+        )
+        marked = [
+            op.key
+            for op in success
+            if op.kind == "put"
+            and op.key.startswith(keys.POOLS)
+            and codec.DELETING_KEY.encode() in op.value
+        ]
+        if result.succeeded and marked and self.view is not None:
+            name = json.loads(next(op.value for op in success if op.key == marked[0]))["name"]
+            gone = await self.inner.txn(
+                compares=[],
+                success=[Op.delete(marked[0]), Op.delete(keys.pool_name(name))],
+                timeout=timeout,
+            )
+            await self.view.wait_for_revision(gone.revision, timeout=TIMEOUT)
+        return result
+
+
+async def test_delete_succeeds_when_the_leader_finishes_it_before_the_call_returns(
+    store: EtcdStore, etcd_settings: EtcdSettings
+) -> None:
+    finished = FinishedAtOnce(store)
+    controller = Controller(store=finished, settings=controller_settings(etcd_settings))
+    finished.view = controller.view
+    await controller.start()
+    channel = grpclib.client.Channel("127.0.0.1", controller.port)
+    try:
+        nodes = compute.NodeServiceStub(channel, timeout=TIMEOUT)
+        pools = storage.StoragePoolServiceStub(channel, timeout=TIMEOUT)
+        node = await nodes.register_node(register_request("host-quick"))
+        await nodes.update_heartbeat(compute.UpdateHeartbeatRequest(node_id=node.id))  # live
+        pool = await pools.create_pool(create_request("quick", nodes=[node.id]))
+        # DELETING (the host is live), then gone at once: the delete succeeded, it is no
+        # NOT_FOUND for the pool it was asked to delete.
+        await pools.delete_pool(storage.DeletePoolRequest(id=pool.id))
+        await expect_error(
+            pools.get_pool(storage.GetPoolRequest(id=pool.id)), Status.NOT_FOUND, "id"
+        )
+    finally:
+        channel.close()
+        await controller.stop()
 
 
 async def test_metrics_follow_the_aggregate(
