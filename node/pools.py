@@ -137,10 +137,7 @@ class StateStore:
         try:
             async with asyncio.timeout(self._timeout):
                 await aiofiles.os.makedirs(path.parent, exist_ok=True)
-                async with aiofiles.open(tmp, "wb", opener=_owner_only) as f:
-                    await f.write(data)
-                    await f.flush()
-                    await asyncio.to_thread(os.fsync, f.fileno())
+                await asyncio.to_thread(_write_owner_only, tmp, data)
                 await aiofiles.os.replace(tmp, path)
                 replaced = True
                 await asyncio.to_thread(_fsync_directory, path.parent)
@@ -152,13 +149,22 @@ class StateStore:
                     pass
 
 
-def _owner_only(path: str, flags: int) -> int:
-    """Open for :meth:`StateStore._write` with mode 0600 whatever the umask:
+def _write_owner_only(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` and fsync it, mode 0600 whatever the umask:
     ``assignments.json`` holds the pools' opened secrets (CHAP password, cephx key),
-    which the node needs to attach them after a restart without a controller."""
-    fd = os.open(path, flags, 0o600)
-    os.fchmod(fd, 0o600)  # a leftover temp file keeps its mode when reopened
-    return fd
+    which the node needs to attach them after a restart without a controller.
+
+    Open, write and close happen in this one worker-thread call, so a caller cancelled
+    meanwhile (the daemon stopping) leaves no open file behind: the thread closes it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # a leftover temp file keeps its mode when reopened
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fsync_directory(directory: Path) -> None:

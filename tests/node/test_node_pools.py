@@ -8,10 +8,14 @@ from ``assignments.json`` alone.
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import json
 import logging
 import os
 import stat
+import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -325,6 +329,39 @@ async def test_state_files_are_owner_only_whatever_the_umask(tmp_path):
     for name in ("assignments.json", "node-id"):
         assert stat.S_IMODE((state / name).stat().st_mode) == 0o600, name
     assert "s3cret" in (state / "assignments.json").read_text()  # the node needs it back
+
+
+async def test_a_save_cancelled_while_its_file_opens_leaves_no_file_open(tmp_path, monkeypatch):
+    """The daemon stopping mid-save cancels the save; the worker thread still finishes
+    opening the temporary file, and must close it (the suite caught an unclosed one)."""
+    store = pools.StateStore(state_dir=tmp_path, timeout=5.0, logger=LOG)
+    opened, release, done = threading.Event(), threading.Event(), threading.Event()
+    fchmod = os.fchmod
+
+    def slow_fchmod(fd: int, mode: int) -> None:  # right after the open, in the thread
+        opened.set()
+        release.wait(10)
+        try:
+            fchmod(fd, mode)
+        finally:
+            done.set()
+
+    monkeypatch.setattr(os, "fchmod", slow_fchmod)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        saving = asyncio.create_task(store.save_node_id("node-1"))
+        assert await asyncio.to_thread(opened.wait, 10)
+        saving.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await saving
+        release.set()
+        assert await asyncio.to_thread(done.wait, 10)
+        await asyncio.sleep(0.2)  # the thread closes the file after fchmod returns
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
+    monkeypatch.undo()
+    await store.save_node_id("node-2")  # and the next save works
+    assert await store.load_node_id() == "node-2"
 
 
 async def test_registry_builds_local_dir_with_node_options(tmp_path):
