@@ -107,6 +107,23 @@ def _token(path: str, entry: storage.PoolFileEntry) -> str:
     return paging.encode_token(f"{path}\x00{kind}{entry.name}")
 
 
+def _order(is_directory: bool, name: str) -> tuple[bool, str, str]:
+    """The listing order hosts page in (``node.files``): directories first, then by name
+    without case, ties by name."""
+    return (not is_directory, name.casefold(), name)
+
+
+def _page(
+    entries: Sequence[storage.PoolFileEntry], *, more: bool, path: str, current_path: str
+) -> storage.ListPoolFilesResponse:
+    """One page; its token resumes after its last entry when the listing has more."""
+    return storage.ListPoolFilesResponse(
+        entries=list(entries),
+        current_path=current_path,
+        next_page_token=_token(path, entries[-1]) if more and entries else "",
+    )
+
+
 def _cursor(token: str, path: str) -> tuple[bool, str] | None:
     if not token:
         return None
@@ -272,12 +289,11 @@ class PoolOps:
             if result.error_code:
                 kind = _HOST_ERRORS.get(result.error_code, errors.Unavailable)
                 raise kind(f"host {host}: {result.error_message or 'listing failed'}")
-            entries = result.entries[:limit]
-            more = result.more or len(result.entries) > limit
-            return storage.ListPoolFilesResponse(
-                entries=entries,
+            return _page(
+                result.entries[:limit],
+                more=result.more or len(result.entries) > limit,
+                path=path,
                 current_path=result.current_path,
-                next_page_token=_token(path, entries[-1]) if more and entries else "",
             )
         assert failure is not None
         raise failure
@@ -310,14 +326,10 @@ class PoolOps:
             except (errors.Unavailable, errors.DeadlineExceeded) as exc:
                 failure = exc
                 continue
-            ordered = sorted(
-                answer.entries, key=lambda e: (not e.is_directory, e.name.casefold(), e.name)
-            )
+            ordered = sorted(answer.entries, key=lambda e: _order(e.is_directory, e.name))
             if after is not None:
-                cursor = (not after[0], after[1].casefold(), after[1])
-                ordered = [
-                    e for e in ordered if (not e.is_directory, e.name.casefold(), e.name) > cursor
-                ]
+                cursor = _order(*after)
+                ordered = [e for e in ordered if _order(e.is_directory, e.name) > cursor]
             entries = [
                 storage.PoolFileEntry(
                     name=e.name,
@@ -330,11 +342,8 @@ class PoolOps:
                 )
                 for e in ordered[:limit]
             ]
-            more = len(ordered) > limit
-            return storage.ListPoolFilesResponse(
-                entries=entries,
-                current_path=answer.current_path,
-                next_page_token=_token(path, entries[-1]) if more and entries else "",
+            return _page(
+                entries, more=len(ordered) > limit, path=path, current_path=answer.current_path
             )
         assert failure is not None
         raise failure
