@@ -97,6 +97,39 @@ def spawn_node(
             proc.wait()
 
 
+async def local_pool_on_host(
+    pools: storage.StoragePoolServiceStub, nodes: compute.NodeServiceStub, path: Path, name: str
+) -> storage.StoragePool:
+    """Once a spawned ``host-a`` has registered: a local-dir pool ``name`` at ``path``
+    assigned to it, returned once its row is HEALTHY."""
+
+    async def registered() -> dict[str, str]:
+        listed = await nodes.list_nodes(compute.ListNodesRequest(), timeout=TIMEOUT)
+        return {n.hostname: n.id for n in listed.nodes}
+
+    ids = await eventually(registered, lambda m: "host-a" in m, timeout=30, what="registered")
+    pool = await pools.create_pool(
+        storage.CreatePoolRequest(
+            name=name,
+            spec=storage.StoragePoolSpec(
+                backend=storage.StorageBackend(
+                    type=storage.StorageBackendBackendType.LOCAL_DIR,
+                    local_dir=storage.LocalDirConfig(path=str(path)),
+                ),
+                assigned_node_ids=[ids["host-a"]],
+            ),
+        ),
+        timeout=TIMEOUT,
+    )
+    await eventually(
+        lambda: pools.get_pool(storage.GetPoolRequest(id=pool.id), timeout=TIMEOUT),
+        lambda p: [r.health for r in p.status.host_statuses] == [Health.HEALTHY],
+        timeout=30,
+        what="the host's row HEALTHY",
+    )
+    return pool
+
+
 def _log(home: Path) -> str:
     return (home / "node.log").read_text(errors="replace")
 

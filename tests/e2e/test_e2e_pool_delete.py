@@ -28,14 +28,13 @@ from qvdc.app import Controller
 from qvdc.settings import ControllerSettings, EtcdSettings, HttpSettings, PoolSettings
 from qvdc.store import keys
 from qvdc.store.etcd import EtcdStore
-from tests.e2e.test_e2e_local_pools import spawn_node  # noqa: F401  (fixture)
+from tests.e2e.test_e2e_local_pools import local_pool_on_host, spawn_node  # noqa: F401 (fixture)
 from tests.fixtures import procs
 from tests.qvdc.api.helpers import TIMEOUT, controller_settings, eventually
 from tests.qvdc.http.conftest import Http
 
 pytestmark = pytest.mark.e2e
 
-Health = storage.PoolHostStatusHealth
 Phase = storage.StoragePoolStatusPhase
 SERVICE = "limiquantix.storage.v1.StoragePoolService/"
 Spawn = Callable[[str], tuple[subprocess.Popen[bytes], Path]]
@@ -60,36 +59,6 @@ async def controller(store: EtcdStore, etcd_settings: EtcdSettings) -> AsyncIter
         await c.stop()
 
 
-async def _pool_on_host(
-    pools: storage.StoragePoolServiceStub, nodes: compute.NodeServiceStub, path: Path, name: str
-) -> storage.StoragePool:
-    async def registered() -> dict[str, str]:
-        listed = await nodes.list_nodes(compute.ListNodesRequest(), timeout=TIMEOUT)
-        return {n.hostname: n.id for n in listed.nodes}
-
-    ids = await eventually(registered, lambda m: "host-a" in m, timeout=30, what="registered")
-    pool = await pools.create_pool(
-        storage.CreatePoolRequest(
-            name=name,
-            spec=storage.StoragePoolSpec(
-                backend=storage.StorageBackend(
-                    type=storage.StorageBackendBackendType.LOCAL_DIR,
-                    local_dir=storage.LocalDirConfig(path=str(path)),
-                ),
-                assigned_node_ids=[ids["host-a"]],
-            ),
-        ),
-        timeout=TIMEOUT,
-    )
-    await eventually(
-        lambda: pools.get_pool(storage.GetPoolRequest(id=pool.id), timeout=TIMEOUT),
-        lambda p: [r.health for r in p.status.host_statuses] == [Health.HEALTHY],
-        timeout=30,
-        what="the host's row HEALTHY",
-    )
-    return pool
-
-
 async def _gone(pools: storage.StoragePoolServiceStub, pool_id: str) -> bool:
     try:
         await pools.get_pool(storage.GetPoolRequest(id=pool_id), timeout=TIMEOUT)
@@ -111,7 +80,7 @@ async def test_delete_waits_for_the_host_to_detach(
         path = tmp_path / "data"
         path.mkdir()
         (path / "vm-1.qcow2").write_bytes(b"q" * 512)
-        pool = await _pool_on_host(pools, compute.NodeServiceStub(channel), path, "deletable")
+        pool = await local_pool_on_host(pools, compute.NodeServiceStub(channel), path, "deletable")
         await eventually(
             lambda: pools.get_pool(storage.GetPoolRequest(id=pool.id), timeout=TIMEOUT),
             lambda p: [r.volume_count for r in p.status.host_statuses] == [1],
@@ -171,7 +140,7 @@ async def test_a_silent_host_is_waited_for_across_a_restart_then_named(
     try:
         path = tmp_path / "data"
         path.mkdir()
-        pool = await _pool_on_host(pools, compute.NodeServiceStub(channel), path, "stuck")
+        pool = await local_pool_on_host(pools, compute.NodeServiceStub(channel), path, "stuck")
         procs.sigstop(proc.pid)  # the host stops answering, still live for a moment
         await pools.delete_pool(storage.DeletePoolRequest(id=pool.id), timeout=TIMEOUT)
         began = asyncio.get_running_loop().time()

@@ -28,7 +28,7 @@ from protos.limiquantix.storage import v1 as storage
 from qvdc.app import Controller
 from qvdc.settings import EtcdSettings, HttpSettings
 from qvdc.store.etcd import EtcdStore
-from tests.e2e.test_e2e_local_pools import spawn_node  # noqa: F401  (fixture)
+from tests.e2e.test_e2e_local_pools import local_pool_on_host, spawn_node  # noqa: F401 (fixture)
 from tests.qvdc.api.helpers import TIMEOUT, controller_settings, eventually
 from tests.qvdc.api.test_cli import run_cli
 from tests.qvdc.http.conftest import Http
@@ -83,32 +83,8 @@ async def _host_with_pool(
     nodes = compute.NodeServiceStub(channel)
     pools = storage.StoragePoolServiceStub(channel)
     proc, home = spawn("host-a")
-
-    async def registered() -> dict[str, str]:
-        listed = await nodes.list_nodes(compute.ListNodesRequest(), timeout=TIMEOUT)
-        return {n.hostname: n.id for n in listed.nodes}
-
-    ids = await eventually(registered, lambda m: "host-a" in m, timeout=30, what="registered")
-    pool = await pools.create_pool(
-        storage.CreatePoolRequest(
-            name="browse",
-            spec=storage.StoragePoolSpec(
-                backend=storage.StorageBackend(
-                    type=storage.StorageBackendBackendType.LOCAL_DIR,
-                    local_dir=storage.LocalDirConfig(path=str(path)),
-                ),
-                assigned_node_ids=[ids["host-a"]],
-            ),
-        ),
-        timeout=TIMEOUT,
-    )
-    await eventually(
-        lambda: pools.get_pool(storage.GetPoolRequest(id=pool.id), timeout=TIMEOUT),
-        lambda p: [r.health for r in p.status.host_statuses] == [Health.HEALTHY],
-        timeout=30,
-        what="the host's row HEALTHY",
-    )
-    return proc, home, ids["host-a"], pool
+    pool = await local_pool_on_host(pools, nodes, path, "browse")
+    return proc, home, pool.spec.assigned_node_ids[0], pool
 
 
 async def _refusal(call: Awaitable[object]) -> GRPCError:
