@@ -207,17 +207,10 @@ class NodeApp:
             s.state_dir,
             s.pools_root,
         )
-        # Roots that ended before the shutdown cancelled them. A crash leaves the group
-        # with its exception; a root that returned or was cancelled by someone else is a
-        # failure too (exit 1, so a supervisor restarts the daemon), never a quiet stop.
-        ended_early: list[asyncio.Task[None]] = []
-        stopping = False
-
-        def on_root_done(task: asyncio.Task[None]) -> None:
-            if not stopping:
-                ended_early.append(task)
-            stop.set()
-
+        # A crash leaves the group with its exception; a root that returned or was
+        # cancelled by anything but this shutdown is a failure too (exit 1, so a
+        # supervisor restarts the daemon), never a quiet stop.
+        early = tasks.RootWatch(stop.set)
         try:
             if self.metrics_server is not None:
                 await self.metrics_server.start()
@@ -248,16 +241,16 @@ class NodeApp:
                     ),
                 ]
                 for root in roots:
-                    root.add_done_callback(on_root_done)
+                    early.watch(root)
                 self.started.set()
                 await stop.wait()
-                stopping = True
+                early.stopping = True
                 self._logger.info("node %s stopping", s.hostname)
                 for root in roots:
                     root.cancel()
-            if ended_early:  # returned or cancelled by anything but this shutdown
+            if early.ended_early:
                 raise RootTaskEnded(
-                    f"root task {', '.join(t.get_name() for t in ended_early)} "
+                    f"root task {', '.join(t.get_name() for t in early.ended_early)} "
                     "ended before the daemon was stopped"
                 )
         finally:

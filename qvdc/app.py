@@ -83,7 +83,7 @@ from qvdc.http import gate, health, status_page
 from qvdc.http import server as http_server
 from qvdc.http import tls as http_tls
 from qvdc.kits import eventlog, materiality
-from qvdc.kits.tasks import cancel_and_wait, create_guarded_task, first_of
+from qvdc.kits.tasks import RootWatch, cancel_and_wait, create_guarded_task, first_of
 from qvdc.kits.timing import Clock, SystemClock
 from qvdc.security import sealing
 from qvdc.settings import ControllerSettings, GrpcSettings, TlsSettings
@@ -475,24 +475,13 @@ class Controller:
         start-up raised (the initial listing timed out, the port is taken).
         """
         roots: list[asyncio.Task[None]] = []
-        # Roots that ended before the shutdown cancelled them: returned, crashed, or
-        # cancelled by someone else. Any of these is a failure; a cancellation we did
-        # not ask for is not a clean stop.
-        ended_early: list[asyncio.Task[None]] = []
-        stopping = False
         ended = asyncio.Event()
-
-        def on_root_done(task: asyncio.Task[None]) -> None:
-            if not stopping:
-                ended_early.append(task)
-            ended.set()
-
+        early = RootWatch(ended.set)  # a root ending before the shutdown is a failure
         try:
             async with asyncio.TaskGroup() as group:
                 for coro, name in self._root_loops():
                     root = create_guarded_task(coro, name=name, logger=log, group=group)
-                    root.add_done_callback(on_root_done)
-                    roots.append(root)
+                    roots.append(early.watch(root))
                 try:
                     await self._serve_http()
                     await first_of(
@@ -502,7 +491,7 @@ class Controller:
                         await self._serve()
                         await first_of(stop.wait(), ended.wait())
                 finally:
-                    stopping = True
+                    early.stopping = True
                     log.info("QvDC replica %s stopping", self.replica_id)
                     await self.watches.close()  # watch streams end UNAVAILABLE: clients re-watch
                     await self._close_server()
@@ -521,7 +510,7 @@ class Controller:
         ended_badly = [
             f"{t.get_name()} {'was cancelled unrequested' if t.cancelled() else 'returned'}"
             for t in roots
-            if t in ended_early or not t.cancelled()  # not cancelled: it swallowed ours
+            if t in early.ended_early or not t.cancelled()  # not cancelled: it swallowed ours
         ]
         if ended_badly:
             raise RootTaskEnded(f"root task {', '.join(ended_badly)}")

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+_T = TypeVar("_T")
 
 
 async def guard(
@@ -43,6 +45,28 @@ def create_guarded_task(
     if group is not None:
         return group.create_task(wrapped, name=name)
     return asyncio.create_task(wrapped, name=name)
+
+
+class RootWatch:
+    """Which root tasks of a process ended before its shutdown began: returned, crashed,
+    or cancelled by anything but the shutdown. Each is a failure, never a quiet stop.
+
+    :meth:`watch` each root; set :attr:`stopping` before the shutdown cancels them.
+    ``on_end`` runs whenever a watched root ends (the process's "stop now" event)."""
+
+    def __init__(self, on_end: Callable[[], object]) -> None:
+        self._on_end = on_end
+        self.stopping = False
+        self.ended_early: list[asyncio.Task[Any]] = []
+
+    def watch(self, task: asyncio.Task[_T]) -> asyncio.Task[_T]:
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        if not self.stopping:
+            self.ended_early.append(task)
+        self._on_end()
 
 
 async def cancel_and_wait(*tasks: asyncio.Task[Any]) -> None:
